@@ -1,0 +1,222 @@
+"""The HTTP surface: ``POST /graphql``, GraphiQL, and health.
+
+Requests follow the GraphQL-over-HTTP conventions: a JSON body with
+``query``, ``variables`` and ``operationName``; HTTP 200 when the operation
+ran, with field errors in ``errors``; 400 when the document or the body is
+invalid; 401 without a valid bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from strawberry.http.ides import get_graphql_ide_html
+
+from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
+from gateway.audit.store import SQLiteAuditStore
+from gateway.audit_events import AuditRecorder
+from gateway.catalog import load_catalog
+from gateway.config import Settings
+from gateway.errors import AuthenticationError, ConfigError
+from gateway.execute import Executor, GraphQLRequest, GraphQLResponse
+from gateway.graphql_schema import build_schema
+from gateway.identity import (
+    TokenSettings,
+    TokenVerifier,
+    load_or_create_signing_key,
+    load_public_key,
+)
+from gateway.policy import PolicyEngine
+from gateway.sources import Source
+from gateway.sources.odoo import OdooJsonRpcSource, OdooSettings
+from gateway.sources.salesforce import SalesforceSource
+
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.app")
+
+
+@dataclass
+class Gateway:
+    """The running parts of one gateway process."""
+
+    settings: Settings
+    executor: Executor
+    verifier: TokenVerifier
+    recorder: AuditRecorder
+    sources: dict[str, Source]
+
+    @classmethod
+    async def start(cls, settings: Settings,
+                    clients: Mapping[str, httpx.AsyncClient] | None = None) -> Gateway:
+        """Load schema and policy, open the audit store and the upstream clients."""
+        catalog = load_catalog(settings.schema_dir)
+        schema = build_schema(catalog)
+        policy = PolicyEngine(catalog, settings.policy_dir)
+        missing = sorted(catalog.systems - set(settings.systems))
+        if missing:
+            raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
+                              "settings declare no [systems.<name>] section for them")
+        sources = {name: _source(name, spec, (clients or {}).get(name))
+                   for name, spec in settings.systems.items()}
+        store = await SQLiteAuditStore.open(settings.audit_path)
+        pseudonymizer = Pseudonymizer(load_or_create_key(settings.pseudonym_key_path))
+        recorder = AuditRecorder(store, pseudonymizer, fail_open=settings.audit_fail_open)
+        executor = Executor(catalog, schema, policy, sources, recorder)
+        verifier = TokenVerifier(_token_settings(settings))
+        log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),
+                 policy.version, settings.audit_path.name)
+        return cls(settings, executor, verifier, recorder, sources)
+
+    async def close(self) -> None:
+        for source in self.sources.values():
+            await source.aclose()
+        await self.recorder.close()
+
+
+def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
+    if isinstance(spec, OdooSettings):
+        return OdooJsonRpcSource(name, spec, client)
+    return SalesforceSource(name, spec, client)
+
+
+def _token_settings(settings: Settings) -> TokenSettings:
+    if settings.token_public_key_file is not None:
+        public_key = load_public_key(settings.token_public_key_file)
+    else:
+        log.warning("no [auth] public_key_file set: accepting development tokens signed by %s",
+                    settings.signing_key_path)
+        public_key = load_or_create_signing_key(settings.signing_key_path).public_key()
+    return TokenSettings(public_key=public_key, issuer=settings.token_issuer,
+                         audience=settings.token_audience)
+
+
+def create_app(settings: Settings,
+               clients: Mapping[str, httpx.AsyncClient] | None = None) -> Starlette:
+    """Return the ASGI application; the gateway starts in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway = await Gateway.start(settings, clients)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    routes = [
+        Route("/graphql", _graphql, methods=["POST"]),
+        Route("/graphql", _graphiql, methods=["GET"]),
+        Route("/healthz", _health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _json(status: int, body: Mapping[str, Any], request_id: str,
+          headers: dict[str, str] | None = None) -> Response:
+    all_headers = {"X-Request-ID": request_id, **(headers or {})}
+    return Response(orjson.dumps(body, option=orjson.OPT_PASSTHROUGH_DATETIME,
+                                 default=_json_default),
+                    status_code=status, media_type="application/json", headers=all_headers)
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def _error_body(message: str, code: str) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+async def _graphql(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    request_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    try:
+        principal = gateway.verifier.verify(request.headers.get("authorization"))
+    except AuthenticationError as exc:
+        _log_access(request_id, None, 401, started, None)
+        return _json(401, _error_body(str(exc), "UNAUTHENTICATED"), request_id,
+                     {"WWW-Authenticate": 'Bearer realm="fonte"'})
+
+    parsed = await _read_body(request, gateway.settings.max_body_bytes)
+    if isinstance(parsed, GraphQLResponse):
+        _log_access(request_id, principal.user, parsed.status, started, None)
+        return _json(parsed.status, parsed.body, request_id)
+
+    response = await gateway.executor.run(parsed, principal, request_id)
+    _log_access(request_id, principal.user, response.status, started, parsed.operation_name)
+    return _json(response.status, response.body, request_id)
+
+
+async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLResponse:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return GraphQLResponse(415, _error_body(
+            f"Content-Type {content_type or 'missing'!r} is not supported; send the request "
+            "as application/json", "BAD_REQUEST"))
+    body = await request.body()
+    if len(body) > limit:
+        return GraphQLResponse(413, _error_body(
+            f"request body of {len(body)} bytes exceeds the limit of {limit} bytes",
+            "BAD_REQUEST"))
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return GraphQLResponse(400, _error_body("request body is not valid JSON", "BAD_REQUEST"))
+    return _graphql_request(payload)
+
+
+def _graphql_request(payload: Any) -> GraphQLRequest | GraphQLResponse:
+    if not isinstance(payload, dict):
+        return GraphQLResponse(400, _error_body(
+            "request body must be a JSON object with a 'query' member", "BAD_REQUEST"))
+    query = payload.get("query")
+    variables = payload.get("variables")
+    operation_name = payload.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        return GraphQLResponse(400, _error_body("'query' must be a non-empty string",
+                                                "BAD_REQUEST"))
+    if variables is not None and not isinstance(variables, dict):
+        return GraphQLResponse(400, _error_body("'variables' must be a JSON object or null",
+                                                "BAD_REQUEST"))
+    if operation_name is not None and not isinstance(operation_name, str):
+        return GraphQLResponse(400, _error_body("'operationName' must be a string or null",
+                                                "BAD_REQUEST"))
+    return GraphQLRequest(query=query, variables=variables, operation_name=operation_name)
+
+
+async def _graphiql(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    if not gateway.settings.graphiql:
+        return Response("GraphiQL is disabled; POST GraphQL requests to this address.\n",
+                        status_code=404, media_type="text/plain")
+    return HTMLResponse(get_graphql_ide_html("graphiql"))
+
+
+async def _health(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    audit_ok = await gateway.recorder.healthy()
+    body = {"status": "ok" if audit_ok else "degraded",
+            "audit": "ok" if audit_ok else "unavailable"}
+    return Response(orjson.dumps(body), status_code=200 if audit_ok else 503,
+                    media_type="application/json")
+
+
+def _log_access(request_id: str, user: str | None, status: int, started: float,
+                operation_name: str | None) -> None:
+    access_log.info("request %s user=%s status=%d operation=%r duration_ms=%.1f", request_id,
+                    user or "-", status, operation_name,
+                    (time.perf_counter() - started) * 1000)

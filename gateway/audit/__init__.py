@@ -1,0 +1,44 @@
+"""The audit log: a hash-chained, append-only record of every request that reads or is
+denied a personal field.
+
+`SQLiteAuditStore` appends records with group commit, `verify_store` checks the chain,
+`export_records` writes records as JSON Lines or CSV, and `Pseudonymizer` turns subject
+identifiers into the keyed tokens that records contain instead of personal values.
+"""
+
+from gateway.audit.chain import GENESIS_HASH, chain_hash
+from gateway.audit.export import CSV_COLUMNS, ExportFilter, export_records
+from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
+from gateway.audit.record import (
+    AuditEvent,
+    FieldDecision,
+    Subject,
+    canonical_json,
+    utc_timestamp,
+    validate_event,
+)
+from gateway.audit.store import AuditStore, SQLiteAuditStore, sqlite_url
+from gateway.audit.verify import StoredRow, VerifyReport, verify_rows, verify_store
+
+__all__ = [
+    "CSV_COLUMNS",
+    "GENESIS_HASH",
+    "AuditEvent",
+    "AuditStore",
+    "ExportFilter",
+    "FieldDecision",
+    "Pseudonymizer",
+    "SQLiteAuditStore",
+    "StoredRow",
+    "Subject",
+    "VerifyReport",
+    "canonical_json",
+    "chain_hash",
+    "export_records",
+    "load_or_create_key",
+    "sqlite_url",
+    "utc_timestamp",
+    "validate_event",
+    "verify_rows",
+    "verify_store",
+]

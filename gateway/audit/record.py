@@ -1,0 +1,203 @@
+"""Audit record types, their validation and the canonical JSON that the hash chain covers.
+
+An audit record never contains a personal value. Data subjects appear only as keyed
+pseudonyms from ``Pseudonymizer.token``, and `validate_event` rejects a subject ref that
+does not have the token format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Literal, TypedDict
+
+from gateway.audit.pseudonym import TOKEN_PATTERN
+
+OUTCOMES = frozenset({"success", "partial", "denied", "error"})
+DECISIONS = frozenset({"allow", "mask", "deny"})
+
+# The store compares `time` values as strings when it filters exports, which is correct
+# only because every stored timestamp has exactly this shape.
+TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+_SHA256_HEX_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+class Subject(TypedDict):
+    """A data subject, pseudonymised."""
+
+    type: str  # "customer" | "contact"
+    ref: str  # keyed pseudonym from Pseudonymizer.token
+
+
+class FieldDecision(TypedDict):
+    """The policy decision on one personal field of one request."""
+
+    field: str  # "Customer.email"
+    category: str  # GDPR data category, e.g. "contact.email"
+    decision: Literal["allow", "mask", "deny"]
+    rule: str  # id of the deciding policy rule, or "default-deny"
+    mask: str | None
+
+
+class AuditEvent(TypedDict):
+    """One GraphQL request that read or was denied a personal field."""
+
+    time: str  # RFC 3339 UTC with milliseconds, "2026-12-04T20:17:39.123Z"
+    request_id: str
+    actor: str  # the caller's user id (an employee or service id)
+    roles: list[str]
+    purpose: str | None
+    client: str | None  # client application name, if the token names one
+    operation_name: str | None
+    operation_hash: str  # sha256 hex of the GraphQL document text
+    subjects: list[Subject]
+    fields: list[FieldDecision]
+    systems: list[str]
+    records: int  # number of records returned
+    outcome: Literal["success", "partial", "denied", "error"]
+    policy_version: str
+
+
+def canonical_json(value: object) -> bytes:
+    """Encode ``value`` as the canonical JSON bytes that the audit chain hashes.
+
+    Keys are sorted, there is no whitespace, text stays UTF-8 instead of ``\\u`` escapes,
+    and NaN or infinity raise ValueError. Decoding the bytes and encoding the result
+    again gives the same bytes, which is what lets a verifier recompute a hash from a
+    stored body. Raises TypeError for a value that JSON cannot represent.
+    """
+    text = json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return text.encode("utf-8")
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """Format ``moment`` (default: now) as RFC 3339 UTC with milliseconds.
+
+    The result looks like ``2026-12-04T20:17:39.123Z``. Digits below the millisecond are
+    truncated. Raises ValueError for a naive datetime, because its time zone is unknown.
+    """
+    if moment is None:
+        moment = datetime.now(UTC)
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(
+            f"naive datetime {moment.isoformat()} has no time zone; pass an aware datetime"
+        )
+
+    utc = moment.astimezone(UTC)
+    milliseconds = utc.microsecond // 1000
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
+        f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{milliseconds:03d}Z"
+    )
+
+
+def validate_event(event: object) -> None:
+    """Raise ValueError unless ``event`` is a well-formed `AuditEvent`.
+
+    Unknown keys are rejected as well as missing ones, so that no extra value, personal
+    or not, reaches the log. Messages name the key and never quote a value that could be
+    personal.
+    """
+    record = _require_keys("audit event", event, AuditEvent.__required_keys__)
+
+    for key in ("request_id", "actor", "policy_version"):
+        _require_text(key, record[key])
+    for key in ("purpose", "client", "operation_name"):
+        if record[key] is not None:
+            _require_text(key, record[key])
+    for key in ("roles", "systems"):
+        _require_text_list(key, record[key])
+
+    _validate_time(record["time"])
+    _validate_operation_hash(record["operation_hash"])
+    _validate_records(record["records"])
+    if record["outcome"] not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}")
+
+    _validate_subjects(record["subjects"])
+    _validate_fields(record["fields"])
+
+
+def _require_keys(label: str, value: object, keys: frozenset[str]) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{label} must be a dict, not {type(value).__name__}")
+
+    missing = sorted(keys - value.keys())
+    if missing:
+        raise ValueError(f"{label} is missing keys {missing}")
+
+    unknown = sorted(str(key) for key in value.keys() - keys)
+    if unknown:
+        raise ValueError(f"{label} has unknown keys {unknown}; remove them")
+    return value
+
+
+def _require_text(key: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a non-empty string")
+
+
+def _require_text_list(key: str, value: object) -> None:
+    if not isinstance(value, list):
+        raise ValueError(f"{key} must be a list of strings")
+    for item in value:
+        _require_text(f"{key} item", item)
+
+
+def _validate_time(value: object) -> None:
+    if not isinstance(value, str) or not TIMESTAMP_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"time {value!r} is not RFC 3339 UTC with milliseconds; build it with utc_timestamp()"
+        )
+    try:
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError as exc:
+        raise ValueError(f"time {value!r} is not a valid date and time") from exc
+
+
+def _validate_operation_hash(value: object) -> None:
+    if not isinstance(value, str) or not _SHA256_HEX_PATTERN.fullmatch(value):
+        raise ValueError("operation_hash must be 64 lowercase hex digits (SHA-256)")
+
+
+def _validate_records(value: object) -> None:
+    # bool is a subclass of int, but True is not a record count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("records must be a non-negative integer")
+
+
+def _validate_subjects(value: object) -> None:
+    if not isinstance(value, list):
+        raise ValueError("subjects must be a list")
+
+    for index, item in enumerate(value):
+        subject = _require_keys(f"subjects[{index}]", item, Subject.__required_keys__)
+        _require_text(f"subjects[{index}].type", subject["type"])
+        ref = subject["ref"]
+        # The ref is not quoted: if it is not a token it may be the raw personal value.
+        if not isinstance(ref, str) or not TOKEN_PATTERN.fullmatch(ref):
+            raise ValueError(
+                f"subjects[{index}].ref is not a pseudonym token; build it with Pseudonymizer.token"
+            )
+
+
+def _validate_fields(value: object) -> None:
+    if not isinstance(value, list):
+        raise ValueError("fields must be a list")
+
+    for index, item in enumerate(value):
+        decision = _require_keys(f"fields[{index}]", item, FieldDecision.__required_keys__)
+        for key in ("field", "category", "rule"):
+            _require_text(f"fields[{index}].{key}", decision[key])
+        if decision["decision"] not in DECISIONS:
+            raise ValueError(f"fields[{index}].decision must be one of {sorted(DECISIONS)}")
+        if decision["mask"] is not None:
+            _require_text(f"fields[{index}].mask", decision["mask"])

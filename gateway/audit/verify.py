@@ -1,0 +1,257 @@
+"""Verification of the audit hash chain.
+
+The verifier reads records in seq order and stops at the first one that fails. The
+report names that record's seq and one of these faults:
+
+- ``content changed``: the body, prev_hash or hash of the record was edited.
+- ``record N missing`` or ``records N-M missing``: records were deleted.
+- ``out of order: body is for seq N``: the record was moved to another seq. A record
+  inserted between others shows this too, at the first record renumbered to make room.
+- ``chain broken: ...``: the record's own hash is consistent, but it does not link to
+  the record before. This happens when someone edited the previous record and
+  recomputed its hash.
+- ``column NAME differs from body`` or ``subject index differs from body``: a copy
+  that exports filter on (time, request_id, actor, purpose, outcome, subject refs)
+  was edited.
+
+NOTE: the chain hash is unkeyed, so deleting records at the end, appending forged
+records, or rebuilding the chain from an edited record to the end is not detected.
+That needs checkpoints signed or published outside the database, which this store does
+not have yet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, Select, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
+from gateway.audit.store import audit_record, audit_subject, describe_error, open_reader_engine
+from gateway.errors import AuditError
+
+# Rows fetched per round trip. Memory use depends on this, not on the store size.
+_FETCH_ROWS = 500
+# Copied from the body into columns that exports filter on.
+_FILTER_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One row of ``audit_record``, as the verifier reads it.
+
+    ``subject_refs`` is the set of refs that ``audit_subject`` lists for this seq, or None
+    to skip the subject index check (an export file has no index).
+    """
+
+    seq: int
+    time: str
+    request_id: str
+    actor: str
+    purpose: str | None
+    outcome: str
+    body: str
+    prev_hash: str
+    hash: str
+    subject_refs: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of verifying a chain.
+
+    ``records`` is the number of records that verified, which on failure are the ones
+    before ``first_bad_seq``. ``reason`` names the fault, and is None when ``ok``.
+    """
+
+    ok: bool
+    records: int
+    first_bad_seq: int | None
+    reason: str | None
+
+
+class ChainVerifier:
+    """Incremental chain check over rows in seq order, keeping only the previous hash."""
+
+    def __init__(self) -> None:
+        self._expected_seq = 1
+        self._prev_hash = GENESIS_HASH
+        self._verified = 0
+
+    def check(self, row: StoredRow) -> VerifyReport | None:
+        """Check the next row. Returns the failure report, or None if the row verifies."""
+        fault = self._find_fault(row)
+        if fault is not None:
+            bad_seq, reason = fault
+            return VerifyReport(
+                ok=False, records=self._verified, first_bad_seq=bad_seq, reason=reason
+            )
+
+        self._expected_seq = row.seq + 1
+        self._prev_hash = row.hash
+        self._verified += 1
+        return None
+
+    def report(self) -> VerifyReport:
+        """Return the report for a chain whose rows all verified."""
+        return VerifyReport(ok=True, records=self._verified, first_bad_seq=None, reason=None)
+
+    def _find_fault(self, row: StoredRow) -> tuple[int, str] | None:
+        position_fault = self._find_position_fault(row.seq)
+        if position_fault is not None:
+            return position_fault
+
+        body = _parse_body(row.body)
+        if body is None:
+            return row.seq, "body is not a JSON object"
+        if body.get("seq") != row.seq:
+            return row.seq, f"out of order: body is for seq {body.get('seq')!r}"
+        if not _hash_matches(row, body):
+            return row.seq, "content changed"
+        if row.prev_hash != self._prev_hash:
+            return row.seq, _chain_broken_reason(row.seq)
+        return _find_index_fault(row, body)
+
+    def _find_position_fault(self, seq: int) -> tuple[int, str] | None:
+        expected = self._expected_seq
+        if seq < expected:
+            return seq, f"out of order: seq {seq} follows seq {expected - 1}"
+        if seq == expected + 1:
+            return expected, f"record {expected} missing"
+        if seq > expected:
+            return expected, f"records {expected}-{seq - 1} missing"
+        return None
+
+
+def _parse_body(body: str) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(body)
+    except (TypeError, ValueError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _hash_matches(row: StoredRow, body: dict[str, Any]) -> bool:
+    if body.get("prev_hash") != row.prev_hash:
+        return False
+    if not is_chain_hash(row.prev_hash) or not is_chain_hash(row.hash):
+        return False
+    return chain_hash(row.prev_hash, row.seq, row.body.encode("utf-8")) == row.hash
+
+
+def _chain_broken_reason(seq: int) -> str:
+    if seq == 1:
+        return "chain broken: prev_hash of the first record is not the genesis hash"
+    return f"chain broken: prev_hash does not match the hash of record {seq - 1}"
+
+
+def _find_index_fault(row: StoredRow, body: dict[str, Any]) -> tuple[int, str] | None:
+    for name in _FILTER_COLUMNS:
+        if body.get(name) != getattr(row, name):
+            return row.seq, f"column {name} differs from body"
+    if row.subject_refs is None:
+        return None
+
+    subjects = body.get("subjects")
+    if not isinstance(subjects, list):
+        return row.seq, "subject index differs from body"
+    body_refs = {subject.get("ref") for subject in subjects if isinstance(subject, dict)}
+    if body_refs != row.subject_refs:
+        return row.seq, "subject index differs from body"
+    return None
+
+
+def verify_rows(rows: Iterable[StoredRow]) -> VerifyReport:
+    """Verify ``rows``, which must be in seq order, and stop at the first bad one.
+
+    Reads the rows one at a time, so a lazy iterable is verified in constant memory.
+    """
+    verifier = ChainVerifier()
+    for row in rows:
+        failure = verifier.check(row)
+        if failure is not None:
+            return failure
+    return verifier.report()
+
+
+async def verify_store(path: Path) -> VerifyReport:
+    """Verify the chain and the subject index of the store at ``path``.
+
+    Opens the file read-only and streams the rows, so memory use does not grow with the
+    store. Works while a gateway is appending, and checks the records committed when
+    the read started. Raises AuditError if the file is missing or cannot be read.
+    """
+    engine = open_reader_engine(path)
+    try:
+        async with engine.connect() as connection:
+            verifier = ChainVerifier()
+            statement = _stored_rows_query().execution_options(yield_per=_FETCH_ROWS)
+            async with connection.stream(statement) as result:
+                async for row in result:
+                    failure = verifier.check(_to_stored_row(row))
+                    if failure is not None:
+                        return failure
+
+            orphan_seq = (await connection.execute(_orphan_subject_query())).scalar()
+            if orphan_seq is not None:
+                return VerifyReport(
+                    ok=False,
+                    records=verifier.report().records,
+                    first_bad_seq=int(orphan_seq),
+                    reason=f"subject index lists record {orphan_seq}, which is not stored",
+                )
+            return verifier.report()
+    except SQLAlchemyError as exc:
+        raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
+    finally:
+        await engine.dispose()
+
+
+def _stored_rows_query() -> Select[Any]:
+    # A correlated subquery keeps the scan in seq order without a GROUP BY, which
+    # would make SQLite collect the rows before it returns the first.
+    refs = (
+        select(func.group_concat(audit_subject.c.ref, " "))
+        .where(audit_subject.c.seq == audit_record.c.seq)
+        .scalar_subquery()
+    )
+    return select(
+        audit_record.c.seq,
+        audit_record.c.time,
+        audit_record.c.request_id,
+        audit_record.c.actor,
+        audit_record.c.purpose,
+        audit_record.c.outcome,
+        audit_record.c.body,
+        audit_record.c.prev_hash,
+        audit_record.c.hash,
+        refs.label("subject_refs"),
+    ).order_by(audit_record.c.seq)
+
+
+def _orphan_subject_query() -> Select[Any]:
+    stored_seqs = select(audit_record.c.seq)
+    return select(func.min(audit_subject.c.seq)).where(audit_subject.c.seq.not_in(stored_seqs))
+
+
+def _to_stored_row(row: Row[Any]) -> StoredRow:
+    # The columns are NOT NULL unless someone changed the schema. A None is turned into
+    # the text "None", which fails the checks instead of raising here.
+    refs_text = row.subject_refs
+    return StoredRow(
+        seq=int(row.seq),
+        time=str(row.time),
+        request_id=str(row.request_id),
+        actor=str(row.actor),
+        purpose=row.purpose,
+        outcome=str(row.outcome),
+        body=str(row.body),
+        prev_hash=str(row.prev_hash),
+        hash=str(row.hash),
+        subject_refs=frozenset(refs_text.split(" ")) if refs_text else frozenset(),
+    )

@@ -1,0 +1,96 @@
+"""Turn one executed request into its audit record.
+
+A request is recorded when it names a personal field or is denied any
+field. The record lists data subjects only as keyed pseudonyms, and field
+names, categories and decisions, never values, variables or the response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Literal
+
+from gateway.audit.pseudonym import Pseudonymizer
+from gateway.audit.record import AuditEvent, FieldDecision, Subject, utc_timestamp
+from gateway.audit.store import AuditStore
+from gateway.build import AuditFacts
+from gateway.errors import AuditError
+from gateway.fetch import FetchStats
+from gateway.plan import Plan
+from gateway.principal import Principal
+
+log = logging.getLogger("gateway.audit")
+
+Outcome = Literal["success", "partial", "denied", "error"]
+
+
+class AuditRecorder:
+    """Appends one record per audited request and waits until it is durable."""
+
+    def __init__(self, store: AuditStore, pseudonymizer: Pseudonymizer, *,
+                 fail_open: bool = False) -> None:
+        self._store = store
+        self._pseudonymizer = pseudonymizer
+        self.fail_open = fail_open
+
+    @staticmethod
+    def must_record(plan: Plan) -> bool:
+        return any(decl.personal or not decision.allowed
+                   for decl, decision in plan.judged.values())
+
+    async def record(self, *, principal: Principal, request_id: str, query: str,
+                     operation_name: str | None, plan: Plan, facts: AuditFacts,
+                     stats: FetchStats, policy_version: str) -> int:
+        event = self.event(principal=principal, request_id=request_id, query=query,
+                           operation_name=operation_name, plan=plan, facts=facts, stats=stats,
+                           policy_version=policy_version)
+        try:
+            return await self._store.append(event)
+        except AuditError as exc:
+            log.error("audit record of request %s not written: %s", request_id, exc)
+            raise
+
+    def event(self, *, principal: Principal, request_id: str, query: str,
+              operation_name: str | None, plan: Plan, facts: AuditFacts, stats: FetchStats,
+              policy_version: str) -> AuditEvent:
+        subjects: list[Subject] = [
+            {"type": kind, "ref": self._pseudonymizer.token(kind, key)}
+            for kind, key in facts.subjects
+        ]
+        fields: list[FieldDecision] = [
+            {"field": name, "category": decl.category, "decision": decision.effect,
+             "rule": decision.rule, "mask": decision.mask}
+            for name, (decl, decision) in sorted(plan.judged.items())
+        ]
+        return {
+            "time": utc_timestamp(),
+            "request_id": request_id,
+            "actor": principal.user,
+            "roles": sorted(principal.roles),
+            "purpose": principal.purpose,
+            "client": principal.client,
+            "operation_name": operation_name,
+            "operation_hash": hashlib.sha256(query.encode("utf-8")).hexdigest(),
+            "subjects": subjects,
+            "fields": fields,
+            "systems": sorted(stats.requests),
+            "records": facts.records,
+            "outcome": _outcome(plan, facts, stats),
+            "policy_version": policy_version,
+        }
+
+    async def healthy(self) -> bool:
+        return await self._store.healthy()
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+def _outcome(plan: Plan, facts: AuditFacts, stats: FetchStats) -> Outcome:
+    if stats.failed:
+        return "partial"
+    decisions = [decision for _, decision in plan.judged.values()]
+    if decisions and not any(decision.allowed for decision in decisions):
+        return "denied"
+    return "success"

@@ -1,0 +1,186 @@
+"""Gateway settings, read from a TOML file for ``fonte serve``.
+
+Secrets never sit in the file: each one is named by an environment
+variable (``<name>_env``) or a file (``<name>_file``). A wrong setting
+fails at start with a message naming the section, the setting and the fix.
+Example::
+
+    [gateway]
+    host = "127.0.0.1"
+    port = 8000
+    data_dir = "/var/lib/fonte"
+
+    [auth]
+    public_key_file = "/etc/fonte/token-public.pem"
+    issuer = "https://login.example.com"
+    audience = "fonte"
+
+    [systems.crm]
+    dialect = "salesforce"
+    login_url = "https://example.my.salesforce.com"
+    client_id_env = "FONTE_CRM_CLIENT_ID"
+    client_secret_env = "FONTE_CRM_CLIENT_SECRET"
+
+    [systems.erp]
+    dialect = "odoo-jsonrpc"
+    base_url = "https://erp.example.com"
+    database = "production"
+    login = "fonte-gateway"
+    api_key_file = "/run/secrets/odoo-api-key"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.catalog import default_schema_dir
+from gateway.errors import ConfigError
+from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
+from gateway.policy import default_policy_dir
+from gateway.sources.odoo import OdooSettings
+from gateway.sources.salesforce import SalesforceSettings
+
+SystemSettings = SalesforceSettings | OdooSettings
+DIALECTS = ("salesforce", "odoo-jsonrpc")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one gateway process needs to start."""
+
+    systems: dict[str, SystemSettings]
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    graphiql: bool = True
+    schema_dir: Path = field(default_factory=default_schema_dir)
+    policy_dir: Path = field(default_factory=default_policy_dir)
+    token_public_key_file: Path | None = None
+    token_issuer: str = DEV_ISSUER
+    token_audience: str = DEV_AUDIENCE
+    audit_fail_open: bool = False
+    max_body_bytes: int = 1_000_000
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.sqlite3"
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.data_dir / "keys" / "audit-pseudonym.key"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "keys" / "token-signing.pem"
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check the settings file at ``path``."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {str(path)!r} is not valid TOML: {exc}") from exc
+
+    base = path.parent
+    gateway = _table(document, "gateway")
+    auth = _table(document, "auth")
+    audit = _table(document, "audit")
+    systems = {name: _system(name, spec) for name, spec in _table(document, "systems").items()}
+    if not systems:
+        raise ConfigError(f"{path}: no [systems.<name>] section; declare the CRM and ERP the "
+                          "schema reads from")
+    key_file = auth.get("public_key_file")
+    return Settings(
+        systems=systems,
+        data_dir=_path(base, gateway.get("data_dir", "data")),
+        host=str(gateway.get("host", "127.0.0.1")),
+        port=_integer("gateway", "port", gateway.get("port", 8000), 0, 65535),
+        graphiql=bool(gateway.get("graphiql", False)),
+        schema_dir=_path(base, gateway["schema_dir"]) if "schema_dir" in gateway
+        else default_schema_dir(),
+        policy_dir=_path(base, gateway["policy_dir"]) if "policy_dir" in gateway
+        else default_policy_dir(),
+        token_public_key_file=_path(base, key_file) if key_file else None,
+        token_issuer=str(auth.get("issuer", DEV_ISSUER)),
+        token_audience=str(auth.get("audience", DEV_AUDIENCE)),
+        audit_fail_open=bool(audit.get("fail_open", False)),
+    )
+
+
+def _table(document: dict[str, Any], name: str) -> dict[str, Any]:
+    value = document.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table of settings")
+    return value
+
+
+def _path(base: Path, value: Any) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _integer(section: str, name: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"[{section}] {name} = {value!r} must be a whole number from {low} to "
+                          f"{high}")
+    return value
+
+
+def _number(section: str, name: str, value: Any) -> float:
+    if not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"[{section}] {name} = {value!r} must be a positive number of seconds")
+    return float(value)
+
+
+def _system(name: str, spec: Any) -> SystemSettings:
+    section = f"systems.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"[{section}] must be a table of settings")
+    dialect = spec.get("dialect")
+    timeout = _number(section, "timeout", spec.get("timeout", 10.0))
+    if dialect == "salesforce":
+        return SalesforceSettings(
+            login_url=_text(section, spec, "login_url"),
+            client_id=_secret(section, spec, "client_id"),
+            client_secret=_secret(section, spec, "client_secret"),
+            api_version=str(spec.get("api_version", "62.0")), timeout=timeout)
+    if dialect == "odoo-jsonrpc":
+        return OdooSettings(
+            base_url=_text(section, spec, "base_url"), database=_text(section, spec, "database"),
+            login=_text(section, spec, "login"), api_key=_secret(section, spec, "api_key"),
+            timeout=timeout)
+    raise ConfigError(f"[{section}] dialect = {dialect!r} is not supported; use one of "
+                      f"{', '.join(DIALECTS)}")
+
+
+def _text(section: str, spec: dict[str, Any], name: str) -> str:
+    value = spec.get(name)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"[{section}] {name} is missing; set it to a non-empty string")
+    return value
+
+
+def _secret(section: str, spec: dict[str, Any], name: str) -> str:
+    if name in spec:
+        raise ConfigError(f"[{section}] {name} must not be written in the settings file; set "
+                          f"{name}_env to an environment variable or {name}_file to a file")
+    variable, file_name = spec.get(f"{name}_env"), spec.get(f"{name}_file")
+    if variable:
+        value = os.environ.get(str(variable))
+        if not value:
+            raise ConfigError(f"[{section}] {name}_env names {variable!r}, which is not set in "
+                              "the environment")
+        return value
+    if file_name:
+        try:
+            return Path(str(file_name)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"[{section}] {name}_file {str(file_name)!r} cannot be read: "
+                              f"{exc.strerror}") from exc
+    raise ConfigError(f"[{section}] needs {name}_env or {name}_file")

@@ -1,0 +1,79 @@
+"""The gateway's exception tree.
+
+Every error raised by gateway code derives from ``GatewayError``. Errors of
+third-party libraries (httpx, casbin, SQLAlchemy, cryptography, PyJWT) are
+translated into one of these at the module boundary that calls the library,
+with ``raise ... from exc`` so the cause stays in tracebacks but never in a
+client-facing message::
+
+    GatewayError
+    ├── ConfigError            a setting or declaration is invalid; raised at start
+    ├── SchemaError            a declaration in schema/ is inconsistent
+    ├── PolicyError            the policy files cannot be loaded or evaluated
+    ├── AuthenticationError    a request carries no valid bearer token (HTTP 401)
+    ├── UpstreamError          a source system failed; carries the system name
+    │   ├── UpstreamUnavailable    connection failed, 5xx, or an error envelope
+    │   ├── UpstreamTimeout        no answer within the system's timeout
+    │   └── UpstreamRejected       the system refused the request (4xx): a gateway bug
+    └── AuditError             the audit store cannot be written or read
+        └── AuditIntegrityError    the stored chain does not verify
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class of every error the gateway raises."""
+
+
+class ConfigError(GatewayError):
+    """A configuration setting is missing or invalid."""
+
+
+class SchemaError(GatewayError):
+    """A schema declaration is missing, unknown or inconsistent."""
+
+
+class PolicyError(GatewayError):
+    """The policy model or rules cannot be loaded or evaluated."""
+
+
+class AuthenticationError(GatewayError):
+    """The request has no valid bearer token."""
+
+
+class UpstreamError(GatewayError):
+    """A source system failed to answer a read.
+
+    ``system`` is the configured system name (for example ``crm``); the
+    message never contains the upstream's own error text, which may quote
+    personal values.
+    """
+
+    code = "UPSTREAM_UNAVAILABLE"
+
+    def __init__(self, system: str, message: str) -> None:
+        super().__init__(message)
+        self.system = system
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The system could not be reached or answered with a server error."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The system did not answer within its configured timeout."""
+
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamRejected(UpstreamError):
+    """The system rejected the request as invalid, which points to a gateway bug."""
+
+
+class AuditError(GatewayError):
+    """The audit store cannot be written or read."""
+
+
+class AuditIntegrityError(AuditError):
+    """The audit chain does not verify."""

@@ -1,0 +1,74 @@
+"""Upstream systems behind one read primitive.
+
+A source turns "these keys, these attributes" into as few requests as its
+dialect allows and returns plain rows: a dict of attribute to value, with
+``None`` for every empty value whatever the wire format uses, and
+``Many2one`` for a reference that carries both an id and a display name.
+Each dialect maps its own errors to ``gateway.errors.UpstreamError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from gateway.catalog import Condition
+
+
+class Many2one(NamedTuple):
+    """A reference to another record: its id and its display name."""
+
+    id: int
+    name: str
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """One batched read of an entity.
+
+    ``match`` and ``keys`` select the rows whose ``match`` attribute is one of
+    ``keys``; ``attributes`` is the exact projection, never empty. ``after``
+    and ``search`` serve cursor paging and name search on the root list.
+    """
+
+    entity: str
+    attributes: tuple[str, ...]
+    match: str | None = None
+    keys: tuple[str | int, ...] = ()
+    where: tuple[Condition, ...] = ()
+    order: str | None = None
+    limit: int | None = None
+    after: tuple[str, str] | None = None
+    search: tuple[str, str] | None = None
+
+
+class Source(Protocol):
+    """One configured upstream system."""
+
+    name: str
+
+    async def fetch(self, request: FetchRequest) -> list[Row]:
+        """Return the rows matching ``request``, in the requested order."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def order_terms(order: str | None) -> list[tuple[str, bool]]:
+    """Parse ``"date_order desc, id"`` into ``[("date_order", True), ("id", False)]``."""
+    if not order:
+        return []
+    terms = []
+    for part in order.split(","):
+        words = part.split()
+        descending = len(words) > 1 and words[1].lower() == "desc"
+        terms.append((words[0], descending))
+    return terms

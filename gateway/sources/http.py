@@ -1,0 +1,51 @@
+"""HTTP plumbing shared by the dialects: one place maps httpx errors.
+
+Every httpx exception becomes an ``UpstreamError`` here, so no dialect lets
+a library error escape and no upstream text reaches a client. Messages name
+the system, the entity and the key count, never keys or values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger("gateway.upstream")
+
+
+async def send(client: httpx.AsyncClient, system: str, what: str, method: str, url: str,
+               **kwargs: Any) -> httpx.Response:
+    """Send one request; map transport failures to the gateway's errors."""
+    try:
+        return await client.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(system, f"system {system!r} timed out on {what}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnavailable(
+            system, f"system {system!r} could not be reached for {what}: {type(exc).__name__}"
+        ) from exc
+
+
+def json_body(response: httpx.Response, system: str, what: str) -> Any:
+    """Return the decoded JSON body or raise ``UpstreamUnavailable`` naming the fault."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamUnavailable(
+            system, f"system {system!r} answered {what} with HTTP {response.status_code} and a "
+            "body that is not JSON") from exc
+
+
+def status_error(system: str, what: str, response: httpx.Response,
+                 code: str | None = None) -> UpstreamError:
+    """Return the error for a failed HTTP status; ``code`` is the vendor's error code."""
+    detail = f" ({code})" if code else ""
+    message = f"system {system!r} answered HTTP {response.status_code}{detail} for {what}"
+    if response.status_code in (408, 504):
+        return UpstreamTimeout(system, message)
+    return UpstreamUnavailable(system, message)

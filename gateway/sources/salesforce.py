@@ -1,0 +1,207 @@
+"""Salesforce REST dialect: SOQL queries with OAuth2 client credentials.
+
+Reads go to ``GET /services/data/vNN.N/query?q=SOQL`` and follow
+``nextRecordsUrl`` until ``done``. Keys travel in ``WHERE field IN (...)``
+lists, split so no request URL passes 16,000 bytes (Salesforce rejects URI
+plus headers above 16,384 bytes with 414/431). The access token is cached;
+an ``INVALID_SESSION_ID`` answer triggers one refresh and one retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from gateway.catalog import Condition
+from gateway.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable
+from gateway.sources import FetchRequest, Row, order_terms
+from gateway.sources.http import json_body, send, status_error
+
+log = logging.getLogger("gateway.upstream")
+
+MAX_URL_BYTES = 16_000
+_SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                 "\b": "\\b", "\f": "\\f"}
+
+
+@dataclass(frozen=True)
+class SalesforceSettings:
+    """Where and how to reach one Salesforce org."""
+
+    login_url: str
+    client_id: str
+    client_secret: str
+    api_version: str = "62.0"
+    timeout: float = 10.0
+
+
+def soql_literal(value: str | int | bool) -> str:
+    """Return ``value`` as a SOQL literal, quoting and escaping strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + "".join(_SOQL_ESCAPES.get(ch, ch) for ch in value) + "'"
+
+
+def like_pattern(text: str) -> str:
+    """Return a LIKE literal matching ``text`` anywhere, with its own % and _ escaped."""
+    escapes = {**_SOQL_ESCAPES, "%": "\\%", "_": "\\_"}
+    return "'%" + "".join(escapes.get(ch, ch) for ch in text) + "%'"
+
+
+def build_soql(request: FetchRequest, keys: tuple[str | int, ...]) -> str:
+    """Return the SOQL text of ``request`` restricted to ``keys``."""
+    clauses = []
+    if request.match is not None:
+        clauses.append(f"{request.match} IN ({', '.join(soql_literal(k) for k in keys)})")
+    clauses.extend(_condition(c) for c in request.where)
+    if request.after is not None:
+        clauses.append(f"{request.after[0]} > {soql_literal(request.after[1])}")
+    if request.search is not None:
+        clauses.append(f"{request.search[0]} LIKE {like_pattern(request.search[1])}")
+    soql = f"SELECT {', '.join(request.attributes)} FROM {request.entity}"
+    if clauses:
+        soql += " WHERE " + " AND ".join(clauses)
+    terms = order_terms(request.order)
+    if terms:
+        soql += " ORDER BY " + ", ".join(f"{name} {'DESC' if desc else 'ASC'}"
+                                         for name, desc in terms)
+    if request.limit is not None:
+        soql += f" LIMIT {request.limit}"
+    return soql
+
+
+def _condition(condition: Condition) -> str:
+    if condition.operator == "in":
+        assert isinstance(condition.value, tuple)
+        values = ", ".join(soql_literal(v) for v in condition.value)
+        return f"{condition.attribute} IN ({values})"
+    assert not isinstance(condition.value, tuple)
+    return f"{condition.attribute} {condition.operator} {soql_literal(condition.value)}"
+
+
+class SalesforceSource:
+    """Reads one Salesforce org."""
+
+    def __init__(self, name: str, settings: SalesforceSettings,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.name = name
+        self._settings = settings
+        self._client = client or httpx.AsyncClient(timeout=settings.timeout)
+        self._token: tuple[str, str] | None = None  # (access token, instance URL)
+        self._token_lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(self, request: FetchRequest) -> list[Row]:
+        chunks = self._chunks(request)
+        pages = await asyncio.gather(*(self._query(request, chunk) for chunk in chunks))
+        return [row for page in pages for row in page]
+
+    def _chunks(self, request: FetchRequest) -> list[tuple[str | int, ...]]:
+        if request.match is None:
+            return [()]
+        base = len(quote(build_soql(request, ()))) + 200  # path, host and headers margin
+        chunks: list[tuple[str | int, ...]] = []
+        current: list[str | int] = []
+        size = base
+        for key in request.keys:
+            cost = len(quote(soql_literal(key) + ", "))
+            if current and size + cost > MAX_URL_BYTES:
+                chunks.append(tuple(current))
+                current, size = [], base
+            current.append(key)
+            size += cost
+        if current:
+            chunks.append(tuple(current))
+        return chunks
+
+    async def _query(self, request: FetchRequest, keys: tuple[str | int, ...]) -> list[Row]:
+        what = f"{request.entity} query of {len(keys)} keys"
+        path = f"/services/data/v{self._settings.api_version}/query"
+        body = await self._get(path, {"q": build_soql(request, keys)}, what)
+        rows = [_row(record) for record in body.get("records", [])]
+        while not body.get("done", True):
+            next_url = body.get("nextRecordsUrl")
+            if not isinstance(next_url, str):
+                raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} "
+                                          "with done=false and no nextRecordsUrl")
+            body = await self._get(next_url, None, what)
+            rows.extend(_row(record) for record in body.get("records", []))
+        return rows
+
+    async def _get(self, path: str, params: dict[str, str] | None, what: str) -> dict[str, Any]:
+        token, instance = await self._access(refresh=False)
+        response = await self._send_query(instance + path, params, token, what)
+        if response.status_code == 401:
+            token, instance = await self._access(refresh=True, stale=token)
+            response = await self._send_query(instance + path, params, token, what)
+        if response.status_code != 200:
+            raise self._error(response, what)
+        body = json_body(response, self.name, what)
+        if not isinstance(body, dict) or not isinstance(body.get("records", []), list):
+            raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} with "
+                                      "an unexpected JSON shape")
+        return body
+
+    async def _send_query(self, url: str, params: dict[str, str] | None, token: str,
+                          what: str) -> httpx.Response:
+        return await send(self._client, self.name, what, "GET", url, params=params,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Accept": "application/json"})
+
+    async def _access(self, *, refresh: bool, stale: str | None = None) -> tuple[str, str]:
+        async with self._token_lock:
+            # Another request may have refreshed while this one waited.
+            if self._token is not None and (not refresh or self._token[0] != stale):
+                return self._token
+            self._token = await self._request_token()
+            return self._token
+
+    async def _request_token(self) -> tuple[str, str]:
+        what = "OAuth2 token request"
+        url = self._settings.login_url.rstrip("/") + "/services/oauth2/token"
+        response = await send(self._client, self.name, what, "POST", url, data={
+            "grant_type": "client_credentials", "client_id": self._settings.client_id,
+            "client_secret": self._settings.client_secret,
+        })
+        if response.status_code != 200:
+            body = json_body(response, self.name, what) if response.content else {}
+            code = body.get("error") if isinstance(body, dict) else None
+            raise status_error(self.name, what, response, str(code) if code else None)
+        body = json_body(response, self.name, what)
+        token, instance = body.get("access_token"), body.get("instance_url")
+        if not isinstance(token, str) or not isinstance(instance, str):
+            raise UpstreamUnavailable(self.name, f"system {self.name!r} answered the token "
+                                      "request without access_token and instance_url")
+        log.info("system %r: new access token obtained", self.name)
+        return token, instance.rstrip("/")
+
+    def _error(self, response: httpx.Response, what: str) -> UpstreamError:
+        code = _error_code(response)
+        if response.status_code == 400:
+            return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} ({code}); "
+                                    "check the schema declaration's attribute names")
+        return status_error(self.name, what, response, code)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        code = body[0].get("errorCode")
+        return str(code) if code else None
+    return None
+
+
+def _row(record: dict[str, Any]) -> Row:
+    return {key: value for key, value in record.items() if key != "attributes"}

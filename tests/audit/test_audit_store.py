@@ -1,0 +1,373 @@
+"""Tests of SQLiteAuditStore: seqs, durability, group commit and commit failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.audit.chain import GENESIS_HASH, chain_hash
+from gateway.audit.pseudonym import Pseudonymizer
+from gateway.audit.record import AuditEvent, canonical_json
+from gateway.audit.store import SQLiteAuditStore, sqlite_url
+from gateway.audit.verify import verify_store
+from gateway.errors import AuditError, AuditIntegrityError
+
+PSEUDONYMS = Pseudonymizer(b"store-test-key".ljust(32, b"."))
+
+
+def make_event(request_id: str = "req-1", **changes: object) -> AuditEvent:
+    event: dict[str, object] = {
+        "time": "2026-12-04T20:17:39.123Z",
+        "request_id": request_id,
+        "actor": "emp-17",
+        "roles": ["sales"],
+        "purpose": "support",
+        "client": "crm-web",
+        "operation_name": "CustomerCard",
+        "operation_hash": hashlib.sha256(b"query CustomerCard { customer { email } }").hexdigest(),
+        "subjects": [{"type": "customer", "ref": PSEUDONYMS.token("customer", "C-1001")}],
+        "fields": [
+            {
+                "field": "Customer.email",
+                "category": "contact.email",
+                "decision": "allow",
+                "rule": "sales-read-contact",
+                "mask": None,
+            }
+        ],
+        "systems": ["crm"],
+        "records": 1,
+        "outcome": "success",
+        "policy_version": "2026-12-01",
+    }
+    event.update(changes)
+    return cast(AuditEvent, event)
+
+
+def count_rows(path: Path, table: str = "audit_record") -> int:
+    with sqlite3.connect(path) as connection:
+        (count,) = connection.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(count)
+
+
+def run_sql(path: Path, *statements: str) -> None:
+    connection = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteAuditStore]:
+    opened = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    yield opened
+    await opened.close()
+
+
+async def test_append_returns_consecutive_seqs(store: SQLiteAuditStore) -> None:
+    first = await store.append(make_event("req-1"))
+    second = await store.append(make_event("req-2"))
+    third = await store.append(make_event("req-3"))
+
+    assert first == 1
+    assert second == 2
+    assert third == 3
+
+
+async def test_append_is_durable_on_return(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    seq = await store.append(make_event("req-durable"))
+
+    # A separate engine opens its own connection, so it can read only committed rows.
+    engine = create_async_engine(sqlite_url(tmp_path / "audit.db"))
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text("SELECT seq, request_id FROM audit_record WHERE seq = :seq"), {"seq": seq}
+            )
+            row = result.one()
+    finally:
+        await engine.dispose()
+
+    assert tuple(row) == (1, "req-durable")
+
+
+async def test_stored_row_matches_chain(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    event = make_event("req-chain")
+    await store.append(event)
+
+    with sqlite3.connect(tmp_path / "audit.db") as connection:
+        row = connection.execute(
+            "SELECT seq, time, request_id, actor, purpose, outcome, body, prev_hash, hash "
+            "FROM audit_record"
+        ).fetchone()
+        subjects = connection.execute("SELECT seq, ref FROM audit_subject").fetchall()
+
+    expected_body = canonical_json({**event, "seq": 1, "prev_hash": GENESIS_HASH})
+    assert row[:6] == (1, "2026-12-04T20:17:39.123Z", "req-chain", "emp-17", "support", "success")
+    assert row[6] == expected_body.decode("utf-8")
+    assert row[7] == GENESIS_HASH
+    assert row[8] == chain_hash(GENESIS_HASH, 1, expected_body)
+    assert subjects == [(1, PSEUDONYMS.token("customer", "C-1001"))]
+
+
+async def test_concurrent_appends_share_commits(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    events = [make_event(f"req-{index}") for index in range(300)]
+
+    seqs = await asyncio.gather(*(store.append(event) for event in events))
+
+    assert sorted(seqs) == list(range(1, 301))
+    assert store.commits < 300
+    report = await verify_store(tmp_path / "audit.db")
+    assert report.ok
+    assert report.records == 300
+
+
+async def test_max_batch_limits_commit_size(tmp_path: Path) -> None:
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db", max_batch=10)
+    try:
+        seqs = await asyncio.gather(*(store.append(make_event(f"r{i}")) for i in range(25)))
+    finally:
+        await store.close()
+
+    assert seqs == list(range(1, 26))
+    # All 25 appends are queued before the writer runs, so it commits 10 + 10 + 5.
+    assert store.commits == 3
+
+
+async def test_seqs_follow_call_order(store: SQLiteAuditStore) -> None:
+    seqs = await asyncio.gather(*(store.append(make_event(f"r{i}")) for i in range(20)))
+
+    assert seqs == list(range(1, 21))
+
+
+async def test_reopen_continues_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    first_store = await SQLiteAuditStore.open(path)
+    await first_store.append(make_event("req-1"))
+    await first_store.append(make_event("req-2"))
+    await first_store.close()
+
+    second_store = await SQLiteAuditStore.open(path)
+    try:
+        seq = await second_store.append(make_event("req-3"))
+    finally:
+        await second_store.close()
+
+    assert seq == 3
+    report = await verify_store(path)
+    assert report.ok
+    assert report.records == 3
+
+
+async def test_open_sets_wal_journal(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    with sqlite3.connect(tmp_path / "audit.db") as connection:
+        (journal_mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+
+    assert journal_mode == "wal"
+
+
+async def test_open_missing_directory_fails(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "audit.db"
+
+    with pytest.raises(AuditError, match=r"directory .*missing of audit store .* not found"):
+        await SQLiteAuditStore.open(path)
+
+
+async def test_open_rejects_zero_max_batch(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_batch must be at least 1, not 0"):
+        await SQLiteAuditStore.open(tmp_path / "audit.db", max_batch=0)
+
+
+async def test_open_rejects_damaged_last_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    store = await SQLiteAuditStore.open(path)
+    for index in range(3):
+        await store.append(make_event(f"req-{index}"))
+    await store.close()
+    run_sql(path, f"UPDATE audit_record SET hash = '{'a' * 64}' WHERE seq = 3")
+
+    with pytest.raises(AuditIntegrityError, match=r"last audit record 3 in .* does not verify"):
+        await SQLiteAuditStore.open(path)
+
+
+async def test_commit_failure_marks_unhealthy(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    path = tmp_path / "audit.db"
+    assert await store.append(make_event("req-1")) == 1
+    assert await store.healthy()
+    run_sql(
+        path,
+        "CREATE TRIGGER fail_insert BEFORE INSERT ON audit_record "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+
+    with pytest.raises(AuditError, match=r"audit commit to .* failed: injected failure") as caught:
+        await store.append(make_event("req-2"))
+
+    assert isinstance(caught.value.__cause__, Exception)
+    assert not await store.healthy()
+    assert count_rows(path) == 1
+
+    run_sql(path, "DROP TRIGGER fail_insert")
+    seq = await store.append(make_event("req-3"))
+
+    assert seq == 2
+    assert await store.healthy()
+    report = await verify_store(path)
+    assert report.ok
+    assert report.records == 2
+
+
+async def test_commit_failure_fails_whole_batch(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    path = tmp_path / "audit.db"
+    run_sql(
+        path,
+        "CREATE TRIGGER fail_fourth BEFORE INSERT ON audit_record WHEN NEW.seq = 4 "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+
+    results = await asyncio.gather(
+        *(store.append(make_event(f"req-{index}")) for index in range(6)),
+        return_exceptions=True,
+    )
+
+    assert all(isinstance(result, AuditError) for result in results)
+    assert count_rows(path) == 0
+
+
+async def test_subject_failure_rolls_back_record(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    path = tmp_path / "audit.db"
+    run_sql(
+        path,
+        "CREATE TRIGGER fail_subject BEFORE INSERT ON audit_subject "
+        "BEGIN SELECT RAISE(ABORT, 'injected subject failure'); END",
+    )
+
+    with pytest.raises(AuditError, match="injected subject failure"):
+        await store.append(make_event("req-1"))
+
+    assert count_rows(path, "audit_record") == 0
+    assert count_rows(path, "audit_subject") == 0
+
+
+async def test_invalid_event_is_rejected(store: SQLiteAuditStore) -> None:
+    event = make_event()
+    del event["actor"]  # type: ignore[misc]
+
+    with pytest.raises(AuditError, match=r"invalid audit event: .* missing keys \['actor'\]"):
+        await store.append(event)
+
+    assert store.commits == 0
+
+
+async def test_raw_subject_value_is_rejected(store: SQLiteAuditStore) -> None:
+    raw_value = "someone@example.org"
+    event = make_event(subjects=[{"type": "contact", "ref": raw_value}])
+
+    with pytest.raises(AuditError, match=r"subjects\[0\]\.ref is not a pseudonym token") as caught:
+        await store.append(event)
+
+    assert raw_value not in str(caught.value)
+
+
+async def test_nan_record_count_is_rejected(store: SQLiteAuditStore) -> None:
+    event = make_event(records=float("nan"))
+
+    with pytest.raises(AuditError, match="records must be a non-negative integer"):
+        await store.append(event)
+
+
+async def test_unencodable_text_is_rejected(store: SQLiteAuditStore) -> None:
+    event = make_event(request_id="req-\ud800")
+
+    with pytest.raises(AuditError, match="invalid audit event: 'utf-8' codec can't encode"):
+        await store.append(event)
+
+    assert store.commits == 0
+
+
+async def test_event_changed_after_append_is_not_stored(
+    tmp_path: Path, store: SQLiteAuditStore
+) -> None:
+    event = make_event("req-original")
+    pending = asyncio.create_task(store.append(event))
+    await asyncio.sleep(0)
+    event["request_id"] = "req-changed"
+
+    assert await pending == 1
+    with sqlite3.connect(tmp_path / "audit.db") as connection:
+        (request_id,) = connection.execute("SELECT request_id FROM audit_record").fetchone()
+    assert request_id == "req-original"
+
+
+async def test_cancelled_append_keeps_writer(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    pending = asyncio.create_task(store.append(make_event("req-cancelled")))
+    await asyncio.sleep(0)
+    pending.cancel()
+
+    seq = await store.append(make_event("req-after"))
+
+    # The cancelled caller's record was already queued, so it still takes seq 1.
+    assert seq == 2
+    assert pending.cancelled()
+    report = await verify_store(tmp_path / "audit.db")
+    assert report.records == 2
+
+
+async def test_close_commits_queued_events(tmp_path: Path) -> None:
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    pending = [asyncio.create_task(store.append(make_event(f"r{i}"))) for i in range(5)]
+    await asyncio.sleep(0)
+
+    await store.close()
+
+    assert [task.result() for task in pending] == [1, 2, 3, 4, 5]
+    assert count_rows(tmp_path / "audit.db") == 5
+
+
+async def test_append_after_close_fails(tmp_path: Path) -> None:
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    await store.close()
+
+    with pytest.raises(AuditError, match=r"audit store .* is closed; open it again to append"):
+        await store.append(make_event())
+
+    assert not await store.healthy()
+
+
+async def test_close_twice_is_harmless(tmp_path: Path) -> None:
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    await store.append(make_event())
+
+    await store.close()
+    await store.close()
+
+    assert count_rows(tmp_path / "audit.db") == 1
+
+
+def test_sqlite_url_quotes_reserved_characters(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "a b?c#d.db")
+
+    assert url == f"sqlite+aiosqlite:///{tmp_path}/a b%3Fc%23d.db"
+
+
+async def test_store_opens_path_with_reserved_characters(tmp_path: Path) -> None:
+    path = tmp_path / "a b?c#d.db"
+    store = await SQLiteAuditStore.open(path)
+    try:
+        await store.append(make_event())
+    finally:
+        await store.close()
+
+    assert path.is_file()
+    assert count_rows(path) == 1
