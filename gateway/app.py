@@ -95,10 +95,11 @@ def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
 def _token_settings(settings: Settings) -> TokenSettings:
     if settings.token_public_key_file is not None:
         public_key = load_public_key(settings.token_public_key_file)
-    else:
-        log.warning("no [auth] public_key_file set: accepting development tokens signed by %s",
-                    settings.signing_key_path)
+    elif settings.development_tokens:
+        log.info("accepting development tokens signed by %s", settings.signing_key_path)
         public_key = load_or_create_signing_key(settings.signing_key_path).public_key()
+    else:
+        raise ConfigError("no token public key configured; set [auth] public_key_file")
     return TokenSettings(public_key=public_key, issuer=settings.token_issuer,
                          audience=settings.token_audience)
 

@@ -11,6 +11,7 @@ Example::
     data_dir = "/var/lib/fonte"
 
     [auth]
+    # or development_tokens = true, to accept `fonte token` tokens
     public_key_file = "/etc/fonte/token-public.pem"
     issuer = "https://login.example.com"
     audience = "fonte"
@@ -60,6 +61,7 @@ class Settings:
     schema_dir: Path = field(default_factory=default_schema_dir)
     policy_dir: Path = field(default_factory=default_policy_dir)
     token_public_key_file: Path | None = None
+    development_tokens: bool = False
     token_issuer: str = DEV_ISSUER
     token_audience: str = DEV_AUDIENCE
     audit_fail_open: bool = False
@@ -91,11 +93,17 @@ def load_settings(path: Path) -> Settings:
     gateway = _table(document, "gateway")
     auth = _table(document, "auth")
     audit = _table(document, "audit")
-    systems = {name: _system(name, spec) for name, spec in _table(document, "systems").items()}
+    systems = {name: _system(name, spec, base)
+               for name, spec in _table(document, "systems").items()}
     if not systems:
         raise ConfigError(f"{path}: no [systems.<name>] section; declare the CRM and ERP the "
                           "schema reads from")
     key_file = auth.get("public_key_file")
+    development_tokens = bool(auth.get("development_tokens", False))
+    if not key_file and not development_tokens:
+        raise ConfigError(f"{path}: [auth] public_key_file is missing; set it to the PEM "
+                          "Ed25519 public key of your token issuer, or set "
+                          "development_tokens = true to accept tokens from `fonte token`")
     return Settings(
         systems=systems,
         data_dir=_path(base, gateway.get("data_dir", "data")),
@@ -107,6 +115,7 @@ def load_settings(path: Path) -> Settings:
         policy_dir=_path(base, gateway["policy_dir"]) if "policy_dir" in gateway
         else default_policy_dir(),
         token_public_key_file=_path(base, key_file) if key_file else None,
+        development_tokens=development_tokens,
         token_issuer=str(auth.get("issuer", DEV_ISSUER)),
         token_audience=str(auth.get("audience", DEV_AUDIENCE)),
         audit_fail_open=bool(audit.get("fail_open", False)),
@@ -138,7 +147,7 @@ def _number(section: str, name: str, value: Any) -> float:
     return float(value)
 
 
-def _system(name: str, spec: Any) -> SystemSettings:
+def _system(name: str, spec: Any, base: Path) -> SystemSettings:
     section = f"systems.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"[{section}] must be a table of settings")
@@ -147,13 +156,13 @@ def _system(name: str, spec: Any) -> SystemSettings:
     if dialect == "salesforce":
         return SalesforceSettings(
             login_url=_text(section, spec, "login_url"),
-            client_id=_secret(section, spec, "client_id"),
-            client_secret=_secret(section, spec, "client_secret"),
+            client_id=_secret(section, spec, "client_id", base),
+            client_secret=_secret(section, spec, "client_secret", base),
             api_version=str(spec.get("api_version", "62.0")), timeout=timeout)
     if dialect == "odoo-jsonrpc":
         return OdooSettings(
             base_url=_text(section, spec, "base_url"), database=_text(section, spec, "database"),
-            login=_text(section, spec, "login"), api_key=_secret(section, spec, "api_key"),
+            login=_text(section, spec, "login"), api_key=_secret(section, spec, "api_key", base),
             timeout=timeout)
     raise ConfigError(f"[{section}] dialect = {dialect!r} is not supported; use one of "
                       f"{', '.join(DIALECTS)}")
@@ -166,7 +175,7 @@ def _text(section: str, spec: dict[str, Any], name: str) -> str:
     return value
 
 
-def _secret(section: str, spec: dict[str, Any], name: str) -> str:
+def _secret(section: str, spec: dict[str, Any], name: str, base: Path) -> str:
     if name in spec:
         raise ConfigError(f"[{section}] {name} must not be written in the settings file; set "
                           f"{name}_env to an environment variable or {name}_file to a file")
@@ -179,7 +188,7 @@ def _secret(section: str, spec: dict[str, Any], name: str) -> str:
         return value
     if file_name:
         try:
-            return Path(str(file_name)).read_text(encoding="utf-8").strip()
+            return _path(base, file_name).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"[{section}] {name}_file {str(file_name)!r} cannot be read: "
                               f"{exc.strerror}") from exc

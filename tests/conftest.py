@@ -8,7 +8,8 @@ opening sockets.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ async def harness(demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]
                                 login="gateway", api_key="test-api-key"),
         },
         data_dir=tmp_path / "data",
+        development_tokens=True,
     )
     clients = {
         "crm": httpx.AsyncClient(transport=httpx.ASGITransport(app=crm_app)),
@@ -108,4 +110,47 @@ async def harness(demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]
         transport = httpx.ASGITransport(app=gateway_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
             yield Harness(demo_data, settings.data_dir, settings, gateway_app, crm_app, erp_app,
+                          client, signing_key)
+
+
+TransportWrapper = Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport]
+
+
+def _same_transport(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    return transport
+
+
+@asynccontextmanager
+async def start_harness(data: DemoData, data_dir: Path, *,
+                        wrap_crm: TransportWrapper = _same_transport,
+                        wrap_erp: TransportWrapper = _same_transport) -> AsyncIterator[Harness]:
+    """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
+
+    A wrapper receives the ``ASGITransport`` of the demo system and returns the
+    transport the gateway's client uses, so a test can inject transport errors
+    or hold requests back. The gateway's lifespan ends, and its audit store is
+    closed, when the ``async with`` block exits.
+    """
+    crm_app = create_salesforce_app(data, client_id="test-client", client_secret="s3cret")
+    erp_app = create_odoo_app(data, api_key="test-api-key")
+    settings = Settings(
+        systems={
+            "crm": SalesforceSettings(login_url="http://crm.test", client_id="test-client",
+                                      client_secret="s3cret"),
+            "erp": OdooSettings(base_url="http://erp.test", database="fonte_demo",
+                                login="gateway", api_key="test-api-key"),
+        },
+        data_dir=data_dir,
+        development_tokens=True,
+    )
+    clients = {
+        "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
+        "erp": httpx.AsyncClient(transport=wrap_erp(httpx.ASGITransport(app=erp_app))),
+    }
+    gateway_app = create_app(settings, clients)
+    signing_key = load_or_create_signing_key(settings.signing_key_path)
+    async with gateway_app.router.lifespan_context(gateway_app):
+        transport = httpx.ASGITransport(app=gateway_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+            yield Harness(data, settings.data_dir, settings, gateway_app, crm_app, erp_app,
                           client, signing_key)

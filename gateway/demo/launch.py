@@ -151,7 +151,7 @@ async def run_demo(*, port: int, data_dir: Path, customers: int,
     data = generate(customers=customers)
     systems, background = await start_demo_systems(data)
     settings = Settings(systems={"crm": systems.crm, "erp": systems.erp}, data_dir=data_dir,
-                        host=LOOPBACK, port=port, graphiql=True)
+                        host=LOOPBACK, port=port, graphiql=True, development_tokens=True)
     tokens = demo_tokens(data_dir)
     config = uvicorn.Config(create_app(settings), host=LOOPBACK, port=port,
                             log_level="warning", access_log=False, lifespan="on")

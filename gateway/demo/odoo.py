@@ -1,6 +1,6 @@
 """Demo Odoo ERP server: the external JSON-RPC API of Odoo 17/18 over the demo data.
 
-``create_odoo_app`` returns a Starlette app that answers ``POST /jsonrpc``
+``create_odoo_app`` returns a Starlette app that serves ``POST /jsonrpc``
 with the ``common`` service (``version``, ``login``, ``authenticate``) and
 the ``object`` service (``execute_kw`` and ``execute`` with ``search_read``,
 ``search``, ``search_count``, ``read`` and ``fields_get``), plus
@@ -10,7 +10,8 @@ It keeps the Odoo behaviours that a connector has to handle:
 
 - Errors come back as HTTP 200 with a JSON-RPC ``error`` member whose
   ``data.name`` is the Python class path of the exception.
-- A body that is not a JSON object is rejected with HTTP 400 and a text body.
+- A body that is not a JSON object, or is not sent as ``application/json``,
+  is rejected with HTTP 400 and a text body.
 - ``fields`` omitted or empty in ``search_read`` and ``read`` returns every
   field, so a test can prove that the gateway always sends ``fields``.
 - Empty values read as ``false`` (numbers as ``0``/``0.0``), and a many2one
@@ -76,10 +77,11 @@ def _bind_or_raise(function: Callable[..., Any], label: str, args: Any, kwargs: 
 
 
 class _Model:
-    """The ORM methods that the demo server answers for one model.
+    """The ORM methods that the demo server serves for one model.
 
-    Signatures are those of ``odoo.models.BaseModel`` in Odoo 17, so
-    positional and keyword arguments bind the same way.
+    Parameter names and defaults are those of ``odoo.models.BaseModel`` in
+    Odoo 17, so positional and keyword arguments bind the same way. Only
+    ``search_read`` names ``load``, which Odoo passes on to ``read``.
     """
 
     def __init__(self, store: RecordStore, model: str) -> None:
@@ -128,16 +130,19 @@ class _Model:
 
     def fields_get(self, allfields: Any = None, attributes: Any = None) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        selected = allfields if isinstance(allfields, list | tuple) and allfields else None
         for name, spec in self.fields.items():
-            if allfields and name not in allfields:
+            if selected is not None and name not in selected:
                 continue
             description: dict[str, Any] = {"type": spec.type, "string": spec.string}
             if spec.relation is not None:
                 description["relation"] = spec.relation
             if spec.selection:
                 description["selection"] = [list(choice) for choice in spec.selection]
-            if attributes:
-                description = {key: description[key] for key in attributes if key in description}
+            if isinstance(attributes, list | tuple) and attributes:
+                description = {
+                    key: value for key, value in description.items() if key in attributes
+                }
             result[name] = description
         return result
 
@@ -245,7 +250,7 @@ class OdooRpc:
             return self._object(method, args)
         if service == "db":
             # NOTE: behaves like a server started with list_db = False, where
-            # the database manager is closed to RPC; real Odoo still answers
+            # the database manager is closed to RPC. A real Odoo still serves
             # a few db methods such as server_version.
             raise OdooFault(ACCESS_DENIED, "Access Denied")
         raise OdooFault("builtins.KeyError", repr(service))
@@ -448,19 +453,24 @@ class _OdooHttp:
             return rejected
         params = payload.get("params", {})
         try:
-            if not isinstance(params, dict):
-                raise OdooFault("builtins.TypeError", "params must be a JSON object")
-            missing = [key for key in ("service", "method", "args") if key not in params]
-            if missing:
-                raise OdooFault(
-                    "builtins.TypeError",
-                    f"jsonrpc() missing required arguments: {', '.join(missing)}",
-                )
-            result = self.rpc.dispatch(params["service"], params["method"], params["args"])
+            result = self._dispatch(params)
         except OdooFault as fault:
-            logger.debug("demo Odoo server answered %s", fault.name)
+            # The message can quote request values, so the log names only the class.
+            call = params if isinstance(params, dict) else {}
+            service, method = call.get("service"), call.get("method")
+            logger.info("Odoo call %s.%s failed with %s", service, method, fault.name)
             return _rpc_error(payload, fault)
         return _rpc_result(payload, result)
+
+    def _dispatch(self, params: Any) -> Any:
+        if not isinstance(params, dict):
+            raise OdooFault("builtins.TypeError", "params must be a JSON object")
+        missing = [key for key in ("service", "method", "args") if key not in params]
+        if missing:
+            raise OdooFault(
+                "builtins.TypeError", f"jsonrpc() missing required arguments: {', '.join(missing)}"
+            )
+        return self.rpc.dispatch(params["service"], params["method"], params["args"])
 
     async def _fault_response(self) -> Response | None:
         if self.control.fault_delay > 0:
@@ -468,7 +478,7 @@ class _OdooHttp:
         status = self.control.fault_status
         if status is None:
             return None
-        # A reverse proxy in front of Odoo answers with a short text page.
+        # A reverse proxy in front of Odoo returns a short text page like this one.
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
@@ -521,6 +531,7 @@ async def _read_payload(request: Request) -> Any:
 def _bad_request(payload: Any) -> Response | None:
     # Odoo aborts with a plain 400 page here, before any JSON-RPC envelope exists.
     if isinstance(payload, _Malformed):
+        logger.info("Odoo request rejected with HTTP 400: %s", payload.text)
         return Response(payload.text, status_code=400, media_type="text/html")
     return None
 
@@ -530,8 +541,8 @@ def _rpc_result(payload: Mapping[str, Any], result: Any) -> Response:
 
 
 def _rpc_error(payload: Mapping[str, Any], fault: OdooFault) -> Response:
-    # Odoo's JSON-RPC error code is always 200 ("totally arbitrary" per its source);
-    # the traceback here is a placeholder that never quotes request or data values.
+    # Odoo sends JSON-RPC code 200 for every server error other than a 404 or an
+    # expired session. The traceback is a placeholder that quotes no values.
     error = {
         "code": 200,
         "message": "Odoo Server Error",

@@ -4,15 +4,15 @@
 field names, types and labels of Odoo 17/18. ``RecordStore`` loads the data
 set into rows in database form: empty values become None, dates and
 datetimes become Odoo's server strings, and every many2one id must point at
-an existing record. ``compile_domain`` and ``sort_rows`` answer the
+an existing record. ``compile_domain`` and ``sort_rows`` evaluate the
 ``domain`` and ``order`` arguments of the ORM methods.
 
-The domain rules follow ``odoo/osv/expression.py`` (Odoo 17): prefix
-operators with implicit AND, SQL NULL handling per operator (for example
-``!=`` and ``not in`` also match empty values), many2one compared by id or,
-for a string operand, by the target's name, and dotted paths read as
-``any``. Errors quote the offending leaf as Odoo does, so they can contain
-request values.
+The domain rules follow ``odoo/osv/expression.py`` of Odoo 17. Prefix
+operators combine leaves, and leaves without an operator are AND-ed. Empty
+values behave like SQL NULL, so ``!=`` and ``not in`` also match them. A
+many2one compares by id, or by the target's name for a string operand, and
+a dotted path reads as ``any``. Errors quote the offending leaf as Odoo
+does, so they can contain request values.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ _CURRENCY = _many2one("res.currency", "Currency")
 
 # NOTE: types and names are those of Odoo 17/18 Community with the sale,
 # account, stock and delivery modules. The labels are the English `string`
-# attributes as best known and may differ from a given release.
+# attributes as best known and may differ from a given release. Fields that
+# every real model has (display_name, create_date, ...) are missing here.
 MODEL_FIELDS: dict[str, dict[str, FieldSpec]] = {
     "res.partner": {
         "id": _ID,
@@ -217,8 +218,8 @@ class RecordStore:
         unknown = sorted(set(erp) - set(MODEL_FIELDS))
         if unknown:
             raise ValueError(
-                f"data set models {unknown} have no field table in the demo Odoo server; "
-                "add them to MODEL_FIELDS"
+                f"data set models {unknown} have no field table in the demo Odoo server. "
+                "Add them to MODEL_FIELDS"
             )
         self._rows: dict[str, list[Row]] = {}
         self._by_id: dict[str, dict[int, Row]] = {}
@@ -269,7 +270,7 @@ def _load_row(model: str, fields: Mapping[str, FieldSpec], record: Mapping[str, 
         raise ValueError(f"{model} record has fields {extra} that MODEL_FIELDS does not declare")
     record_id = record.get("id")
     if not isinstance(record_id, int) or isinstance(record_id, bool):
-        raise ValueError(f"{model} record has id {record_id!r}; ids must be integers")
+        raise ValueError(f"{model} record has id {record_id!r}, but ids must be integers")
 
     row: Row = {}
     for name, spec in fields.items():
@@ -280,8 +281,8 @@ def _load_row(model: str, fields: Mapping[str, FieldSpec], record: Mapping[str, 
         allowed = {key for key, _label in spec.selection}
         if allowed and row[name] is not None and row[name] not in allowed:
             raise ValueError(
-                f"{model} record {record_id} field {name} is {row[name]!r}; "
-                f"allowed values are {sorted(allowed)}"
+                f"{model} record {record_id} field {name} is {row[name]!r}, but "
+                f"the allowed values are {sorted(allowed)}"
             )
     return row
 
@@ -359,7 +360,8 @@ def compile_domain(store: RecordStore, model: str, domain: Any) -> Predicate:
         if not _is_operator(token) and not _is_leaf(token):
             raise OdooFault(VALUE_ERROR, f"Invalid leaf {token}")
 
-    # Polish notation read right to left: a leaf pushes, an operator pops.
+    # A domain is in Polish notation, so it is read right to left: each leaf
+    # pushes a predicate and each operator pops its operands.
     stack: list[Predicate] = []
     for token in reversed(domain):
         if not _is_operator(token):
@@ -422,10 +424,10 @@ def _compile_leaf(store: RecordStore, model: str, leaf: tuple[Any, ...]) -> Pred
             return _always
         operator = "="
     if operator in ("in", "not in"):
-        return _compile_in(model, name, spec, operator, right, leaf)
+        return _compile_in(name, spec, operator, right, leaf)
     if operator in _LIKE_OPERATORS:
         return _compile_like(name, operator, right)
-    return _compile_compare(model, name, spec, operator, right)
+    return _compile_compare(name, spec, operator, right)
 
 
 def _normalize_operator(operator: str, right: Any) -> str:
@@ -485,7 +487,7 @@ def _compile_name_match(
     return lambda row: row[name] in target_ids or (include_empty and row[name] is None)
 
 
-def _coerce(model: str, name: str, spec: FieldSpec, value: Any) -> Any:
+def _coerce(spec: FieldSpec, value: Any) -> Any:
     try:
         return _to_column(spec, value)
     except (TypeError, ValueError) as exc:
@@ -493,24 +495,24 @@ def _coerce(model: str, name: str, spec: FieldSpec, value: Any) -> Any:
 
 
 def _compile_in(
-    model: str, name: str, spec: FieldSpec, operator: str, right: Any, leaf: tuple[Any, ...]
+    name: str, spec: FieldSpec, operator: str, right: Any, leaf: tuple[Any, ...]
 ) -> Predicate:
     if not isinstance(right, list | tuple):
         raise OdooFault(VALUE_ERROR, f"Invalid domain term {leaf}")
     if spec.type == "boolean":
         # Rows store an empty boolean as False, which is how Odoo treats NULL.
-        wanted = frozenset(flag for flag in (True, False) if flag in right)
+        flags = frozenset(flag for flag in (True, False) if flag in right)
         if operator == "in":
-            return lambda row: row[name] in wanted
-        return lambda row: row[name] not in wanted
+            return lambda row: row[name] in flags
+        return lambda row: row[name] not in flags
 
     values = [item for item in right if item is not False and item is not None]
-    wanted = frozenset(_coerce(model, name, spec, item) for item in values)
+    members = frozenset(_coerce(spec, item) for item in values)
     has_empty = len(values) < len(right)
     if operator == "in":
-        return lambda row: row[name] in wanted if row[name] is not None else has_empty
+        return lambda row: row[name] in members if row[name] is not None else has_empty
     # `not in` matches empty values unless the list itself contains False.
-    return lambda row: row[name] not in wanted if row[name] is not None else not has_empty
+    return lambda row: row[name] not in members if row[name] is not None else not has_empty
 
 
 def _compile_like(name: str, operator: str, right: Any) -> Predicate:
@@ -561,16 +563,14 @@ def _like_regex(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
     return re.compile("".join(parts), flags)
 
 
-def _compile_compare(
-    model: str, name: str, spec: FieldSpec, operator: str, right: Any
-) -> Predicate:
+def _compile_compare(name: str, spec: FieldSpec, operator: str, right: Any) -> Predicate:
     if right is None or right is False:
         return _compile_empty_test(name, spec, operator)
 
     if spec.type == "datetime" and isinstance(right, str) and len(right) == 10:
         # Odoo widens a bare date to the first or last second of that day.
         right += " 23:59:59" if operator in (">", "<=") else " 00:00:00"
-    value = _coerce(model, name, spec, right)
+    value = _coerce(spec, right)
     compare = _COMPARATORS[operator]
     empty_matches = operator == "!="
 
@@ -612,6 +612,8 @@ class _OrderTerm:
 
 def _parse_order(model: str, order: Any) -> list[_OrderTerm]:
     if order is None or order is False or order == "":
+        # NOTE: a real Odoo falls back to the model's _order (for sale.order,
+        # "date_order desc, id desc"), so callers must send the order they need.
         return [_OrderTerm("id", descending=False, nulls_first=False)]
     invalid = OdooFault(
         USER_ERROR,
@@ -642,8 +644,8 @@ def sort_rows(store: RecordStore, model: str, rows: list[Row], order: Any) -> li
     Rows that tie on every term keep id order. A many2one sorts by the
     target's display name.
     """
-    # NOTE: Odoo sorts a many2one by the target model's own _order and text
-    # by the database collation; this sorts by the target name and by code point.
+    # NOTE: Odoo sorts a many2one by the target model's own _order, and text by
+    # the database collation. This sorts by the target name and by code point.
     terms = _parse_order(model, order)
     result = list(rows)
     for term in reversed(terms):

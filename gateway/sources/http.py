@@ -25,7 +25,7 @@ async def send(client: httpx.AsyncClient, system: str, what: str, method: str, u
         return await client.request(method, url, **kwargs)
     except httpx.TimeoutException as exc:
         raise UpstreamTimeout(system, f"system {system!r} timed out on {what}") from exc
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise UpstreamUnavailable(
             system, f"system {system!r} could not be reached for {what}: {type(exc).__name__}"
         ) from exc

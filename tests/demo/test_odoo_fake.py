@@ -204,7 +204,7 @@ async def test_common_version_and_web_version(client: httpx.AsyncClient) -> None
     ("service", "method", "args", "name", "message"),
     [
         ("nope", "version", [], "builtins.KeyError", "'nope'"),
-        ("common", "about", [], "builtins.Exception", "Method not found: about"),
+        ("common", "nope", [], "builtins.Exception", "Method not found: nope"),
         (
             "common", "login", [DB, LOGIN], "builtins.TypeError",
             "exp_login() missing a required argument: 'password'",
@@ -468,11 +468,20 @@ async def test_malformed_body_answers_400(
     ]
 
 
-async def test_params_not_object_is_envelope(client: httpx.AsyncClient) -> None:
-    response = await client.post("/jsonrpc", json={"jsonrpc": "2.0", "id": 3, "params": [1]})
+async def test_bad_params_use_envelope(client: httpx.AsyncClient) -> None:
+    listed = await client.post("/jsonrpc", json={"jsonrpc": "2.0", "id": 3, "params": [1]})
+    partial = await client.post(
+        "/jsonrpc", json={"jsonrpc": "2.0", "id": 4, "params": {"service": "common"}}
+    )
 
-    assert response.status_code == 200
-    assert response.json()["error"]["data"]["name"] == "builtins.TypeError"
+    assert listed.status_code == 200
+    assert listed.json()["error"]["data"]["name"] == "builtins.TypeError"
+    assert listed.json()["error"]["data"]["message"] == "params must be a JSON object"
+    assert partial.status_code == 200
+    assert partial.json()["id"] == 4
+    assert partial.json()["error"]["data"]["message"] == (
+        "jsonrpc() missing required arguments: method, args"
+    )
 
 
 # --- domains -------------------------------------------------------------------------

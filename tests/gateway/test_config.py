@@ -1,0 +1,113 @@
+"""Settings file loading: every wrong setting fails with the fix named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_settings
+from gateway.errors import ConfigError
+from gateway.sources.odoo import OdooSettings
+from gateway.sources.salesforce import SalesforceSettings
+
+VALID = """
+[gateway]
+port = 8100
+data_dir = "state"
+
+[auth]
+development_tokens = true
+
+[systems.crm]
+dialect = "salesforce"
+login_url = "https://crm.example"
+client_id_env = "TEST_CRM_ID"
+client_secret_file = "crm-secret.txt"
+
+[systems.erp]
+dialect = "odoo-jsonrpc"
+base_url = "https://erp.example"
+database = "prod"
+login = "gateway"
+api_key_env = "TEST_ERP_KEY"
+timeout = 3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fonte.toml"
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "crm-secret.txt").write_text("file-secret\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def secrets_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_CRM_ID", "crm-client")
+    monkeypatch.setenv("TEST_ERP_KEY", "erp-key")
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, VALID))
+
+    assert settings.port == 8100
+    assert settings.data_dir == tmp_path / "state"
+    assert settings.development_tokens is True
+    assert settings.systems["crm"] == SalesforceSettings(
+        login_url="https://crm.example", client_id="crm-client", client_secret="file-secret")
+    assert settings.systems["erp"] == OdooSettings(
+        base_url="https://erp.example", database="prod", login="gateway", api_key="erp-key",
+        timeout=3.0)
+
+
+def test_secret_in_file_rejected(tmp_path: Path) -> None:
+    text = VALID.replace('api_key_env = "TEST_ERP_KEY"', 'api_key = "plain"')
+    with pytest.raises(ConfigError, match=r"\[systems.erp\] api_key must not be written"):
+        load_settings(write(tmp_path, text))
+
+
+def test_unset_variable_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_ERP_KEY")
+    with pytest.raises(ConfigError, match="api_key_env names 'TEST_ERP_KEY', which is not set"):
+        load_settings(write(tmp_path, VALID))
+
+
+def test_unknown_dialect_named(tmp_path: Path) -> None:
+    text = VALID.replace('dialect = "odoo-jsonrpc"', 'dialect = "sap"')
+    with pytest.raises(ConfigError, match=r"\[systems.erp\] dialect = 'sap' is not supported"):
+        load_settings(write(tmp_path, text))
+
+
+def test_missing_url_named(tmp_path: Path) -> None:
+    text = VALID.replace('login_url = "https://crm.example"\n', "")
+    with pytest.raises(ConfigError, match=r"\[systems.crm\] login_url is missing"):
+        load_settings(write(tmp_path, text))
+
+
+def test_bad_port_named(tmp_path: Path) -> None:
+    text = VALID.replace("port = 8100", "port = 70000")
+    with pytest.raises(ConfigError, match=r"\[gateway\] port = 70000 must be a whole number"):
+        load_settings(write(tmp_path, text))
+
+
+def test_bad_timeout_named(tmp_path: Path) -> None:
+    text = VALID.replace("timeout = 3", "timeout = -1")
+    with pytest.raises(ConfigError, match=r"\[systems.erp\] timeout = -1 must be a positive"):
+        load_settings(write(tmp_path, text))
+
+
+def test_token_key_required(tmp_path: Path) -> None:
+    text = VALID.replace("development_tokens = true", "")
+    with pytest.raises(ConfigError, match=r"\[auth\] public_key_file is missing"):
+        load_settings(write(tmp_path, text))
+
+
+def test_invalid_toml_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_settings(write(tmp_path, "[gateway\nport = 1"))
+
+
+def test_missing_file_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read settings file"):
+        load_settings(tmp_path / "absent.toml")

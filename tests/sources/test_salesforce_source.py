@@ -1,0 +1,147 @@
+"""The Salesforce dialect against the demo Salesforce server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from gateway.catalog import Condition
+from gateway.demo.data import DemoData
+from gateway.demo.salesforce import create_salesforce_app
+from gateway.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from gateway.sources import FetchRequest
+from gateway.sources.salesforce import (
+    MAX_URL_BYTES,
+    SalesforceSettings,
+    SalesforceSource,
+    build_soql,
+    like_pattern,
+    soql_literal,
+)
+
+SETTINGS = SalesforceSettings(login_url="http://crm.test", client_id="id", client_secret="s")
+
+
+def source_for(app: Starlette) -> SalesforceSource:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
+    return SalesforceSource("crm", SETTINGS, client)
+
+
+def api_calls(app: Starlette) -> list[str]:
+    return [entry.path for entry in app.state.control.log]
+
+
+@pytest.fixture
+def crm(demo_data: DemoData) -> Starlette:
+    return create_salesforce_app(demo_data, client_id="id", client_secret="s", page_size=2000)
+
+
+def test_literal_escapes_quotes() -> None:
+    assert soql_literal("O'Hara\\x\n") == "'O\\'Hara\\\\x\\n'"
+
+
+def test_literal_numbers_and_booleans() -> None:
+    assert soql_literal(42) == "42"
+    assert soql_literal(True) == "true"
+
+
+def test_like_pattern_escapes_wildcards() -> None:
+    assert like_pattern("50%_off") == "'%50\\%\\_off%'"
+
+
+def test_soql_has_every_clause() -> None:
+    request = FetchRequest(entity="Opportunity", attributes=("Id", "Name"), match="AccountId",
+                           keys=("001A",), where=(Condition("StageName", "!=", "Closed Lost"),),
+                           order="CloseDate desc, Id", limit=5)
+
+    assert build_soql(request, request.keys) == (
+        "SELECT Id, Name FROM Opportunity WHERE AccountId IN ('001A') AND "
+        "StageName != 'Closed Lost' ORDER BY CloseDate DESC, Id ASC LIMIT 5")
+
+
+async def test_fetch_by_ids_returns_rows(crm: Starlette, demo_data: DemoData) -> None:
+    accounts = demo_data.crm["Account"][:3]
+    request = FetchRequest(entity="Account", attributes=("Id", "Name"), match="Id",
+                           keys=tuple(a["Id"] for a in accounts))
+
+    rows = await source_for(crm).fetch(request)
+
+    assert sorted(rows, key=lambda r: r["Id"]) == sorted(
+        ({"Id": a["Id"], "Name": a["Name"]} for a in accounts), key=lambda r: r["Id"])
+
+
+async def test_many_keys_split_below_url_limit(crm: Starlette, demo_data: DemoData) -> None:
+    ids = tuple(c["Id"] for c in demo_data.crm["Contact"])
+    keys = (ids * 10)[:5000]
+    request = FetchRequest(entity="Contact", attributes=("Id",), match="Id", keys=keys)
+
+    rows = await source_for(crm).fetch(request)
+
+    queries = [e for e in crm.state.control.log if e.entity == "Contact"]
+    assert len({row["Id"] for row in rows}) == len(set(keys))
+    assert len(queries) > 1
+    assert all(e.status == 200 for e in queries)
+    assert sum(e.keys for e in queries) == 5000
+    assert MAX_URL_BYTES < 16_384
+
+
+async def test_paging_follows_next_records(demo_data: DemoData) -> None:
+    app = create_salesforce_app(demo_data, client_id="id", client_secret="s", page_size=200)
+    request = FetchRequest(entity="Contact", attributes=("Id",), order="Id")
+
+    rows = await source_for(app).fetch(request)
+
+    assert [r["Id"] for r in rows] == sorted(c["Id"] for c in demo_data.crm["Contact"])
+    assert len(api_calls(app)) == 1 + (len(rows) + 199) // 200
+
+
+async def test_expired_session_refreshed_once(crm: Starlette, demo_data: DemoData) -> None:
+    source = source_for(crm)
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                           keys=(demo_data.crm["Account"][0]["Id"],))
+    await source.fetch(request)
+    crm.state.expire_tokens()
+
+    rows = await source.fetch(request)
+
+    tokens = [p for p in api_calls(crm) if p.endswith("/oauth2/token")]
+    assert rows == [{"Id": demo_data.crm["Account"][0]["Id"]}]
+    assert len(tokens) == 2
+
+
+async def test_unknown_field_rejected(crm: Starlette) -> None:
+    request = FetchRequest(entity="Account", attributes=("Id", "Nope__c"), match="Id",
+                           keys=("001",))
+    with pytest.raises(UpstreamRejected, match=r"rejected Account query of 1 keys \(INVALID_"):
+        await source_for(crm).fetch(request)
+
+
+async def test_server_fault_is_unavailable(crm: Starlette) -> None:
+    crm.state.control.fault_status = 503
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id", keys=("001",))
+    with pytest.raises(UpstreamUnavailable, match=r"answered HTTP 503"):
+        await source_for(crm).fetch(request)
+
+
+def raising_client(make: Callable[[httpx.Request], Exception]) -> httpx.AsyncClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise make(request)
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def test_read_timeout_is_timeout() -> None:
+    client = raising_client(lambda r: httpx.ReadTimeout("slow", request=r))
+    source = SalesforceSource("crm", SETTINGS, client)
+    with pytest.raises(UpstreamTimeout, match="system 'crm' timed out on OAuth2 token request"):
+        await source.fetch(FetchRequest(entity="Account", attributes=("Id",)))
+
+
+async def test_body_not_json_is_unavailable() -> None:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, content=b"<html>proxy error</html>")))
+    source = SalesforceSource("crm", SETTINGS, client)
+    with pytest.raises(UpstreamUnavailable, match="a body that is not JSON"):
+        await source.fetch(FetchRequest(entity="Account", attributes=("Id",)))
