@@ -27,7 +27,7 @@ def construct(cls: type[Exception], request: httpx.Request) -> Exception:
     return cls("failure")
 
 
-CLASSES = exception_classes(httpx.HTTPError) + [httpx.InvalidURL]
+CLASSES = [*exception_classes(httpx.HTTPError), httpx.InvalidURL]
 
 
 @pytest.mark.parametrize("error_class", CLASSES, ids=lambda c: c.__name__)
