@@ -61,7 +61,7 @@ def decode_cursor(cursor: str) -> str | None:
 
 @dataclass
 class AuditFacts:
-    """What a response discloses: data subjects and number of records."""
+    """Disclosure of one response: its data subjects and number of records."""
 
     subjects: dict[tuple[str, str], None] = field(default_factory=dict)
     records: int = 0

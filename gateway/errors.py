@@ -14,6 +14,7 @@ client-facing message::
     ├── UpstreamError          a source system failed; carries the system name
     │   ├── UpstreamUnavailable    connection failed, 5xx, or an error envelope
     │   ├── UpstreamTimeout        no answer within the system's timeout
+    │   ├── UpstreamRateLimited    the system asked the gateway to slow down
     │   └── UpstreamRejected       the system refused the request (4xx): a gateway bug
     └── AuditError             the audit store cannot be written or read
         └── AuditIntegrityError    the stored chain does not verify
@@ -65,6 +66,19 @@ class UpstreamTimeout(UpstreamError):
     """The system did not answer within its configured timeout."""
 
     code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The system refused the request for now (HTTP 429, Salesforce REQUEST_LIMIT_EXCEEDED).
+
+    ``retry_after`` is the delay in seconds the system asked for, if it named one.
+    """
+
+    code = "UPSTREAM_RATE_LIMITED"
+
+    def __init__(self, system: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(system, message)
+        self.retry_after = retry_after
 
 
 class UpstreamRejected(UpstreamError):

@@ -2,7 +2,7 @@
 
 graphql-core executes the operation over values prepared in advance, so
 it only walks dicts: aliases, fragments, ``__typename``, null propagation
-and error paths behave exactly as the GraphQL specification says, while
+and error paths behave exactly as the GraphQL specification defines, while
 no field resolver does I/O.
 """
 
@@ -75,7 +75,7 @@ class _Prepared:
 
 
 class Executor:
-    """Answers GraphQL requests for one schema, policy and set of sources."""
+    """Runs GraphQL requests for one schema, policy and set of sources."""
 
     def __init__(self, catalog: Catalog, schema: GatewaySchema, policy: PolicyEngine,
                  sources: Mapping[str, Source], recorder: AuditRecorder) -> None:

@@ -44,7 +44,7 @@ class Node:
 
 @dataclass
 class FetchStats:
-    """What a request cost upstream: requests per system and failed systems."""
+    """Upstream cost of one request: requests per system, and the systems that failed."""
 
     requests: dict[str, int] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)

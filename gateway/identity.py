@@ -32,7 +32,7 @@ _LEEWAY_SECONDS = 30
 
 @dataclass(frozen=True)
 class TokenSettings:
-    """What a valid token must be signed with and say."""
+    """The key, issuer and audience a valid token must have."""
 
     public_key: Ed25519PublicKey
     issuer: str = DEV_ISSUER

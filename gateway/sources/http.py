@@ -7,13 +7,20 @@ the system, the entity and the key count, never keys or values.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger("gateway.upstream")
 
@@ -48,4 +55,20 @@ def status_error(system: str, what: str, response: httpx.Response,
     message = f"system {system!r} answered HTTP {response.status_code}{detail} for {what}"
     if response.status_code in (408, 504):
         return UpstreamTimeout(system, message)
+    if response.status_code == 429 or code == "REQUEST_LIMIT_EXCEEDED":
+        return UpstreamRateLimited(system, message, retry_after(response))
     return UpstreamUnavailable(system, message)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Return the delay a ``Retry-After`` header asks for, in seconds (RFC 9110 10.2.3)."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())

@@ -32,7 +32,7 @@ MAX_KEYS_PER_CALL = 1000
 
 @dataclass(frozen=True)
 class OdooSettings:
-    """Where and how to reach one Odoo database."""
+    """Connection settings of one Odoo database."""
 
     base_url: str
     database: str

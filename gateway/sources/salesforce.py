@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -25,13 +26,15 @@ from gateway.sources.http import json_body, send, status_error
 log = logging.getLogger("gateway.upstream")
 
 MAX_URL_BYTES = 16_000
+# Record ids are 15 case-sensitive or 18 case-insensitive alphanumerics.
+_RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
                  "\b": "\\b", "\f": "\\f"}
 
 
 @dataclass(frozen=True)
 class SalesforceSettings:
-    """Where and how to reach one Salesforce org."""
+    """Connection settings of one Salesforce org."""
 
     login_url: str
     client_id: str
@@ -101,6 +104,9 @@ class SalesforceSource:
         await self._client.aclose()
 
     async def fetch(self, request: FetchRequest) -> list[Row]:
+        request = _drop_malformed_ids(request)
+        if request.match is not None and not request.keys:
+            return []
         chunks = self._chunks(request)
         pages = await asyncio.gather(*(self._query(request, chunk) for chunk in chunks))
         return [row for page in pages for row in page]
@@ -190,6 +196,18 @@ class SalesforceSource:
             return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} ({code}); "
                                     "check the schema declaration's attribute names")
         return status_error(self.name, what, response, code)
+
+
+def _drop_malformed_ids(request: FetchRequest) -> FetchRequest:
+    """Return ``request`` without keys that cannot be record ids when it matches on an id.
+
+    Salesforce rejects the whole query for one malformed id, while such a key
+    simply matches no record: a client's typo must read as "not found".
+    """
+    if request.match is None or not (request.match == "Id" or request.match.endswith("Id")):
+        return request
+    keys = tuple(k for k in request.keys if isinstance(k, str) and _RECORD_ID.match(k))
+    return request if len(keys) == len(request.keys) else replace(request, keys=keys)
 
 
 def _error_code(response: httpx.Response) -> str | None:

@@ -112,16 +112,17 @@ async def test_expired_session_refreshed_once(crm: Starlette, demo_data: DemoDat
     assert len(tokens) == 2
 
 
-async def test_unknown_field_rejected(crm: Starlette) -> None:
+async def test_unknown_field_rejected(crm: Starlette, demo_data: DemoData) -> None:
     request = FetchRequest(entity="Account", attributes=("Id", "Nope__c"), match="Id",
-                           keys=("001",))
+                           keys=(demo_data.crm["Account"][0]["Id"],))
     with pytest.raises(UpstreamRejected, match=r"rejected Account query of 1 keys \(INVALID_"):
         await source_for(crm).fetch(request)
 
 
-async def test_server_fault_is_unavailable(crm: Starlette) -> None:
+async def test_server_fault_is_unavailable(crm: Starlette, demo_data: DemoData) -> None:
     crm.state.control.fault_status = 503
-    request = FetchRequest(entity="Account", attributes=("Id",), match="Id", keys=("001",))
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                           keys=(demo_data.crm["Account"][0]["Id"],))
     with pytest.raises(UpstreamUnavailable, match=r"answered HTTP 503"):
         await source_for(crm).fetch(request)
 
@@ -145,3 +146,13 @@ async def test_body_not_json_is_unavailable() -> None:
     source = SalesforceSource("crm", SETTINGS, client)
     with pytest.raises(UpstreamUnavailable, match="a body that is not JSON"):
         await source.fetch(FetchRequest(entity="Account", attributes=("Id",)))
+
+
+async def test_malformed_id_matches_nothing(crm: Starlette) -> None:
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                           keys=("not-an-id'", "x"))
+
+    rows = await source_for(crm).fetch(request)
+
+    assert rows == []
+    assert api_calls(crm) == []
