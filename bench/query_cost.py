@@ -40,7 +40,14 @@ from typing import Any
 
 import httpx
 import orjson
-from graphql import GraphQLScalarType, build_schema, execute_sync, graphql_sync, parse
+from graphql import (
+    ExecutionResult,
+    GraphQLScalarType,
+    build_schema,
+    execute_sync,
+    graphql_sync,
+    parse,
+)
 
 from gateway.app import Gateway, create_app
 from gateway.config import Settings
@@ -62,15 +69,15 @@ from gateway.sources.salesforce import SalesforceSettings
 log = logging.getLogger("bench.query_cost")
 
 ROLE, PURPOSE = "finance", "billing"
-# Checked with `fonte policy matrix`: finance may read all ten. No role may read more than
+# `fonte policy matrix` shows that finance may read all ten. No role may read more than
 # three of the four ERP fields of Customer, so the split is 7 CRM + 3 ERP, not 5 + 5.
 CRM_FIELDS = ("id", "name", "vatNumber", "street", "city", "postalCode", "province")
 ERP_FIELDS = ("creditLimit", "openBalance", "iban")
 FIELDS = CRM_FIELDS + ERP_FIELDS
 DECIMAL_FIELDS = ("creditLimit", "openBalance")
 QUERY = (
-    "query CustomerCost($first: Int!, $after: String) {\n"
-    "  customers(first: $first, after: $after) {\n"
+    "query CustomerCost($first: Int!) {\n"
+    "  customers(first: $first) {\n"
     f"    edges {{ node {{ {' '.join(FIELDS)} }} }}\n"
     "    pageInfo { hasNextPage endCursor }\n"
     "  }\n"
@@ -97,11 +104,14 @@ Fetch = Callable[[FetchRequest], Coroutine[Any, Any, list[Row]]]
 
 
 class BenchmarkError(Exception):
-    """A response or a call count did not match the workload; the numbers are void."""
+    """A response or a call count that does not match the workload, which invalidates the run."""
 
 
-def dump_json(body: Any) -> bytes:
-    """Serialise ``body`` as the gateway's ``_json`` response helper does (orjson)."""
+def response_json(result: ExecutionResult) -> bytes:
+    """Serialise ``result`` as ``Executor.run`` and the gateway's ``_json`` helper do."""
+    body: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        body["errors"] = [error.formatted for error in result.errors]
     return orjson.dumps(body, option=orjson.OPT_PASSTHROUGH_DATETIME, default=str)
 
 
@@ -111,8 +121,8 @@ def dump_json(body: Any) -> bytes:
 class PhaseClock:
     """Wall time that one request spends in upstream fetches and in the audit append.
 
-    Installed by replacing ``fetch`` and ``record`` on the gateway's own source and
-    recorder objects with timed wrappers. Fetches of one level run concurrently, so the
+    ``install`` replaces ``fetch`` and ``record`` on the gateway's own source and recorder
+    objects with timed wrappers. Fetches of one level run concurrently, so the
     upstream time is the union of their intervals, not their sum.
     """
 
@@ -133,7 +143,7 @@ class PhaseClock:
 
     def install(self, gateway: Gateway) -> None:
         for source in gateway.sources.values():
-            source.fetch = self._timed_fetch(source.fetch)  # type: ignore[method-assign]
+            source.fetch = self._timed_fetch(source.fetch)  # type: ignore[method-assign, assignment]
         record = gateway.recorder.record
 
         async def timed_record(**kwargs: Any) -> int:
@@ -166,8 +176,8 @@ class Stack:
     token: str
     clock: PhaseClock
 
-    async def query(self, first: int, after: str | None = None) -> httpx.Response:
-        body = {"query": QUERY, "variables": {"first": first, "after": after}}
+    async def query(self, first: int) -> httpx.Response:
+        body = {"query": QUERY, "variables": {"first": first}}
         return await self.gateway.post("/graphql", json=body,
                                        headers={"Authorization": f"Bearer {self.token}"})
 
@@ -188,7 +198,8 @@ class Stack:
 
 
 def _settings(crm: SalesforceSettings, erp: OdooSettings, data_dir: Path) -> Settings:
-    return Settings(systems={"crm": crm, "erp": erp}, data_dir=data_dir, graphiql=False)
+    return Settings(systems={"crm": crm, "erp": erp}, data_dir=data_dir, graphiql=False,
+                    development_tokens=True)
 
 
 def _token(settings: Settings) -> str:
@@ -259,17 +270,19 @@ def open_stack(transport: str, customers: int,
 def check_response(response: httpx.Response, edges: int) -> dict[str, Any]:
     """Return the response's ``data`` after checking status, errors and the edge count."""
     if response.status_code != 200:
-        raise BenchmarkError(f"gateway returned HTTP {response.status_code}, expected 200; "
-                             f"body starts {response.text[:200]!r}")
+        raise BenchmarkError(f"gateway returned HTTP {response.status_code}, expected 200. "
+                             f"The body starts {response.text[:200]!r}")
     body = response.json()
     if body.get("errors"):
         codes = sorted({str(e.get("extensions", {}).get("code")) for e in body["errors"]})
-        raise BenchmarkError(f"response has {len(body['errors'])} errors with codes {codes}; "
-                             "check the role's field access with `fonte policy matrix`")
-    connection = body["data"]["customers"]
+        raise BenchmarkError(f"response has {len(body['errors'])} errors with codes {codes}. "
+                             "Check the role's field access with `fonte policy matrix`")
+    data: dict[str, Any] = body.get("data") or {}
+    connection = data.get("customers")
+    if connection is None:
+        raise BenchmarkError(f"response data is missing customers, expected {edges} edges")
     if len(connection["edges"]) != edges:
         raise BenchmarkError(f"response has {len(connection['edges'])} edges, expected {edges}")
-    data: dict[str, Any] = body["data"]
     return data
 
 
@@ -282,7 +295,7 @@ def check_fields_filled(data: dict[str, Any]) -> None:
     nodes = [edge["node"] for edge in data["customers"]["edges"]]
     empty = [name for name in FIELDS if all(node.get(name) is None for node in nodes)]
     if empty:
-        raise BenchmarkError(f"fields {empty} are null in all {len(nodes)} rows; the "
+        raise BenchmarkError(f"fields {empty} are null in all {len(nodes)} rows. The "
                              "workload must read real values from both systems")
 
 
@@ -290,56 +303,29 @@ def check_fields_filled(data: dict[str, Any]) -> None:
 
 
 def summarise(seconds: Sequence[float]) -> dict[str, float]:
-    """Return median, p95 (nearest rank), mean, min and max in milliseconds."""
+    """Return median, p95 (nearest rank), mean, min and max in milliseconds, to 1 µs."""
     ordered = sorted(seconds)
     rank = max(1, math.ceil(0.95 * len(ordered)))
-    return {
-        "median_ms": statistics.median(ordered) * 1000,
-        "p95_ms": ordered[rank - 1] * 1000,
-        "mean_ms": statistics.fmean(ordered) * 1000,
-        "min_ms": ordered[0] * 1000,
-        "max_ms": ordered[-1] * 1000,
+    values = {
+        "median_ms": statistics.median(ordered),
+        "p95_ms": ordered[rank - 1],
+        "mean_ms": statistics.fmean(ordered),
+        "min_ms": ordered[0],
+        "max_ms": ordered[-1],
     }
+    return {name: round(value * 1000, 3) for name, value in values.items()}
 
 
 @dataclass
-class GatewayRun:
-    """Per-iteration seconds of the gateway and the response used as the baseline's input."""
+class Samples:
+    """Per-iteration seconds of the gateway, its phases and the graphql-core baseline."""
 
     total: Timings = field(default_factory=list)
     upstream: Timings = field(default_factory=list)
     audit: Timings = field(default_factory=list)
+    core_execute: Timings = field(default_factory=list)
+    core_full: Timings = field(default_factory=list)
     calls_per_query: Counter[str] = field(default_factory=Counter)
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-async def measure_gateway(stack: Stack, customers: int, iterations: int,
-                          warmup: int) -> GatewayRun:
-    """Time ``iterations`` queries after ``warmup`` and check the calls of every one."""
-    run = GatewayRun()
-    await stack.clear_logs()
-    run.data = check_response(await stack.query(customers), customers)
-    check_fields_filled(run.data)
-    run.calls_per_query = await stack.upstream_calls()
-    for _ in range(warmup):
-        check_response(await stack.query(customers), customers)
-
-    await stack.clear_logs()
-    for _ in range(iterations):
-        stack.clock.reset()
-        started = time.perf_counter()
-        response = await stack.query(customers)
-        run.total.append(time.perf_counter() - started)
-        run.upstream.append(stack.clock.upstream_seconds())
-        run.audit.append(stack.clock.audit_seconds)
-        check_response(response, customers)
-
-    expected = Counter({key: count * iterations for key, count in run.calls_per_query.items()})
-    logged = await stack.upstream_calls()
-    if logged != expected:
-        raise BenchmarkError(f"{iterations} queries made upstream calls {dict(logged)}, "
-                             f"expected {dict(expected)}: the call count varies per query")
-    return run
 
 
 def baseline_root(data: dict[str, Any]) -> dict[str, Any]:
@@ -360,12 +346,12 @@ def _decimal_text(value: Any) -> str:
     return str(value)
 
 
-def measure_baseline(data: dict[str, Any], customers: int, iterations: int,
-                     warmup: int) -> dict[str, Timings]:
-    """Time plain graphql-core over prepared dicts that give the gateway's exact output.
+def baseline_runs(data: dict[str, Any],
+                  customers: int) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
+    """Return two runs of plain graphql-core over dicts that give the gateway's output.
 
-    ``execute`` parses and validates once, as the gateway's parse cache does;
-    ``parse_validate_execute`` runs ``graphql_sync`` on the query text every time.
+    The first executes a document parsed and validated once, as the gateway's parse
+    cache does. The second runs ``graphql_sync`` on the query text every time.
     """
     schema = build_schema(BASELINE_SDL)
     decimal_type = schema.type_map["Decimal"]
@@ -373,58 +359,91 @@ def measure_baseline(data: dict[str, Any], customers: int, iterations: int,
     decimal_type.serialize = _decimal_text  # type: ignore[method-assign]
     document = parse(QUERY)
     root = baseline_root(data)
-    variables = {"first": customers, "after": None}
+    variables = {"first": customers}
 
     def execute_once() -> bytes:
-        result = execute_sync(schema, document, root_value=root, variable_values=variables)
-        return dump_json({"data": result.data, **({"errors": result.errors} if result.errors
-                                                   else {})})
+        return response_json(execute_sync(schema, document, root_value=root,
+                                          variable_values=variables))
 
     def full_once() -> bytes:
-        result = graphql_sync(schema, QUERY, root_value=root, variable_values=variables)
-        return dump_json({"data": result.data})
+        return response_json(graphql_sync(schema, QUERY, root_value=root,
+                                          variable_values=variables))
 
-    if orjson.loads(execute_once()) != {"data": data}:
-        raise BenchmarkError("graphql-core output differs from the gateway's response data; "
-                             "BASELINE_SDL no longer matches the workload")
-    timings: dict[str, Timings] = {}
-    for name, run_once in (("execute", execute_once), ("parse_validate_execute", full_once)):
-        for _ in range(warmup):
-            run_once()
-        samples: Timings = []
-        for _ in range(iterations):
-            started = time.perf_counter()
-            run_once()
-            samples.append(time.perf_counter() - started)
-        timings[name] = samples
-    return timings
+    for run_once in (execute_once, full_once):
+        if orjson.loads(run_once()) != {"data": data}:
+            raise BenchmarkError("graphql-core output differs from the gateway's response "
+                                 "data. Update BASELINE_SDL to match the workload's fields")
+    return execute_once, full_once
+
+
+def _timed(run_once: Callable[[], bytes], samples: Timings) -> None:
+    started = time.perf_counter()
+    run_once()
+    samples.append(time.perf_counter() - started)
+
+
+async def measure(stack: Stack, customers: int, iterations: int, warmup: int) -> Samples:
+    """Time the gateway and the baseline, interleaved, and check every gateway query.
+
+    Each iteration runs one gateway query, then each baseline once, so a change in the
+    machine's load during the run affects both sides alike.
+    """
+    samples = Samples()
+    await stack.clear_logs()
+    data = check_response(await stack.query(customers), customers)
+    check_fields_filled(data)
+    samples.calls_per_query = await stack.upstream_calls()
+    execute_once, full_once = baseline_runs(data, customers)
+    for _ in range(warmup):
+        check_response(await stack.query(customers), customers)
+        execute_once()
+        full_once()
+
+    await stack.clear_logs()
+    for _ in range(iterations):
+        stack.clock.reset()
+        started = time.perf_counter()
+        response = await stack.query(customers)
+        samples.total.append(time.perf_counter() - started)
+        samples.upstream.append(stack.clock.upstream_seconds())
+        samples.audit.append(stack.clock.audit_seconds)
+        check_response(response, customers)
+        _timed(execute_once, samples.core_execute)
+        _timed(full_once, samples.core_full)
+
+    expected = Counter({key: n * iterations for key, n in samples.calls_per_query.items()})
+    logged = await stack.upstream_calls()
+    if logged != expected:
+        raise BenchmarkError(f"{iterations} queries made upstream calls {dict(logged)}, "
+                             f"expected {dict(expected)}: the call count varies per query")
+    return samples
 
 
 async def sweep_call_counts(transport: str, sizes: Sequence[int],
                             data_dir: Path) -> list[dict[str, Any]]:
-    """Read every customer of demo data sets of ``sizes``, counting calls per page."""
+    """Count the upstream calls of one query for demo data sets of ``sizes`` customers.
+
+    The query requests every customer, or the first ``MAX_PAGE_SIZE`` when there are
+    more, so the rows per query grow with the size while the calls should not.
+    """
     rows = []
     for size in sizes:
         page_size = min(size, MAX_PAGE_SIZE)
-        pages: list[Counter[str]] = []
-        after: str | None = None
         async with open_stack(transport, size, data_dir / f"sweep-{size}") as stack:
-            for remaining in range(size, 0, -page_size):
-                await stack.clear_logs()
-                data = check_response(await stack.query(page_size, after),
-                                      min(page_size, remaining))
-                pages.append(await stack.upstream_calls())
-                after = data["customers"]["pageInfo"]["endCursor"]
-        rows.append({"customers": size, "page_size": page_size, "pages": len(pages),
-                     "calls_per_page": [dict(sorted(page.items())) for page in pages]})
+            await stack.clear_logs()
+            check_response(await stack.query(page_size), page_size)
+            calls = await stack.upstream_calls()
+        rows.append({"customers": size, "rows": page_size, "calls": dict(sorted(calls.items()))})
     return rows
 
 
 async def profile_gateway(stack: Stack, customers: int, iterations: int) -> str:
-    """Return the top 10 functions by cumulative time over ``iterations`` queries.
+    """Profile ``iterations`` queries and return the top 10 functions by two orders.
 
-    The profiler sees the whole thread, so the in-process demo systems (asgi transport)
-    and the benchmark's own HTTP client appear in it too.
+    The profiler records the whole thread: the event loop, the benchmark's HTTP client and
+    the demo systems, which run in this process with either transport. So the cumulative
+    list keeps only functions under a ``/gateway/`` path (gateway and demo systems), and
+    the own-time list keeps all.
     """
     profiler = cProfile.Profile()
     profiler.enable()
@@ -432,7 +451,9 @@ async def profile_gateway(stack: Stack, customers: int, iterations: int) -> str:
         check_response(await stack.query(customers), customers)
     profiler.disable()
     output = io.StringIO()
-    pstats.Stats(profiler, stream=output).sort_stats("cumulative").print_stats(10)
+    stats = pstats.Stats(profiler, stream=output)
+    stats.sort_stats("cumulative").print_stats(r"/gateway/", 10)
+    stats.sort_stats("tottime").print_stats(10)
     return output.getvalue()
 
 
@@ -454,7 +475,7 @@ def _proc_value(path: str, key: str) -> str | None:
 
 
 def filesystem_of(path: Path) -> str | None:
-    """Return the type of the file system that holds ``path``, from /proc/mounts."""
+    """Return the type of the file system that contains ``path``, from /proc/mounts."""
     best, best_type = "", None
     with contextlib.suppress(OSError):
         for line in Path("/proc/mounts").read_text(encoding="utf-8").splitlines():
@@ -478,14 +499,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def build_results(args: argparse.Namespace, run: GatewayRun, baseline: dict[str, Timings],
-                  sweep: list[dict[str, Any]], rss: dict[str, float],
-                  filesystem: str | None) -> dict[str, Any]:
-    rest = [t - u - a for t, u, a in zip(run.total, run.upstream, run.audit, strict=True)]
-    gateway = {"end_to_end": summarise(run.total), "upstream": summarise(run.upstream),
-               "audit": summarise(run.audit), "rest": summarise(rest)}
-    core = {name: summarise(samples) for name, samples in baseline.items()}
-    distinct = {tuple(sorted(page.items())) for row in sweep for page in row["calls_per_page"]}
+def build_results(args: argparse.Namespace, samples: Samples, sweep: list[dict[str, Any]],
+                  rss: dict[str, float], filesystem: str | None) -> dict[str, Any]:
+    rest = [t - u - a for t, u, a in
+            zip(samples.total, samples.upstream, samples.audit, strict=True)]
+    gateway = {"end_to_end": summarise(samples.total), "upstream": summarise(samples.upstream),
+               "audit": summarise(samples.audit), "rest": summarise(rest)}
+    core = {"execute": summarise(samples.core_execute),
+            "parse_validate_execute": summarise(samples.core_full)}
+    ratios = [t / c for t, c in zip(samples.total, samples.core_execute, strict=True)]
+    distinct = {tuple(row["calls"].items()) for row in sweep}
     return {
         "benchmark": "query_cost",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -496,11 +519,11 @@ def build_results(args: argparse.Namespace, run: GatewayRun, baseline: dict[str,
                      "warmup": args.warmup, "transport": args.transport},
         "gateway_ms": gateway,
         "graphql_core_ms": core,
-        "median_ratio_gateway_to_graphql_core_execute": (
-            gateway["end_to_end"]["median_ms"] / core["execute"]["median_ms"]),
-        "upstream_calls_per_query": dict(sorted(run.calls_per_query.items())),
+        # Median over iterations of (gateway query time / graphql-core execute time).
+        "ratio_gateway_to_graphql_core_execute": round(statistics.median(ratios), 2),
+        "upstream_calls_per_query": dict(sorted(samples.calls_per_query.items())),
         "call_count_sweep": sweep,
-        "calls_per_page_constant": len(distinct) == 1,
+        "calls_constant": len(distinct) == 1,
         "peak_rss_mib": rss,
         "audit_store_filesystem": filesystem,
         "machine": machine(),
@@ -530,18 +553,18 @@ def format_report(results: dict[str, Any]) -> str:
     for label, stats in rows:
         lines.append(f"{label:<52}{stats['median_ms']:>9.3f}{stats['p95_ms']:>9.3f}"
                      f"{stats['mean_ms']:>9.3f}")
-    ratio = results["median_ratio_gateway_to_graphql_core_execute"]
-    lines += ["", f"median gateway / graphql-core execute: {ratio:.1f}x", "",
+    ratio = results["ratio_gateway_to_graphql_core_execute"]
+    lines += ["", f"gateway / graphql-core execute, median of per-iteration ratios: "
+              f"{ratio:.1f}x", "",
               "upstream calls per query: " + ", ".join(
                   f"{key} {count}" for key, count in results["upstream_calls_per_query"].items()),
-              f"{'customers':>10}{'page size':>11}{'pages':>7}  calls of each page"]
+              f"{'customers':>10}{'rows':>6}  upstream calls of one query"]
     for row in results["call_count_sweep"]:
-        pages = "; ".join(", ".join(f"{k} {v}" for k, v in page.items())
-                          for page in row["calls_per_page"])
-        lines.append(f"{row['customers']:>10}{row['page_size']:>11}{row['pages']:>7}  {pages}")
-    constant = "yes" if results["calls_per_page_constant"] else "NO"
+        calls = ", ".join(f"{key} {count}" for key, count in row["calls"].items())
+        lines.append(f"{row['customers']:>10}{row['rows']:>6}  {calls}")
+    constant = "yes" if results["calls_constant"] else "NO"
     rss = results["peak_rss_mib"]
-    lines += [f"same calls on every page of every size: {constant}",
+    lines += [f"same calls at every size: {constant}",
               f"peak RSS: {rss['after_measurement']:.0f} MiB after the measurement, "
               f"{rss['after_sweep']:.0f} MiB after the sweep",
               f"audit store file system: {results['audit_store_filesystem']}"]
@@ -553,68 +576,80 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     with tempfile.TemporaryDirectory(prefix="fonte-bench-", dir=args.data_dir) as temp:
         data_dir = Path(temp)
         async with open_stack(args.transport, args.customers, data_dir / "main") as stack:
-            gateway_run = await measure_gateway(stack, args.customers, args.iterations,
-                                                args.warmup)
+            samples = await measure(stack, args.customers, args.iterations, args.warmup)
+            rss = {"after_measurement": peak_rss_mib()}
             profile = ""
             if args.profile:
                 profile = await profile_gateway(stack, args.customers, args.profile)
-        baseline = measure_baseline(gateway_run.data, args.customers, args.iterations,
-                                    args.warmup)
-        rss = {"after_measurement": peak_rss_mib()}
         sweep = await sweep_call_counts(args.transport, args.sweep, data_dir)
         rss["after_sweep"] = peak_rss_mib()
         filesystem = filesystem_of(data_dir.resolve())
-    return build_results(args, gateway_run, baseline, sweep, rss, filesystem), profile
+    return build_results(args, samples, sweep, rss, filesystem), profile
 
 
 # --- command line -------------------------------------------------------------------------
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse_int(text: str) -> int:
+    def integer(text: str) -> int:
         value = int(text)
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range; use {low} to {high}")
+            raise argparse.ArgumentTypeError(f"{value} is out of range. Use {low} to {high}")
         return value
 
-    return parse_int
+    return integer
 
 
 def _sizes(text: str) -> list[int]:
     sizes = [_bounded(1, 100_000)(part) for part in text.split(",") if part.strip()]
     if not sizes:
-        raise argparse.ArgumentTypeError(f"{text!r} names no customer count; use e.g. 10,1000")
+        raise argparse.ArgumentTypeError(f"{text!r} contains no customer count. Use e.g. 10,1000")
     return sizes
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--customers", type=_bounded(1, MAX_PAGE_SIZE), default=100,
+    count = _bounded(0, MAX_ITERATIONS)
+
+    parser.add_argument("--customers", metavar="N", type=_bounded(1, MAX_PAGE_SIZE),
+                        default=100,
                         help="demo customers and page size of the timed query (default 100)")
-    parser.add_argument("--iterations", type=_bounded(1, MAX_ITERATIONS), default=200,
-                        help="timed queries per measurement (default 200)")
-    parser.add_argument("--warmup", type=_bounded(0, MAX_ITERATIONS), default=20,
-                        help="untimed queries before each measurement (default 20)")
+    parser.add_argument("--iterations", metavar="N", type=_bounded(1, MAX_ITERATIONS),
+                        default=200,
+                        help="timed iterations, each one gateway query and one run of each "
+                        "graphql-core variant (default 200)")
+    parser.add_argument("--warmup", metavar="N", type=count, default=20,
+                        help="untimed iterations before the timed ones (default 20)")
     parser.add_argument("--transport", choices=("asgi", "loopback"), default="asgi",
-                        help="asgi: in-process ASGI transports; loopback: uvicorn on "
-                        "127.0.0.1 for the demo systems and the gateway (default asgi)")
-    parser.add_argument("--output", type=Path, default=None,
+                        help="asgi connects the gateway and the demo systems in-process over "
+                        "ASGI transports, loopback serves each with uvicorn on 127.0.0.1 "
+                        "(default asgi)")
+    parser.add_argument("--sweep", metavar="COUNTS", type=_sizes, default=[10, 100, 1000],
+                        help="comma-separated demo customer counts at which the upstream "
+                        f"calls of one query for min(count, {MAX_PAGE_SIZE}) customers are "
+                        "counted (default 10,100,1000)")
+
+    parser.add_argument("--output", metavar="FILE", type=Path, default=None,
                         help="results JSON file (default bench/results/query_cost_"
                         "<transport>.json)")
-    parser.add_argument("--sweep", type=_sizes, default=[10, 100, 1000],
-                        help="comma-separated demo customer counts whose upstream calls per "
-                        f"page are counted; pages hold at most {MAX_PAGE_SIZE} "
-                        "(default 10,100,1000)")
-    parser.add_argument("--profile", type=_bounded(0, MAX_ITERATIONS), default=0,
+    parser.add_argument("--profile", metavar="N", type=count, default=0,
                         help="also run this many queries under cProfile and print the top 10 "
                         "functions by cumulative time (default 0: off)")
-    parser.add_argument("--timeout", type=float, default=900.0,
+    parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
+                        help="directory for the temporary gateway data (audit store, keys). "
+                        "Its file system decides the cost of the durable commit "
+                        "(default: the system temp directory)")
+    parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=900.0,
                         help="seconds the whole run may take before it is stopped "
                         "(default 900)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="directory for the temporary gateway data (audit store, keys); "
-                        "its file system decides the cost of the durable commit "
-                        "(default: the system temp directory)")
+
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = Path(__file__).parent / "results" / f"query_cost_{args.transport}.json"
@@ -624,16 +659,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The gateway warns that it accepts development tokens; here that is intended.
-    logging.getLogger("gateway.app").setLevel(logging.ERROR)
     try:
         results, profile = asyncio.run(asyncio.wait_for(run(args), args.timeout))
     except BenchmarkError as exc:
         log.error("benchmark check failed: %s", exc)
         return 1
     except TimeoutError:
-        log.error("benchmark did not finish within %.0f s; raise --timeout or lower "
-                  "--iterations", args.timeout)
+        log.error("benchmark timed out after %.0f s. Raise --timeout or lower --iterations",
+                  args.timeout)
         return 1
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -641,9 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(results))
     print(f"results written to {args.output}")
     if profile:
-        print("\ncProfile, top 10 by cumulative time:\n" + profile)
-    if not results["calls_per_page_constant"]:
-        log.error("upstream calls per page differ between pages or customer counts; see "
+        print(f"\ncProfile of {args.profile} more queries:\n{profile}")
+    if not results["calls_constant"]:
+        log.error("upstream calls per query differ between customer counts. See "
                   "call_count_sweep in %s", args.output)
         return 1
     return 0

@@ -41,7 +41,13 @@ from gateway.identity import (
 )
 from gateway.policy import PolicyEngine
 from gateway.sources import Source
-from gateway.sources.odoo import OdooJsonRpcSource, OdooSettings
+from gateway.sources.odoo import (
+    OdooJson2Settings,
+    OdooJson2Source,
+    OdooJsonRpcSource,
+    OdooSettings,
+)
+from gateway.sources.resilience import ResiliencePolicy, ResilientSource
 from gateway.sources.salesforce import SalesforceSource
 
 access_log = logging.getLogger("gateway.access")
@@ -69,8 +75,11 @@ class Gateway:
         if missing:
             raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
                               "settings declare no [systems.<name>] section for them")
-        sources = {name: _source(name, spec, (clients or {}).get(name))
-                   for name, spec in settings.systems.items()}
+        sources: dict[str, Source] = {
+            name: ResilientSource(_source(name, spec, (clients or {}).get(name)),
+                                  settings.resilience.get(name, ResiliencePolicy()))
+            for name, spec in settings.systems.items()
+        }
         store = await SQLiteAuditStore.open(settings.audit_path)
         pseudonymizer = Pseudonymizer(load_or_create_key(settings.pseudonym_key_path))
         recorder = AuditRecorder(store, pseudonymizer, fail_open=settings.audit_fail_open)
@@ -89,6 +98,8 @@ class Gateway:
 def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
     if isinstance(spec, OdooSettings):
         return OdooJsonRpcSource(name, spec, client)
+    if isinstance(spec, OdooJson2Settings):
+        return OdooJson2Source(name, spec, client)
     return SalesforceSource(name, spec, client)
 
 

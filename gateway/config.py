@@ -22,8 +22,13 @@ Example::
     client_id_env = "FONTE_CRM_CLIENT_ID"
     client_secret_env = "FONTE_CRM_CLIENT_SECRET"
 
+    [systems.crm.resilience]   # optional; these are the defaults
+    timeout = 30               # seconds for a whole read, retries included
+    max_concurrency = 10
+    retries = 2
+
     [systems.erp]
-    dialect = "odoo-jsonrpc"
+    dialect = "odoo-jsonrpc"   # Odoo 8-18; "odoo-json2" for Odoo 19+ (no login)
     base_url = "https://erp.example.com"
     database = "production"
     login = "fonte-gateway"
@@ -42,11 +47,12 @@ from gateway.catalog import default_schema_dir
 from gateway.errors import ConfigError
 from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
 from gateway.policy import default_policy_dir
-from gateway.sources.odoo import OdooSettings
+from gateway.sources.odoo import OdooJson2Settings, OdooSettings
+from gateway.sources.resilience import ResiliencePolicy, policy_from_table
 from gateway.sources.salesforce import SalesforceSettings
 
-SystemSettings = SalesforceSettings | OdooSettings
-DIALECTS = ("salesforce", "odoo-jsonrpc")
+SystemSettings = SalesforceSettings | OdooSettings | OdooJson2Settings
+DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class Settings:
     token_audience: str = DEV_AUDIENCE
     audit_fail_open: bool = False
     max_body_bytes: int = 1_000_000
+    resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
 
     @property
     def audit_path(self) -> Path:
@@ -98,6 +105,7 @@ def load_settings(path: Path) -> Settings:
     if not systems:
         raise ConfigError(f"{path}: no [systems.<name>] section; declare the CRM and ERP the "
                           "schema reads from")
+    resilience = _resilience(document, systems)
     key_file = auth.get("public_key_file")
     development_tokens = bool(auth.get("development_tokens", False))
     if not key_file and not development_tokens:
@@ -119,7 +127,22 @@ def load_settings(path: Path) -> Settings:
         token_issuer=str(auth.get("issuer", DEV_ISSUER)),
         token_audience=str(auth.get("audience", DEV_AUDIENCE)),
         audit_fail_open=bool(audit.get("fail_open", False)),
+        resilience=resilience,
     )
+
+
+def _resilience(document: dict[str, Any], systems: dict[str, SystemSettings]
+                ) -> dict[str, ResiliencePolicy]:
+    policies = {}
+    for name, spec in _table(document, "systems").items():
+        policy = policy_from_table(f"systems.{name}.resilience", _table(spec, "resilience"))
+        if policy.timeout < systems[name].timeout:
+            raise ConfigError(
+                f"[systems.{name}.resilience] timeout = {policy.timeout:g} is shorter than "
+                f"[systems.{name}] timeout = {systems[name].timeout:g}; set it to at least that "
+                "so one attempt can finish")
+        policies[name] = policy
+    return policies
 
 
 def _table(document: dict[str, Any], name: str) -> dict[str, Any]:
@@ -164,8 +187,23 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
             base_url=_text(section, spec, "base_url"), database=_text(section, spec, "database"),
             login=_text(section, spec, "login"), api_key=_secret(section, spec, "api_key", base),
             timeout=timeout)
+    if dialect == "odoo-json2":
+        return _odoo_json2(section, spec, base, timeout)
     raise ConfigError(f"[{section}] dialect = {dialect!r} is not supported; use one of "
                       f"{', '.join(DIALECTS)}")
+
+
+def _odoo_json2(section: str, spec: dict[str, Any], base: Path,
+                timeout: float) -> OdooJson2Settings:
+    database = spec.get("database", "")
+    if not isinstance(database, str):
+        raise ConfigError(f"[{section}] database = {database!r} must be a string naming the "
+                          "Odoo database, or be left out when the host serves one database")
+    if "login" in spec:
+        raise ConfigError(f"[{section}] login is not used by dialect odoo-json2; remove it, "
+                          "because the API key alone identifies the user")
+    return OdooJson2Settings(base_url=_text(section, spec, "base_url"), database=database,
+                             api_key=_secret(section, spec, "api_key", base), timeout=timeout)
 
 
 def _text(section: str, spec: dict[str, Any], name: str) -> str:

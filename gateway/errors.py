@@ -15,6 +15,7 @@ client-facing message::
     │   ├── UpstreamUnavailable    connection failed, 5xx, or an error envelope
     │   ├── UpstreamTimeout        no answer within the system's timeout
     │   ├── UpstreamRateLimited    the system asked the gateway to slow down
+    │   ├── UpstreamAuthFailed     the system rejected the gateway's credentials
     │   └── UpstreamRejected       the system refused the request (4xx): a gateway bug
     └── AuditError             the audit store cannot be written or read
         └── AuditIntegrityError    the stored chain does not verify
@@ -79,6 +80,10 @@ class UpstreamRateLimited(UpstreamError):
     def __init__(self, system: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(system, message)
         self.retry_after = retry_after
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The system rejected the gateway's own credentials; retrying cannot help."""
 
 
 class UpstreamRejected(UpstreamError):

@@ -26,6 +26,7 @@ from gateway.demo.odoo import create_odoo_app
 from gateway.demo.salesforce import create_salesforce_app
 from gateway.identity import issue_token, load_or_create_signing_key
 from gateway.sources.odoo import OdooSettings
+from gateway.sources.resilience import ResiliencePolicy
 from gateway.sources.salesforce import SalesforceSettings
 
 DEMO_CUSTOMERS = 200
@@ -99,6 +100,9 @@ async def harness(demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]
         },
         data_dir=tmp_path / "data",
         development_tokens=True,
+        # No retries, so fault-injection tests see one upstream call per read;
+        # tests/sources/test_resilience.py covers retries.
+        resilience={"crm": ResiliencePolicy(retries=0), "erp": ResiliencePolicy(retries=0)},
     )
     clients = {
         "crm": httpx.AsyncClient(transport=httpx.ASGITransport(app=crm_app)),
@@ -123,14 +127,19 @@ def _same_transport(transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTrans
 @asynccontextmanager
 async def start_harness(data: DemoData, data_dir: Path, *,
                         wrap_crm: TransportWrapper = _same_transport,
-                        wrap_erp: TransportWrapper = _same_transport) -> AsyncIterator[Harness]:
+                        wrap_erp: TransportWrapper = _same_transport,
+                        resilience: dict[str, ResiliencePolicy] | None = None,
+                        ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
     A wrapper receives the ``ASGITransport`` of the demo system and returns the
     transport the gateway's client uses, so a test can inject transport errors
-    or hold requests back. The gateway's lifespan ends, and its audit store is
-    closed, when the ``async with`` block exits.
+    or hold requests back. ``resilience`` replaces the fixture's no-retry
+    policies; pass ``{}`` for the production defaults. The gateway's lifespan
+    ends, and its audit store is closed, when the ``async with`` block exits.
     """
+    if resilience is None:
+        resilience = {"crm": ResiliencePolicy(retries=0), "erp": ResiliencePolicy(retries=0)}
     crm_app = create_salesforce_app(data, client_id="test-client", client_secret="s3cret")
     erp_app = create_odoo_app(data, api_key="test-api-key")
     settings = Settings(
@@ -142,6 +151,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         },
         data_dir=data_dir,
         development_tokens=True,
+        resilience=resilience,
     )
     clients = {
         "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
@@ -154,3 +164,9 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
             yield Harness(data, settings.data_dir, settings, gateway_app, crm_app, erp_app,
                           client, signing_key)
+
+
+def field_errors(body: dict[str, Any]) -> list[tuple[list[Any], str, str]]:
+    """Return each GraphQL error of a response body as (path, extensions.code, message)."""
+    return [(error.get("path", []), error["extensions"]["code"], error["message"])
+            for error in body.get("errors", [])]

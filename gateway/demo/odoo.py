@@ -1,27 +1,30 @@
-"""Demo Odoo ERP server: the external JSON-RPC API of Odoo 17/18 over the demo data.
+"""Demo Odoo ERP server: Odoo's JSON-RPC API (17/18) and JSON-2 API (19) over the demo data.
 
 ``create_odoo_app`` returns a Starlette app that serves ``POST /jsonrpc``
 with the ``common`` service (``version``, ``login``, ``authenticate``) and
 the ``object`` service (``execute_kw`` and ``execute`` with ``search_read``,
 ``search``, ``search_count``, ``read`` and ``fields_get``), plus
-``GET /web/version`` and ``POST /web/webclient/version_info``.
+``GET /web/version`` and ``POST /web/webclient/version_info``. The same
+methods over the same records are served as ``POST /json/2/<model>/<method>``
+(see ``gateway.demo.odoo_json2``), although the version routes report 18.0.
 
 It keeps the Odoo behaviours that a connector has to handle:
 
-- Errors come back as HTTP 200 with a JSON-RPC ``error`` member whose
-  ``data.name`` is the Python class path of the exception.
-- A body that is not a JSON object, or is not sent as ``application/json``,
-  is rejected with HTTP 400 and a text body.
+- JSON-RPC errors come back as HTTP 200 with a JSON-RPC ``error`` member
+  whose ``data.name`` is the Python class path of the exception. JSON-2
+  errors come back as a 4xx/5xx status with that same object as the body.
+- A JSON-RPC body that is not a JSON object, or is not sent as
+  ``application/json``, is rejected with HTTP 400 and a text body.
 - ``fields`` omitted or empty in ``search_read`` and ``read`` returns every
   field, so a test can prove that the gateway always sends ``fields``.
 - Empty values read as ``false`` (numbers as ``0``/``0.0``), and a many2one
   reads as ``[id, "display name"]``.
-- Every ``execute_kw`` call checks the database, uid and API key.
+- Every ``execute_kw`` call checks the database, uid and API key, and every
+  JSON-2 call checks the bearer API key, which is the same key.
 
-``app.state.control`` is the ``DemoControl`` that logs each call and
-injects faults (see ``gateway.demo.control``).
+``app.state.control`` is the ``DemoControl`` that logs each call of either
+API and injects faults into both (see ``gateway.demo.control``).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +32,7 @@ import hmac
 import inspect
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -40,15 +43,9 @@ from starlette.routing import Route
 
 from gateway.demo.control import DemoControl, RequestLogEntry, control_routes
 from gateway.demo.data import DemoData
-from gateway.demo.odoo_domain import (
-    MODEL_FIELDS,
-    VALUE_ERROR,
-    OdooFault,
-    RecordStore,
-    Row,
-    compile_domain,
-    sort_rows,
-)
+from gateway.demo.odoo_domain import OdooFault, RecordStore
+from gateway.demo.odoo_json2 import Json2Api, json2_not_found, read_json2_call
+from gateway.demo.odoo_orm import RECORD_METHODS, model_methods
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +53,7 @@ SERVER_VERSION = "18.0"
 SERVER_VERSION_INFO: list[Any] = [18, 0, 0, "final", 0, ""]
 ACCESS_DENIED = "odoo.exceptions.AccessDenied"
 _JSON_MIMETYPES = ("application/json", "application/json-rpc")
-_CLASSIC_READ = "_classic_read"
+_JSON2_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
 
 def _bind_or_raise(function: Callable[..., Any], label: str, args: Any, kwargs: Any) -> None:
@@ -71,158 +68,6 @@ def _bind_or_raise(function: Callable[..., Any], label: str, args: Any, kwargs: 
         inspect.signature(function).bind(*args, **kwargs)
     except TypeError as exc:
         raise OdooFault("builtins.TypeError", f"{label}() {exc}") from None
-
-
-# --- ORM methods -------------------------------------------------------------
-
-
-class _Model:
-    """The ORM methods that the demo server serves for one model.
-
-    Parameter names and defaults are those of ``odoo.models.BaseModel`` in
-    Odoo 17, so positional and keyword arguments bind the same way. Only
-    ``search_read`` names ``load``, which Odoo passes on to ``read``.
-    """
-
-    def __init__(self, store: RecordStore, model: str) -> None:
-        self.store = store
-        self.model = model
-        self.fields = MODEL_FIELDS[model]
-
-    def methods(self) -> dict[str, Callable[..., Any]]:
-        return {
-            "search_read": self.search_read,
-            "search": self.search,
-            "search_count": self.search_count,
-            "read": self.read,
-            "fields_get": self.fields_get,
-        }
-
-    def search_read(
-        self,
-        domain: Any = None,
-        fields: Any = None,
-        offset: Any = 0,
-        limit: Any = None,
-        order: Any = None,
-        load: Any = _CLASSIC_READ,
-    ) -> list[dict[str, Any]]:
-        names = self._field_names(fields)
-        rows = self._search_rows(domain, offset, limit, order)
-        return [self._read_row(row, names, load) for row in rows]
-
-    def search(
-        self, domain: Any, offset: Any = 0, limit: Any = None, order: Any = None
-    ) -> list[int]:
-        return [row["id"] for row in self._search_rows(domain, offset, limit, order)]
-
-    def search_count(self, domain: Any, limit: Any = None) -> int:
-        matches = compile_domain(self.store, self.model, domain)
-        count = sum(1 for row in self.store.rows(self.model) if matches(row))
-        cap = _limit_value(limit)
-        return count if cap is None else min(count, cap)
-
-    def read(self, ids: Any, fields: Any = None, load: Any = _CLASSIC_READ) -> list[dict[str, Any]]:
-        names = self._field_names(fields)
-        # Odoo's read() drops ids whose record does not exist.
-        rows = (self.store.get(self.model, record_id) for record_id in _id_list(ids))
-        return [self._read_row(row, names, load) for row in rows if row is not None]
-
-    def fields_get(self, allfields: Any = None, attributes: Any = None) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        selected = allfields if isinstance(allfields, list | tuple) and allfields else None
-        for name, spec in self.fields.items():
-            if selected is not None and name not in selected:
-                continue
-            description: dict[str, Any] = {"type": spec.type, "string": spec.string}
-            if spec.relation is not None:
-                description["relation"] = spec.relation
-            if spec.selection:
-                description["selection"] = [list(choice) for choice in spec.selection]
-            if isinstance(attributes, list | tuple) and attributes:
-                description = {
-                    key: value for key, value in description.items() if key in attributes
-                }
-            result[name] = description
-        return result
-
-    def _field_names(self, fields: Any) -> list[str]:
-        if not fields:
-            return [name for name in self.fields if name != "id"]
-        if not isinstance(fields, list | tuple):
-            raise OdooFault(VALUE_ERROR, f"fields must be a list of field names, not {fields!r}")
-        for name in fields:
-            if not isinstance(name, str) or name not in self.fields:
-                raise OdooFault(VALUE_ERROR, f"Invalid field {name!r} on model {self.model!r}")
-        return [name for name in fields if name != "id"]
-
-    def _search_rows(self, domain: Any, offset: Any, limit: Any, order: Any) -> list[Row]:
-        matches = compile_domain(self.store, self.model, domain)
-        rows = [row for row in self.store.rows(self.model) if matches(row)]
-        rows = sort_rows(self.store, self.model, rows, order)
-        start = _offset_value(offset)
-        cap = _limit_value(limit)
-        return rows[start:] if cap is None else rows[start : start + cap]
-
-    def _read_row(self, row: Row, names: Sequence[str], load: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {"id": row["id"]}
-        for name in names:
-            values[name] = self._read_value(name, row[name], load)
-        return values
-
-    def _read_value(self, name: str, value: Any, load: Any) -> Any:
-        spec = self.fields[name]
-        if spec.type == "integer":
-            return value or 0
-        if spec.type in ("float", "monetary"):
-            return float(value or 0.0)
-        if value is None:
-            return False
-        if spec.type == "many2one" and spec.relation is not None and load == _CLASSIC_READ:
-            return [value, self.store.display_name(spec.relation, value)]
-        return value
-
-
-class _Users:
-    """``res.users`` as far as a client needs it right after login.
-
-    NOTE: the demo server has no user records; ``context_get`` is the only
-    method, so that clients such as odoorpc can log in.
-    """
-
-    def __init__(self, uid: int) -> None:
-        self.uid = uid
-
-    def methods(self) -> dict[str, Callable[..., Any]]:
-        return {"context_get": self.context_get}
-
-    def context_get(self) -> dict[str, Any]:
-        return {"lang": "en_US", "tz": "Europe/Rome", "uid": self.uid}
-
-
-def _limit_value(limit: Any) -> int | None:
-    # Odoo treats a missing, False or 0 limit as no limit.
-    if limit is None or limit is False or limit == 0:
-        return None
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise OdooFault(VALUE_ERROR, f"Invalid limit {limit!r}: use a non-negative integer")
-    return limit
-
-
-def _offset_value(offset: Any) -> int:
-    if offset is None or offset is False:
-        return 0
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise OdooFault(VALUE_ERROR, f"Invalid offset {offset!r}: use a non-negative integer")
-    return offset
-
-
-def _id_list(ids: Any) -> list[int]:
-    values = ids if isinstance(ids, list | tuple) else [ids]
-    for value in values:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise OdooFault(VALUE_ERROR, f"Invalid record id {value!r}: ids are integers")
-    return list(values)
 
 
 # --- services ----------------------------------------------------------------
@@ -326,12 +171,11 @@ class OdooRpc:
         return method(*args, **kwargs)
 
     def _methods(self, model: Any) -> dict[str, Callable[..., Any]]:
-        if model == "res.users":
-            return _Users(self.uid).methods()
-        if not isinstance(model, str) or not self.store.has_model(model):
+        methods = model_methods(self.store, self.uid, model) if isinstance(model, str) else None
+        if methods is None:
             # Odoo 17/18 raise this from odoo/service/model.py for a missing model.
             raise OdooFault("odoo.exceptions.UserError", f"Object {model} doesn't exist")
-        return _Model(self.store, model).methods()
+        return methods
 
 
 def _execute_kw_signature(obj: Any, method: Any, args: Any, kw: Any = None) -> None:
@@ -381,12 +225,23 @@ def _call_summary(payload: Any) -> tuple[str | None, int, list[str] | None]:
         return call_kwargs.get(name)
 
     if args[4] == "read":
-        ids = argument(0, "ids")
-        keys = len(ids) if isinstance(ids, list) else int(ids is not None)
-        return model, keys, _sent_fields(argument(1, "fields"))
+        return model, _id_count(argument(0, "ids")), _sent_fields(argument(1, "fields"))
     keys = _first_in_count(argument(0, "domain"))
     fields = _sent_fields(argument(1, "fields")) if args[4] == "search_read" else None
     return model, keys, fields
+
+
+def _json2_summary(method: str, params: Mapping[str, Any]) -> tuple[int, list[str] | None]:
+    """Return the key count and ``fields`` of a JSON-2 call, counted as ``_call_summary`` does."""
+    if method in RECORD_METHODS:
+        return _id_count(params.get("ids")), _sent_fields(params.get("fields"))
+    keys = _first_in_count(params.get("domain"))
+    fields = _sent_fields(params.get("fields")) if method == "search_read" else None
+    return keys, fields
+
+
+def _id_count(ids: Any) -> int:
+    return len(ids) if isinstance(ids, list) else int(ids is not None)
 
 
 def _first_in_count(domain: Any) -> int:
@@ -410,13 +265,18 @@ def _sent_fields(fields: Any) -> list[str] | None:
 class _OdooHttp:
     """The Starlette endpoints, with the request log and fault injection around them."""
 
-    def __init__(self, rpc: OdooRpc, control: DemoControl) -> None:
+    def __init__(self, rpc: OdooRpc, json2: Json2Api, control: DemoControl) -> None:
         self.rpc = rpc
+        self.json2_api = json2
         self.control = control
 
     def routes(self) -> list[Route]:
         return [
             Route("/jsonrpc", self.jsonrpc, methods=["POST"]),
+            Route("/json/2/{model}/{method}", self.json2, methods=["POST"]),
+            # Odoo returns a 404 for every other path and method under /json/2.
+            Route("/json/2", self.json2_other, methods=_JSON2_METHODS),
+            Route("/json/2/{subpath:path}", self.json2_other, methods=_JSON2_METHODS),
             Route("/web/webclient/version_info", self.webclient_version_info, methods=["POST"]),
             Route("/web/version", self.web_version, methods=["GET"]),
         ]
@@ -428,6 +288,20 @@ class _OdooHttp:
         if response is None:
             response = self._jsonrpc_response(payload)
         self._record(request, entity, keys, fields, response)
+        return response
+
+    async def json2(self, request: Request) -> Response:
+        call = await read_json2_call(request)
+        keys, fields = _json2_summary(call.method, call.params)
+        response = await self._fault_response()
+        if response is None:
+            response = self.json2_api.respond(call)
+        self._record(request, call.model, keys, fields, response)
+        return response
+
+    async def json2_other(self, request: Request) -> Response:
+        response = await self._fault_response() or json2_not_found()
+        self._record(request, None, 0, None, response)
         return response
 
     async def webclient_version_info(self, request: Request) -> Response:
@@ -571,14 +445,16 @@ def create_odoo_app(
 ) -> Starlette:
     """Build the demo Odoo server over ``data.erp``.
 
-    ``login`` and ``api_key`` are the only valid credentials, and ``uid`` is
-    the user id that ``authenticate`` returns and ``execute_kw`` expects.
+    ``login`` and ``api_key`` are the only valid JSON-RPC credentials, and
+    ``api_key`` is the only valid JSON-2 bearer key. ``uid`` is the user id
+    that ``authenticate`` returns and ``execute_kw`` expects.
     Raises ValueError when ``data.erp`` does not match ``MODEL_FIELDS``.
     """
     store = RecordStore(data.erp)
     rpc = OdooRpc(store, database=database, login=login, api_key=api_key, uid=uid)
+    json2 = Json2Api(store, database=database, api_key=api_key, uid=uid)
     control = DemoControl()
-    http = _OdooHttp(rpc, control)
+    http = _OdooHttp(rpc, json2, control)
     app = Starlette(routes=[*http.routes(), *control_routes(control)])
     app.state.control = control
     return app

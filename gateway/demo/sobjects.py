@@ -195,6 +195,16 @@ class SObjectStore:
         if operator == "!=":
             return lambda record: _record_key(record.get(field), field_type) != wanted
         compare = _COMPARATORS[operator]
+        if field_type in _ID_TYPES and wanted is not None:
+            # Ids order with their case kept, as ORDER BY Id does, so that
+            # "Id > last id" pages through an id-ordered result exactly.
+            wanted = case_safe_id(str(condition.value.value))
+
+            def ordered_id(record: Record) -> bool:
+                actual = record.get(field)
+                return isinstance(actual, str) and compare(case_safe_id(actual), wanted)
+
+            return ordered_id
 
         def ordered(record: Record) -> bool:
             actual = _record_key(record.get(field), field_type)

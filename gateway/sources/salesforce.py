@@ -19,7 +19,12 @@ from urllib.parse import quote
 import httpx
 
 from gateway.catalog import Condition
-from gateway.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable
+from gateway.errors import (
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from gateway.sources import FetchRequest, Row, order_terms
 from gateway.sources.http import json_body, send, status_error
 
@@ -27,6 +32,8 @@ log = logging.getLogger("gateway.upstream")
 
 MAX_URL_BYTES = 16_000
 # Record ids are 15 case-sensitive or 18 case-insensitive alphanumerics.
+# OAuth2 error codes (RFC 6749 5.2) that mean the gateway's credentials are wrong.
+_AUTH_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client"})
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
                  "\b": "\\b", "\f": "\\f"}
@@ -181,6 +188,10 @@ class SalesforceSource:
         if response.status_code != 200:
             body = json_body(response, self.name, what) if response.content else {}
             code = body.get("error") if isinstance(body, dict) else None
+            if response.status_code in (400, 401) and code in _AUTH_ERRORS:
+                raise UpstreamAuthFailed(self.name, f"system {self.name!r} rejected the "
+                                         f"gateway's OAuth2 client credentials ({code}); check "
+                                         "its client_id and client_secret settings")
             raise status_error(self.name, what, response, str(code) if code else None)
         body = json_body(response, self.name, what)
         token, instance = body.get("access_token"), body.get("instance_url")

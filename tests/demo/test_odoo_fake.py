@@ -1,4 +1,4 @@
-"""Tests of the demo Odoo server: JSON-RPC envelope, ORM methods, domains, log and faults.
+"""Tests of the demo Odoo server: JSON-RPC envelope, ORM methods, domains, log, faults, JSON-2.
 
 Most tests run in process over ``httpx.ASGITransport`` on a small hand-written
 data set whose values are placeholders. One test builds the generated data
@@ -700,3 +700,315 @@ def test_odoorpc_client_reads_partners(app: Starlette) -> None:
         {"id": 1003, "name": "gamma demo snc", "credit": 0.0},
         {"id": 1001, "name": "Alfa Test SRL", "credit": 1220.0},
     ]
+
+
+# --- JSON-2 ----------------------------------------------------------------------------------
+
+
+def json2_headers(api_key: str = API_KEY, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"bearer {api_key}", "X-Odoo-Database": DB, **extra}
+
+
+async def json2(
+    client: httpx.AsyncClient,
+    model: str,
+    method: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    if headers is None:
+        headers = json2_headers()
+    return await client.post(f"/json/2/{model}/{method}", json=body, headers=headers)
+
+
+async def json2_result(client: httpx.AsyncClient, model: str, method: str, body: Any) -> Any:
+    response = await json2(client, model, method, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
+def json2_error(response: httpx.Response) -> dict[str, Any]:
+    """Check the shape of a JSON-2 error object and return it."""
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"name", "message", "arguments", "context", "debug"}
+    assert body["context"] == {}
+    assert body["debug"].startswith("Traceback (most recent call last):\n")
+    assert body["message"] not in body["debug"]
+    return body
+
+
+async def test_json2_search_read_exact_rows(client: httpx.AsyncClient) -> None:
+    kwargs = {"fields": ["name", "amount_total", "partner_id"], "order": "date_order desc",
+              "offset": 1, "limit": 2}
+    domain = [["partner_id", "in", [1001, 1003]]]
+
+    result = await json2_result(client, "sale.order", "search_read", {"domain": domain, **kwargs})
+    over_jsonrpc = await execute_kw(client, "sale.order", "search_read", [domain], kwargs)
+
+    assert result == [
+        {"id": 5003, "name": "S00003", "amount_total": 61.0, "partner_id": [1001, "Alfa Test SRL"]},
+        {"id": 5001, "name": "S00001", "amount_total": 1220.0,
+         "partner_id": [1001, "Alfa Test SRL"]},
+    ]
+    assert result == over_jsonrpc
+
+
+async def test_json2_empty_values_false(client: httpx.AsyncClient) -> None:
+    result = await json2_result(client, "stock.picking", "search_read",
+                                {"domain": [["id", "=", 7002]],
+                                 "fields": ["carrier_id", "date_done", "carrier_tracking_ref"]})
+
+    assert result == [
+        {"id": 7002, "carrier_id": False, "date_done": False, "carrier_tracking_ref": False}
+    ]
+
+
+@pytest.mark.parametrize("fields", [None, []])
+async def test_json2_without_fields_returns_all(
+    client: httpx.AsyncClient, fields: list[str] | None
+) -> None:
+    body: dict[str, Any] = {"domain": [["id", "=", 1002]]}
+    if fields is not None:
+        body["fields"] = fields
+
+    result = await json2_result(client, "res.partner", "search_read", body)
+
+    assert set(result[0]) == {
+        "id", "name", "vat", "email", "phone", "street", "city", "zip", "ref", "is_company",
+        "customer_rank", "credit_limit", "credit",
+    }
+
+
+async def test_json2_read_takes_ids(client: httpx.AsyncClient) -> None:
+    result = await json2_result(client, "sale.order", "read",
+                                {"ids": [5002, 9999, 5001], "fields": ["name"]})
+    no_ids = await json2_result(client, "sale.order", "read", {"fields": ["name"]})
+
+    assert result == [{"id": 5002, "name": "S00002"}, {"id": 5001, "name": "S00001"}]
+    assert no_ids == []
+
+
+async def test_json2_model_methods_and_context(client: httpx.AsyncClient) -> None:
+    search = await json2_result(client, "sale.order", "search",
+                                {"domain": [["state", "=", "sale"]], "context": {"lang": "it_IT"}})
+    count = await json2_result(client, "sale.order", "search_count", {"domain": []})
+    fields = await json2_result(client, "res.currency", "fields_get", {"attributes": ["type"]})
+    user = await json2_result(client, "res.users", "context_get", {})
+
+    assert search == [5001]
+    assert count == 4
+    assert fields == {"id": {"type": "integer"}, "name": {"type": "char"}}
+    assert user == {"lang": "en_US", "tz": "Europe/Rome", "uid": UID}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {API_KEY}"},
+        {"Authorization": f"BEARER  {API_KEY} "},
+        {"Authorization": f"bearer {API_KEY}", "X-Odoo-Database": DB},
+    ],
+    ids=["capitalised, no database", "upper case, spaces", "matching database"],
+)
+async def test_json2_auth_header_forms(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await json2(client, "res.partner", "search", {"domain": [["id", "=", 1001]]},
+                           headers=headers)
+
+    assert response.status_code == 200
+    assert response.json() == [1001]
+
+
+NOT_FOUND = "werkzeug.exceptions.NotFound"
+UNPROCESSABLE = "werkzeug.exceptions.UnprocessableEntity"
+ROUTE_HINT = "Did you mean POST /json/2/<model>/<method>?"
+
+JSON2_ERRORS: list[tuple[str, str, Any, int, str, str]] = [
+    ("foo.bar", "search", {"domain": []}, 404, NOT_FOUND, "the model 'foo.bar' does not exist"),
+    ("res.partner", "unlink", {"ids": [1001]}, 404, NOT_FOUND,
+     "The method 'unlink' does not exist on the model 'res.partner'"),
+    ("res.partner", "_read", {"ids": [1001]}, 404, NOT_FOUND,
+     "Private methods (such as _read) cannot be called remotely."),
+    ("res.partner", "search_read", {"ids": [1001], "domain": []}, 422, UNPROCESSABLE,
+     "cannot call res.partner.search_read with ids"),
+    ("res.partner", "search_read", {"domain": [], "bogus": 1}, 422, UNPROCESSABLE,
+     "got an unexpected keyword argument 'bogus'"),
+    ("res.partner", "search_read", {"args": [[]]}, 422, UNPROCESSABLE,
+     "got an unexpected keyword argument 'args'"),
+    ("res.partner", "search", {}, 422, UNPROCESSABLE, "missing a required argument: 'domain'"),
+    ("res.partner", "search_read", {"domain": [], "fields": ["nope"]}, 500,
+     "builtins.ValueError", "Invalid field 'nope' on model 'res.partner'"),
+    ("res.partner", "search", {"domain": [], "limit": -1}, 500,
+     "builtins.ValueError", "Invalid limit -1: use a non-negative integer"),
+    ("res.partner", "search", {"domain": [], "order": "id; drop"}, 422,
+     "odoo.exceptions.UserError",
+     'Invalid "order" specified (id; drop): use a comma-separated list of field names, '
+     "each optionally followed by asc or desc"),
+]
+
+
+@pytest.mark.parametrize(("model", "method", "body", "status", "name", "message"), JSON2_ERRORS)
+async def test_json2_call_errors(
+    client: httpx.AsyncClient, model: str, method: str, body: Any, status: int, name: str,
+    message: str,
+) -> None:
+    response = await json2(client, model, method, body)
+
+    error = json2_error(response)
+    assert response.status_code == status
+    assert error["name"] == name
+    assert error["message"] == message
+    expected_arguments = [message, status] if name.startswith("werkzeug.") else [message]
+    assert error["arguments"] == expected_arguments
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Missing Authorization: bearer <API key> header"),
+        ({"Authorization": f"Basic {API_KEY}"}, "Missing Authorization: bearer <API key> header"),
+        ({"Authorization": "bearer wrong-key"}, "Invalid apikey"),
+        ({"Authorization": f"bearer {API_KEY}x"}, "Invalid apikey"),
+    ],
+)
+async def test_json2_bad_key_answers_401(
+    client: httpx.AsyncClient, headers: dict[str, str], message: str
+) -> None:
+    response = await json2(client, "res.partner", "search", {"domain": []}, headers=headers)
+
+    error = json2_error(response)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert error["name"] == "werkzeug.exceptions.Unauthorized"
+    assert error["message"] == message
+
+
+async def test_json2_other_database_404(client: httpx.AsyncClient) -> None:
+    headers = json2_headers(**{"X-Odoo-Database": "other_db"})
+
+    response = await json2(client, "res.partner", "search", {"domain": []}, headers=headers)
+
+    assert response.status_code == 404
+    assert json2_error(response)["message"] == ROUTE_HINT
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "message"),
+    [
+        (b"{not json", "application/json", 400, "could not parse the body as json: "),
+        (b"[1, 2]", "application/json", 400, "could not parse the body, expecting a json object"),
+        (b'"Invalid"', "application/json", 400,
+         "could not parse the body, expecting a json object"),
+        (b'{"domain": []}', "text/plain", 415, "Request type 'text/plain' is not compatible"),
+        (b'{"domain": []}', "", 415, "Request type 'none' is not compatible"),
+    ],
+)
+async def test_json2_malformed_body(
+    client: httpx.AsyncClient, content: bytes, content_type: str, status: int, message: str
+) -> None:
+    headers = json2_headers(**{"Content-Type": content_type})
+
+    response = await client.post("/json/2/res.partner/search", content=content, headers=headers)
+
+    assert response.status_code == status
+    assert json2_error(response)["message"].startswith(message)
+
+
+async def test_json2_empty_body_binds_nothing(client: httpx.AsyncClient) -> None:
+    headers = json2_headers(**{"Content-Type": "application/json"})
+
+    count = await client.post("/json/2/sale.order/search_count", headers=headers)
+    search = await client.post("/json/2/sale.order/search", headers=headers)
+
+    assert count.status_code == 422
+    assert json2_error(count)["message"] == "missing a required argument: 'domain'"
+    assert search.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/json/2/res.partner/search_read"),
+        ("POST", "/json/2"),
+        ("POST", "/json/2/"),
+        ("DELETE", "/json/2/res.partner"),
+        ("POST", "/json/2/res.partner/search/extra"),
+    ],
+)
+async def test_json2_other_paths_404(client: httpx.AsyncClient, method: str, path: str) -> None:
+    response = await client.request(method, path)
+
+    assert response.status_code == 404
+    assert json2_error(response)["message"] == ROUTE_HINT
+
+
+async def test_json2_request_log_entries(app: Starlette, client: httpx.AsyncClient) -> None:
+    await json2(client, "sale.order", "search_read",
+                {"domain": [["state", "=", "sale"], ["partner_id", "in", [1001, 1002, 1003]]],
+                 "fields": ["name", "partner_id"]})
+    await json2(client, "res.partner", "read", {"ids": [1001, 1002], "fields": ["name"]})
+    await json2(client, "res.partner", "search_read", {"domain": [["id", "in", [1001]]]})
+    await json2(client, "res.partner", "search_count", {"domain": [["id", "in", [1001]]]})
+    await json2(client, "res.bank", "search_read", {"domain": [], "fields": ["name"]},
+                headers=json2_headers("wrong-key"))
+    await client.post("/json/2/res.partner/search_read", content=b"{not json",
+                      headers=json2_headers(**{"Content-Type": "application/json"}))
+    await client.get("/json/2")
+
+    assert app.state.control.log == [
+        RequestLogEntry("POST", "/json/2/sale.order/search_read", "sale.order", 3,
+                        ["name", "partner_id"], 200),
+        RequestLogEntry("POST", "/json/2/res.partner/read", "res.partner", 2, ["name"], 200),
+        RequestLogEntry("POST", "/json/2/res.partner/search_read", "res.partner", 1, None, 200),
+        RequestLogEntry("POST", "/json/2/res.partner/search_count", "res.partner", 1, None, 200),
+        RequestLogEntry("POST", "/json/2/res.bank/search_read", "res.bank", 0, ["name"], 401),
+        RequestLogEntry("POST", "/json/2/res.partner/search_read", "res.partner", 0, None, 400),
+        RequestLogEntry("GET", "/json/2", None, 0, None, 404),
+    ]
+
+
+async def test_json2_fault_status_answers_text(app: Starlette, client: httpx.AsyncClient) -> None:
+    app.state.control.fault_status = 503
+    failed = await json2(client, "res.partner", "search_read",
+                         {"domain": [["id", "in", [1001, 1002]]], "fields": ["name"]})
+    other = await client.post("/json/2")
+    app.state.control.fault_status = None
+    recovered = await json2(client, "res.partner", "search", {"domain": [["id", "=", 1001]]})
+
+    assert failed.status_code == 503
+    assert failed.text == "503 Service Unavailable\n"
+    assert failed.headers["content-type"].startswith("text/plain")
+    assert other.status_code == 503
+    assert recovered.status_code == 200
+    assert [(entry.entity, entry.keys, entry.fields, entry.status)
+            for entry in app.state.control.log] == [
+        ("res.partner", 2, ["name"], 503),
+        (None, 0, None, 503),
+        ("res.partner", 0, None, 200),
+    ]
+
+
+async def test_json2_fault_delay_holds_answer(app: Starlette, client: httpx.AsyncClient) -> None:
+    app.state.control.fault_delay = 0.2
+
+    started = time.perf_counter()
+    response = await json2(client, "res.partner", "search", {"domain": []})
+    elapsed = time.perf_counter() - started
+
+    assert response.status_code == 200
+    assert elapsed >= 0.2
+
+
+async def test_json2_generated_data_matches_jsonrpc() -> None:
+    app = create_odoo_app(generate(customers=20), api_key=API_KEY)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://erp.test") as client:
+        for model in ("res.partner", "res.partner.bank", "sale.order", "account.move",
+                      "stock.picking"):
+            over_json2 = await json2_result(client, model, "search_read",
+                                            {"domain": [], "limit": 5, "order": "id desc"})
+            over_jsonrpc = await execute_kw(client, model, "search_read", [[]],
+                                            {"limit": 5, "order": "id desc"})
+            assert len(over_json2) == 5, model
+            assert over_json2 == over_jsonrpc, model

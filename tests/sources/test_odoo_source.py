@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from gateway.catalog import Condition
 from gateway.demo.data import DemoData
 from gateway.demo.odoo import create_odoo_app
-from gateway.errors import UpstreamRejected, UpstreamUnavailable
+from gateway.errors import UpstreamAuthFailed, UpstreamRejected, UpstreamUnavailable
 from gateway.sources import FetchRequest, Many2one
 from gateway.sources.odoo import OdooJsonRpcSource, OdooSettings, domain_for, normalise
 
@@ -78,7 +78,7 @@ async def test_bad_key_names_system(erp: Starlette) -> None:
     settings = OdooSettings(base_url="http://erp.test", database="fonte_demo",
                             login="gateway", api_key="wrong")
     request = FetchRequest(entity="res.partner", attributes=("id",), match="id", keys=(1,))
-    with pytest.raises(UpstreamUnavailable, match="system 'erp' rejected the gateway's login"):
+    with pytest.raises(UpstreamAuthFailed, match="system 'erp' rejected the gateway's login"):
         await source_for(erp, settings).fetch(request)
 
 

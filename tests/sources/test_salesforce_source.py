@@ -11,8 +11,14 @@ from starlette.applications import Starlette
 from gateway.catalog import Condition
 from gateway.demo.data import DemoData
 from gateway.demo.salesforce import create_salesforce_app
-from gateway.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    UpstreamAuthFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.sources import FetchRequest
+from gateway.sources.resilience import ResiliencePolicy, ResilientSource
 from gateway.sources.salesforce import (
     MAX_URL_BYTES,
     SalesforceSettings,
@@ -156,3 +162,17 @@ async def test_malformed_id_matches_nothing(crm: Starlette) -> None:
 
     assert rows == []
     assert api_calls(crm) == []
+
+
+async def test_wrong_credentials_not_retried(crm: Starlette) -> None:
+    settings = SalesforceSettings(login_url="http://crm.test", client_id="id",
+                                  client_secret="wrong")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=crm))
+    source = ResilientSource(SalesforceSource("crm", settings, client),
+                             ResiliencePolicy(retries=2))
+    request = FetchRequest(entity="Account", attributes=("Id",))
+
+    with pytest.raises(UpstreamAuthFailed, match=r"OAuth2 client credentials \(invalid_client\)"):
+        await source.fetch(request)
+
+    assert api_calls(crm) == ["/services/oauth2/token"]

@@ -1,0 +1,123 @@
+"""Upstream calls grow with the nesting depth of a query, not with its number of rows.
+
+At each nesting level the gateway merges the reads of one entity into one
+request, whatever the number of parent rows, and sends the requests of
+different systems concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import Harness, field_errors, start_harness
+
+from gateway.demo.data import DemoData
+
+WIDE_QUERY = """query($n: Int!) { customers(first: $n) { edges { node {
+  name pec creditLimit openBalance iban
+  contacts { lastName }
+  orders { number shipments { status } }
+  invoices { number }
+} } } }"""
+
+# One call per entity and nesting level. Sales may not read creditLimit or
+# iban, so no res.partner.bank call is expected. Finance may not read pec,
+# contacts or shipments, so no Contact and no stock.picking call is expected.
+EXPECTED_CALLS = {
+    "sales": ({"Account": 1, "Contact": 1},
+              {"res.partner": 1, "sale.order": 1, "account.move": 1, "stock.picking": 1}),
+    "finance": ({"Account": 1},
+                {"res.partner": 1, "res.partner.bank": 1, "sale.order": 1, "account.move": 1}),
+}
+
+ODOO_CHUNKING = pytest.mark.xfail(
+    strict=True,
+    reason="gateway/sources/odoo.py splits a read into calls of MAX_KEYS_PER_CALL (1000) "
+           "keys, so the shipments of 200 customers' orders (about 1600 keys) take two "
+           "stock.picking calls",
+)
+
+
+@pytest.mark.parametrize(("role", "customers"), [
+    ("sales", 1),
+    pytest.param("sales", 200, marks=ODOO_CHUNKING),
+    ("finance", 1),
+    ("finance", 200),
+])
+async def test_calls_per_entity_and_level(harness: Harness, role: str, customers: int) -> None:
+    response = await harness.query(WIDE_QUERY, role=role, variables={"n": customers})
+    edges = response.json()["data"]["customers"]["edges"]
+    crm_expected, erp_expected = EXPECTED_CALLS[role]
+    assert len(edges) == customers
+    assert Counter(entry.entity for entry in harness.crm_requests()) == crm_expected
+    assert Counter(entry.entity for entry in harness.erp_requests()) == erp_expected
+
+
+@pytest.mark.parametrize("customers", [1, 200])
+async def test_first_level_keys_match_rows(harness: Harness, customers: int) -> None:
+    await harness.query(WIDE_QUERY, variables={"n": customers})
+    keys = {entry.entity: entry.keys for entry in harness.crm_requests()}
+    keys.update({entry.entity: entry.keys for entry in harness.erp_requests()
+                 if entry.entity in ("res.partner", "sale.order", "account.move")})
+    assert keys == {"Account": 0, "Contact": customers, "res.partner": customers,
+                    "sale.order": customers, "account.move": customers}
+
+
+@pytest.mark.parametrize("customers", [1, 200])
+async def test_same_entity_two_levels(harness: Harness, customers: int) -> None:
+    query = """query($n: Int!) { customers(first: $n) { edges { node {
+                 name orders { number customer { name } } } } } }"""
+    response = await harness.query(query, variables={"n": customers})
+    assert field_errors(response.json()) == []
+    assert [entry.entity for entry in harness.crm_requests()] == ["Account", "Account"]
+    assert [entry.entity for entry in harness.erp_requests()] == ["sale.order"]
+
+
+class MeetingTransport(httpx.AsyncBaseTransport):
+    """Holds matching requests until a request to the other system has started.
+
+    Each side sets its own event when a matching request arrives and waits
+    for the other side's event before forwarding. If the gateway sent the
+    CRM and ERP requests one after the other, the first would wait for a
+    request that never starts. That wait ends after 5 seconds with a
+    connection error, so the test fails instead of hanging.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, path_part: str,
+                 arrived: asyncio.Event, other: asyncio.Event) -> None:
+        self._inner = inner
+        self._path_part = path_part
+        self._arrived = arrived
+        self._other = other
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._path_part in str(request.url):
+            self._arrived.set()
+            try:
+                await asyncio.wait_for(self._other.wait(), timeout=5)
+            except TimeoutError as exc:
+                raise httpx.ConnectError("the other system's request never started",
+                                         request=request) from exc
+        return await self._inner.handle_async_request(request)
+
+
+async def test_crm_and_erp_overlap(demo_data: DemoData, tmp_path: Path) -> None:
+    crm_arrived, erp_arrived = asyncio.Event(), asyncio.Event()
+    query = """{ customers(first: 3) { edges { node {
+                 contacts { lastName } orders(first: 1) { number } } } } }"""
+
+    async with start_harness(
+        demo_data, tmp_path / "data",
+        # The Contact query and the ERP calls belong to the same nesting level.
+        wrap_crm=lambda inner: MeetingTransport(inner, "FROM+Contact", crm_arrived, erp_arrived),
+        wrap_erp=lambda inner: MeetingTransport(inner, "/jsonrpc", erp_arrived, crm_arrived),
+    ) as harness:
+        response = await harness.query(query)
+
+    assert field_errors(response.json()) == []
+    assert crm_arrived.is_set()
+    assert erp_arrived.is_set()

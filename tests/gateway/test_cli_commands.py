@@ -1,0 +1,90 @@
+"""``fonte token`` and ``fonte policy matrix`` against the gateway they describe."""
+
+from __future__ import annotations
+
+import re
+
+import jwt
+import pytest
+from conftest import Harness, field_errors
+from rich.console import Console
+from typer.testing import CliRunner, Result
+
+import gateway.cli
+from gateway.catalog import load_catalog
+from gateway.cli import app
+
+LOOKUP = "query($id: ID!) { customer(id: $id) { name iban } }"
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def _cli_token(harness: Harness, *roles: str) -> str:
+    role_options = [part for role in roles for part in ("--role", role)]
+    result = _run("token", *role_options, "--data-dir", str(harness.data_dir))
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+async def test_token_accepted_by_gateway(harness: Harness) -> None:
+    account_id = harness.customer_ids(1)[0]
+    token = _cli_token(harness, "sales")
+    response = await harness.query(LOOKUP, variables={"id": account_id}, token=token)
+    body = response.json()
+    name = next(a["Name"] for a in harness.data.crm["Account"] if a["Id"] == account_id)
+    assert response.status_code == 200
+    assert body["data"] == {"customer": {"name": name, "iban": None}}
+    assert field_errors(body) == [(["customer", "iban"], "FORBIDDEN",
+                                   "Not authorised to read Customer.iban.")]
+
+
+async def test_token_default_claims(harness: Harness) -> None:
+    claims = jwt.decode(_cli_token(harness, "finance"), options={"verify_signature": False})
+    assert claims["sub"] == "demo-finance"
+    assert claims["roles"] == ["finance"]
+    assert claims["purpose"] == "billing"
+
+
+async def test_token_role_purpose_applies(harness: Harness) -> None:
+    token = _cli_token(harness, "finance")
+    response = await harness.query(LOOKUP, variables={"id": harness.customer_ids(1)[0]},
+                                   token=token)
+    body = response.json()
+    assert field_errors(body) == []
+    assert body["data"]["customer"]["iban"] is not None
+
+
+async def test_token_other_data_dir_rejected(harness: Harness, tmp_path_factory:
+                                             pytest.TempPathFactory) -> None:
+    other = tmp_path_factory.mktemp("other-data")
+    result = _run("token", "--role", "sales", "--data-dir", str(other))
+    response = await harness.query(LOOKUP, variables={"id": harness.customer_ids(1)[0]},
+                                   token=result.stdout.strip())
+    assert response.status_code == 401
+
+
+def test_matrix_names_every_role() -> None:
+    result = _run("policy", "matrix")
+    assert result.exit_code == 0
+    for role in ("sales", "finance", "it", "dpo"):
+        # A whole word, so that "it" inside "Credit" or "it-operations" does not count.
+        assert re.search(rf"(?<![\w-]){role}(?![\w-])", result.stdout) is not None, role
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "gateway/cli.py policy_matrix prints a rich Table, which shortens cells with '…' to fit "
+    "the console; with stdout not a terminal the console is 80 columns wide, so "
+    "'Customer.iban' is printed as 'Customer.i…'"))
+def test_matrix_names_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    # rich uses 80 columns when stdout is not a terminal and COLUMNS is unset,
+    # as with `fonte policy matrix > matrix.txt`. Pinning the width keeps the
+    # test independent of the terminal pytest runs in.
+    monkeypatch.setattr(gateway.cli, "console", Console(width=80))
+    result = _run("policy", "matrix")
+    assert result.exit_code == 0
+    assert "Customer.iban" in result.stdout
+    missing = [decl.qualified_name for decl in load_catalog().all_fields()
+               if decl.qualified_name not in result.stdout]
+    assert missing == []
