@@ -49,6 +49,7 @@ from gateway.sources.odoo import (
 )
 from gateway.sources.resilience import ResiliencePolicy, ResilientSource
 from gateway.sources.salesforce import SalesforceSource
+from gateway.sources.sql import SqlSettings, SqlSource
 
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.app")
@@ -100,6 +101,8 @@ def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
         return OdooJsonRpcSource(name, spec, client)
     if isinstance(spec, OdooJson2Settings):
         return OdooJson2Source(name, spec, client)
+    if isinstance(spec, SqlSettings):
+        return SqlSource(name, spec)
     return SalesforceSource(name, spec, client)
 
 

@@ -88,9 +88,12 @@ class AuditRecorder:
 
 
 def _outcome(plan: Plan, facts: AuditFacts, stats: FetchStats) -> Outcome:
+    """Return "denied" when something was denied and no personal field was allowed."""
     if stats.failed:
         return "partial"
-    decisions = [decision for _, decision in plan.judged.values()]
-    if decisions and not any(decision.allowed for decision in decisions):
+    judged = plan.judged.values()
+    denied = any(not decision.allowed for _, decision in judged)
+    personal_allowed = any(decl.personal and decision.allowed for decl, decision in judged)
+    if denied and not personal_allowed:
         return "denied"
     return "success"

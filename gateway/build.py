@@ -38,9 +38,16 @@ def forbidden(decl: FieldDecl) -> GraphQLError:
     return client_error(f"Not authorised to read {decl.qualified_name}.", "FORBIDDEN")
 
 
+_FAILURE_WORDS = {
+    "UPSTREAM_TIMEOUT": "timed out",
+    "UPSTREAM_RATE_LIMITED": "is limiting the request rate",
+}
+
+
 def upstream_failed(error: UpstreamError, decl: FieldDecl) -> GraphQLError:
-    return client_error(f"System '{error.system}' is unavailable, so {decl.qualified_name} "
-                        "could not be read.", error.code)
+    what = _FAILURE_WORDS.get(error.code, "is unavailable")
+    return client_error(f"System '{error.system}' {what}, so {decl.qualified_name} could not "
+                        "be read.", error.code)
 
 
 def encode_cursor(key: str) -> str:

@@ -45,17 +45,25 @@ def demo(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     customers: Annotated[int, typer.Option(min=1, max=100_000,
                                            help="Number of demo customers.")] = 2000,
+    erp: Annotated[str, typer.Option(
+        help="How the gateway reads the demo ERP: odoo (JSON-RPC), odoo-json2 or sql.")
+    ] = "odoo",
     log_level: Annotated[str, typer.Option(help="Log level of the gateway.")] = "warning",
 ) -> None:
     """Start a demo CRM, a demo ERP and the gateway in front of them."""
-    from gateway.demo.launch import DemoSystems, graphiql_link, run_demo
+    from gateway.demo.launch import ERP_DIALECTS, ERP_LABELS, DemoSystems, graphiql_link, run_demo
 
     _configure_logging(log_level)
+    if erp not in ERP_DIALECTS:
+        errors.print(f"--erp {erp!r} is not supported; use one of {', '.join(ERP_DIALECTS)}",
+                     highlight=False)
+        raise typer.Exit(2)
 
     def announce(base: str, systems: DemoSystems, tokens: dict[str, str]) -> None:
         console.print(f"Fonte demo ready: {customers} customers.", highlight=False)
         console.print(f"  CRM (Salesforce REST): {systems.crm_url}", highlight=False)
-        console.print(f"  ERP (Odoo JSON-RPC):   {systems.erp_url}", highlight=False)
+        erp_place = systems.erp_database or systems.erp_url
+        console.print(f"  ERP ({ERP_LABELS[systems.erp_dialect]}): {erp_place}", highlight=False)
         console.print(f"  GraphQL endpoint:      {base}/graphql", highlight=False)
         console.print(f"  GraphiQL:              {base}/graphql\n", highlight=False)
         console.print("Bearer tokens (paste into GraphiQL's Headers tab as "
@@ -68,7 +76,7 @@ def demo(
         console.print("Press Ctrl+C to stop.", highlight=False)
 
     try:
-        asyncio.run(run_demo(port=port, data_dir=data_dir, customers=customers,
+        asyncio.run(run_demo(port=port, data_dir=data_dir, customers=customers, erp=erp,
                              announce=announce))
     except GatewayError as exc:
         raise _fail(exc) from exc
@@ -198,11 +206,15 @@ def policy_matrix(
     purposes = role_purposes()
     roles = engine.roles
     table = Table(title=f"Field access, policy {engine.version}")
-    table.add_column("field")
-    table.add_column("category")
+    # Field names never shrink, so a narrow console or a pipe (80 columns)
+    # wraps the other columns instead of cutting names short.
+    longest = max(len(decl.qualified_name) for decl in catalog.all_fields())
+    table.add_column("field", no_wrap=True, min_width=longest)
+    table.add_column("category", overflow="fold")
     for role in roles:
         role_purpose = purpose or (purposes.get(role) or [None])[0]
-        table.add_column(f"{role}\n({role_purpose or 'no purpose'})")
+        table.add_column(f"{role}\n({role_purpose or 'no purpose'})", overflow="fold",
+                         min_width=5)
     for decl in catalog.all_fields():
         cells = [decl.qualified_name, decl.category]
         for role in roles:

@@ -28,7 +28,8 @@ Example::
     retries = 2
 
     [systems.erp]
-    dialect = "odoo-jsonrpc"   # Odoo 8-18; "odoo-json2" for Odoo 19+ (no login)
+    dialect = "odoo-jsonrpc"   # Odoo 8-18; "odoo-json2" for Odoo 19+ (no login);
+                               # "sql" with url and password_env for database views
     base_url = "https://erp.example.com"
     database = "production"
     login = "fonte-gateway"
@@ -43,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import exc as sqlalchemy_exc
+from sqlalchemy.engine import make_url
+
 from gateway.catalog import default_schema_dir
 from gateway.errors import ConfigError
 from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
@@ -50,9 +54,10 @@ from gateway.policy import default_policy_dir
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, policy_from_table
 from gateway.sources.salesforce import SalesforceSettings
+from gateway.sources.sql import SqlSettings
 
-SystemSettings = SalesforceSettings | OdooSettings | OdooJson2Settings
-DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2")
+SystemSettings = SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
+DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql")
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
             timeout=timeout)
     if dialect == "odoo-json2":
         return _odoo_json2(section, spec, base, timeout)
+    if dialect == "sql":
+        return _sql(section, spec, base, timeout)
     raise ConfigError(f"[{section}] dialect = {dialect!r} is not supported; use one of "
                       f"{', '.join(DIALECTS)}")
 
@@ -204,6 +211,31 @@ def _odoo_json2(section: str, spec: dict[str, Any], base: Path,
                           "because the API key alone identifies the user")
     return OdooJson2Settings(base_url=_text(section, spec, "base_url"), database=database,
                              api_key=_secret(section, spec, "api_key", base), timeout=timeout)
+
+
+def _sql(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SqlSettings:
+    try:
+        url = make_url(_text(section, spec, "url"))
+    except sqlalchemy_exc.ArgumentError as exc:
+        raise ConfigError(f"[{section}] url is not a valid SQLAlchemy URL; write it as "
+                          "dialect+driver://user@host:port/database") from exc
+    if url.password is not None:
+        raise ConfigError(f"[{section}] url must not contain a password; set password_env "
+                          "or password_file")
+    if any(key in spec for key in ("password", "password_env", "password_file")):
+        url = url.set(password=_secret(section, spec, "password", base))
+    tables = spec.get("tables", {})
+    if not isinstance(tables, dict) or not all(isinstance(v, str) for v in tables.values()):
+        raise ConfigError(f"[{section}.tables] must map entity names to table or view names")
+    schema = spec.get("schema")
+    if schema is not None and not isinstance(schema, str):
+        raise ConfigError(f"[{section}] schema = {schema!r} must be a string")
+    pool_size = _integer(section, "pool_size", spec.get("pool_size", 5), 1, 100)
+    try:
+        return SqlSettings(url=url.render_as_string(hide_password=False), tables=tables,
+                           schema=schema, timeout=timeout, pool_size=pool_size)
+    except ConfigError as exc:
+        raise ConfigError(f"[{section}] {exc}") from exc
 
 
 def _text(section: str, spec: dict[str, Any], name: str) -> str:

@@ -104,6 +104,9 @@ class Fetcher:
                 node.links[name] = _index_link(outcome, node.selection.type_decl.links[name])
                 continue
             assert relation is not None and relation.child is not None
+            first = relation.arguments.get("first")
+            if isinstance(first, int) and not isinstance(outcome, UpstreamError):
+                outcome = _first_per_parent(outcome, str(relation.decl.remote), first)
             child = Node(selection=relation.child, rows=outcome, match=request.match)
             node.children[name] = child
             next_level.append(child)
@@ -228,6 +231,24 @@ def relation_request(decl: FieldDecl, child: Selection, keys: tuple[str | int, .
         match=decl.remote, keys=keys, where=target.where, order=decl.order,
         limit=first if isinstance(first, int) else None,
     )
+
+
+def _first_per_parent(rows: list[Row], remote: str, first: int) -> list[Row]:
+    """Keep the first ``first`` rows of each parent, in the order the upstream sent them.
+
+    One request serves many parents and no dialect can limit rows per parent,
+    so the cut happens here, before the rows become parents of the next level:
+    nothing below is fetched for rows the response leaves out.
+    """
+    kept: list[Row] = []
+    counts: dict[str | None, int] = {}
+    for row in rows:
+        key = key_text(row.get(remote))
+        seen = counts.get(key, 0)
+        if seen < first:
+            kept.append(row)
+            counts[key] = seen + 1
+    return kept
 
 
 def _index_link(outcome: Outcome, link: Link) -> dict[str, Row] | UpstreamError:

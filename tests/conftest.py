@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.config import Settings, SystemSettings
 from gateway.demo.data import DemoData, generate
 from gateway.demo.odoo import create_odoo_app
 from gateway.demo.salesforce import create_salesforce_app
@@ -129,13 +129,15 @@ async def start_harness(data: DemoData, data_dir: Path, *,
                         wrap_crm: TransportWrapper = _same_transport,
                         wrap_erp: TransportWrapper = _same_transport,
                         resilience: dict[str, ResiliencePolicy] | None = None,
+                        erp: SystemSettings | None = None,
                         ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
     A wrapper receives the ``ASGITransport`` of the demo system and returns the
     transport the gateway's client uses, so a test can inject transport errors
     or hold requests back. ``resilience`` replaces the fixture's no-retry
-    policies; pass ``{}`` for the production defaults. The gateway's lifespan
+    policies; pass ``{}`` for the production defaults. ``erp`` replaces the
+    ERP settings, to read the demo ERP with another dialect. The gateway's lifespan
     ends, and its audit store is closed, when the ``async with`` block exits.
     """
     if resilience is None:
@@ -146,8 +148,8 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         systems={
             "crm": SalesforceSettings(login_url="http://crm.test", client_id="test-client",
                                       client_secret="s3cret"),
-            "erp": OdooSettings(base_url="http://erp.test", database="fonte_demo",
-                                login="gateway", api_key="test-api-key"),
+            "erp": erp or OdooSettings(base_url="http://erp.test", database="fonte_demo",
+                                       login="gateway", api_key="test-api-key"),
         },
         data_dir=data_dir,
         development_tokens=True,

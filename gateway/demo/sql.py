@@ -107,7 +107,7 @@ TABLES: dict[str, Table] = {
     ),
 }
 
-# (model, field) -> the model whose record name the column holds in place of its id.
+# (model, field) -> the model whose record name the column stores in place of its id.
 NAME_REFERENCES = {
     ("sale.order", "currency_id"): "res.currency",
     ("account.move", "currency_id"): "res.currency",

@@ -16,7 +16,12 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import (
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -39,6 +44,7 @@ class CircuitBreaker:
         self._state: BreakerState = "closed"
         self._consecutive_failures = 0
         self._opened_at = 0.0
+        self._cause: type[UpstreamError] = UpstreamUnavailable
 
     @property
     def state(self) -> BreakerState:
@@ -57,7 +63,7 @@ class CircuitBreaker:
         return max(0.0, self._opened_at + self.reset_after - self._clock())
 
     def check(self) -> None:
-        """Raise ``UpstreamUnavailable`` if ``admit`` would reject an attempt now.
+        """Raise the error of the failure that opened the circuit if ``admit`` would reject now.
 
         It changes no state, so a request can fail fast before it waits for a
         concurrency slot.
@@ -68,7 +74,7 @@ class CircuitBreaker:
             raise self._open_error()
 
     def admit(self) -> bool:
-        """Admit one attempt, or raise ``UpstreamUnavailable`` while the circuit rejects.
+        """Admit one attempt, or raise like ``check`` while the circuit rejects attempts.
 
         Returns True when the attempt is the half-open trial, whose outcome
         decides the next state.
@@ -92,8 +98,15 @@ class CircuitBreaker:
         # the system after the failures that opened it.
         return None
 
-    def record_failure(self, *, trial: bool) -> BreakerState | None:
-        """Count a failed attempt and return the new state if it changed."""
+    def record_failure(self, *, trial: bool,
+                       error: UpstreamError | None = None) -> BreakerState | None:
+        """Count a failed attempt and return the new state if it changed.
+
+        The kind of the last failure (timeout, rate limit, unavailable) is kept,
+        so that requests failing fast report the cause with its error code.
+        """
+        if error is not None:
+            self._cause = _fail_fast_class(error)
         if self._state == "closed":
             self._consecutive_failures += 1
             if self._consecutive_failures < self.failure_threshold:
@@ -120,14 +133,21 @@ class CircuitBreaker:
         self._opened_at = self._clock()
         return self._state
 
-    def _open_error(self) -> UpstreamUnavailable:
+    def _open_error(self) -> UpstreamError:
         # Rounded to milliseconds first so float noise cannot turn 30 s into 31 s.
         seconds = max(1, math.ceil(round(self.seconds_until_trial(), 3)))
-        return UpstreamUnavailable(
+        return self._cause(
             self.system, f"system {self.system!r} circuit open after "
             f"{self._consecutive_failures} consecutive failures; next trial in {seconds} s")
 
-    def _half_open_error(self) -> UpstreamUnavailable:
-        return UpstreamUnavailable(
+    def _half_open_error(self) -> UpstreamError:
+        return self._cause(
             self.system, f"system {self.system!r} circuit half-open while a trial request is in "
             "flight; try again after it completes")
+
+
+def _fail_fast_class(error: UpstreamError) -> type[UpstreamError]:
+    for kind in (UpstreamTimeout, UpstreamRateLimited):
+        if isinstance(error, kind):
+            return kind
+    return UpstreamUnavailable

@@ -24,6 +24,12 @@ from gateway.errors import (
 
 log = logging.getLogger("gateway.upstream")
 
+# httpx logs every request URL at INFO, and a Salesforce query URL carries
+# SOQL literals such as a searched company name. The gateway logs its own
+# upstream line without values instead, so these loggers stay at WARNING.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 
 async def send(client: httpx.AsyncClient, system: str, what: str, method: str, url: str,
                **kwargs: Any) -> httpx.Response:

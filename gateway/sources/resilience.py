@@ -238,8 +238,8 @@ class ResilientSource:
             except UpstreamRejected:
                 self._settle(call, "release")
                 raise
-            except UpstreamError:
-                self._settle(call, "failure")
+            except UpstreamError as exc:
+                self._settle(call, "failure", exc)
                 raise
             self._settle(call, "success")
             return rows
@@ -263,13 +263,13 @@ class ResilientSource:
             return None
         return delay
 
-    def _settle(self, call: _Call, outcome: Outcome) -> None:
+    def _settle(self, call: _Call, outcome: Outcome, error: UpstreamError | None = None) -> None:
         call.in_flight = False
         if outcome == "success":
             changed = self._breaker.record_success(trial=call.trial)
         elif outcome == "failure":
             self._failures += 1
-            changed = self._breaker.record_failure(trial=call.trial)
+            changed = self._breaker.record_failure(trial=call.trial, error=error)
         else:
             changed = self._breaker.release(trial=call.trial)
         if changed is not None:

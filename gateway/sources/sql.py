@@ -54,14 +54,14 @@ NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 TABLE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Keys per statement, which bounds each statement and its result. asyncpg
-# accepts at most 32,767 parameters (asyncpg/protocol/prepared_stmt.pyx) and
-# SQLite 32,766 by default since 3.32 (https://www.sqlite.org/limits.html).
-# NOTE: SQLite builds before 3.32 default to 999 and reject a full chunk.
+# 0.32 rejects more than 32,767 parameters (asyncpg/protocol/prepared_stmt.pyx).
+# NOTE: a SQLite library built with the pre-3.32 default limit of 999
+# parameters rejects a full chunk; sqlite3's getlimit() shows the limit.
 MAX_KEYS_PER_STATEMENT = 1000
 
 # The database cancels a statement after the configured timeout. The
 # asyncio deadline is longer, so the server's cancel normally arrives first
-# and leaves the connection reusable; the deadline covers connect and
+# and leaves the connection reusable. The deadline covers connect and
 # network stalls.
 CANCEL_GRACE = 2.0
 
@@ -71,8 +71,8 @@ SQLITE_PROGRESS_STEPS = 100_000
 DRIVERS = {"postgresql": "asyncpg", "mysql": "asyncmy", "mariadb": "asyncmy",
            "sqlite": "aiosqlite"}
 # The connect-timeout argument of each driver's connect().
-# NOTE: asyncmy 0.2 applies it to the TCP connect only, so a server that
-# accepts and never answers is cut off by the asyncio deadline instead.
+# asyncmy 0.2 applies it to the TCP connect only, so a server that accepts
+# and then sends nothing is cut off by the asyncio deadline instead.
 _CONNECT_TIMEOUT_ARGUMENT = {"asyncpg": "timeout", "asyncmy": "connect_timeout",
                              "aiosqlite": "timeout"}
 
@@ -90,7 +90,7 @@ ColumnTypes = dict[str, TypeEngine[Any]]
 
 @dataclass(frozen=True)
 class SqlSettings:
-    """Where and how to read one ERP database.
+    """Connection and read settings of one ERP database.
 
     ``url`` is a complete SQLAlchemy async URL, password included, so it is
     left out of ``repr``. ``tables`` maps an entity to its table or view;
@@ -139,7 +139,7 @@ class SqlSettings:
         return backend
 
     def table_for(self, entity: str) -> str:
-        """Return the table or view that holds ``entity``."""
+        """Return the table or view that stores the rows of ``entity``."""
         return self.tables.get(entity, entity.replace(".", "_"))
 
 
@@ -182,22 +182,23 @@ class SqlSource:
 
     async def fetch(self, request: FetchRequest) -> list[Row]:
         table_name = self._settings.table_for(request.entity)
-        what = f"{request.entity} read of {len(request.keys)} keys"
+        operation = f"{request.entity} read of {len(request.keys)} keys"
         check_request(self.name, request)
         if request.match is not None and not request.keys:
             return []
         chunks = key_chunks(request)
         if request.limit is not None and len(chunks) > 1:
             raise UpstreamRejected(self.name, f"system {self.name!r} cannot apply a limit to "
-                                   f"{what}: a limit needs at most {MAX_KEYS_PER_STATEMENT} "
-                                   "keys, because each chunk is limited on its own")
+                                   f"{operation}: a limit needs at most "
+                                   f"{MAX_KEYS_PER_STATEMENT} keys, because each chunk is "
+                                   "limited on its own")
         try:
             async with asyncio.timeout(self._settings.timeout + CANCEL_GRACE):
                 return await self._read(request, table_name, chunks)
         except UpstreamError:
             raise
         except (exc.SQLAlchemyError, OSError) as error:
-            raise upstream_error(self.name, what, error) from error
+            raise upstream_error(self.name, operation, error) from error
 
     async def _read(self, request: FetchRequest, table_name: str,
                     chunks: list[tuple[str | int, ...]]) -> list[Row]:
@@ -316,6 +317,8 @@ def build_select(system: str, request: FetchRequest, source: TableClause,
         statement = statement.where(
             columns[attribute] > _value(system, request, columns[attribute], value))
     if request.search is not None:
+        # NOTE: SQLite's lower() folds ASCII letters only, so there the search
+        # is case-sensitive for accented letters.
         attribute, search_text = request.search
         statement = statement.where(func.lower(columns[attribute]).like(
             func.lower(contains_pattern(search_text)), escape=LIKE_ESCAPE))
@@ -435,8 +438,8 @@ def _to_datetime(value: object, *, timezone: bool) -> datetime:
         moment = datetime(value.year, value.month, value.day)
     else:
         moment = datetime.fromisoformat(str(value))
-    # asyncpg binds naive datetimes to timestamp columns and aware ones to
-    # timestamptz; the gateway's naive datetimes are UTC.
+    # asyncpg 0.32 rejects an aware datetime for a timestamp column. The
+    # gateway's naive datetimes are UTC, so timestamptz gets them with UTC attached.
     if timezone and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     if not timezone and moment.tzinfo is not None:
@@ -466,6 +469,7 @@ async def read_only_transaction(connection: AsyncConnection,
         if getattr(dialect, "is_mariadb", False):
             limit = f"max_statement_time = {timeout:.3f}"
         else:
+            # NOTE: untested; the tests run MariaDB only.
             limit = f"max_execution_time = {max(1, math.ceil(timeout * 1000))}"
         await connection.execute(text(f"SET SESSION {limit}"))
         await connection.execute(text("START TRANSACTION READ ONLY"))
@@ -506,23 +510,24 @@ async def _sqlite_deadline(connection: AsyncConnection) -> _Deadline:
     return deadline
 
 
-def upstream_error(system: str, what: str, error: BaseException) -> UpstreamError:
+def upstream_error(system: str, operation: str, error: BaseException) -> UpstreamError:
     """Map a SQLAlchemy, driver or socket error to the gateway's error.
 
-    The message names the system, the read and the driver's error class and
-    code; it never contains the SQL text, bound values or the database's own
-    message, which may quote values.
+    The message names the system, the read, and the driver's error class and
+    code. It leaves out the SQL text, the bound values and the database's own
+    message, because these may contain personal values.
     """
     cause = describe_cause(error)
     if is_timeout(error):
-        return UpstreamTimeout(system, f"system {system!r} timed out on {what} ({cause})")
+        return UpstreamTimeout(system, f"system {system!r} timed out on {operation} "
+                               f"({cause})")
     if isinstance(error, _REJECTED):
-        return UpstreamRejected(system, f"system {system!r} rejected {what} ({cause}); check "
-                                "the table or view and the schema declaration")
+        return UpstreamRejected(system, f"system {system!r} rejected {operation} ({cause}); "
+                                "check the table or view and the schema declaration")
     if isinstance(error, _UNREACHABLE):
-        return UpstreamUnavailable(system, f"system {system!r} could not be reached for {what} "
-                                   f"({cause})")
-    return UpstreamUnavailable(system, f"system {system!r} failed on {what} ({cause})")
+        return UpstreamUnavailable(system, f"system {system!r} could not be reached for "
+                                   f"{operation} ({cause})")
+    return UpstreamUnavailable(system, f"system {system!r} failed on {operation} ({cause})")
 
 
 def is_timeout(error: BaseException) -> bool:

@@ -174,10 +174,6 @@ async def test_dpo_request_recorded_denied(harness: Harness) -> None:
     assert records[0]["systems"] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/audit_events.py _outcome returns 'denied' only when no named field is allowed; "
-    "the non-personal root field Query.customer is allowed for it, so a request whose every "
-    "personal field was denied is recorded as 'success'"))
 async def test_personal_fields_all_denied(harness: Harness) -> None:
     await harness.query("query($id: ID!) { customer(id: $id) { name vatNumber } }", role="it",
                         variables={"id": harness.customer_ids(1)[0]})

@@ -34,17 +34,9 @@ EXPECTED_CALLS = {
                 {"res.partner": 1, "res.partner.bank": 1, "sale.order": 1, "account.move": 1}),
 }
 
-ODOO_CHUNKING = pytest.mark.xfail(
-    strict=True,
-    reason="gateway/sources/odoo.py splits a read into calls of MAX_KEYS_PER_CALL (1000) "
-           "keys, so the shipments of 200 customers' orders (about 1600 keys) take two "
-           "stock.picking calls",
-)
-
-
 @pytest.mark.parametrize(("role", "customers"), [
     ("sales", 1),
-    pytest.param("sales", 200, marks=ODOO_CHUNKING),
+    ("sales", 200),
     ("finance", 1),
     ("finance", 200),
 ])
@@ -121,3 +113,17 @@ async def test_crm_and_erp_overlap(demo_data: DemoData, tmp_path: Path) -> None:
     assert field_errors(response.json()) == []
     assert crm_arrived.is_set()
     assert erp_arrived.is_set()
+
+
+async def test_first_limits_next_level(harness: Harness) -> None:
+    query = ("{ customers(first: 20) { edges { node { id "
+             "orders(first: 1) { number shipments { reference } } } } } }")
+    response = await harness.query(query)
+    body = response.json()
+    orders = [order for edge in body["data"]["customers"]["edges"]
+              for order in edge["node"]["orders"]]
+
+    pickings = [e for e in harness.erp_requests() if e.entity == "stock.picking"]
+    assert "errors" not in body
+    assert len(pickings) == 1
+    assert pickings[0].keys == len(orders)

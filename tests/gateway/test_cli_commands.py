@@ -73,10 +73,6 @@ def test_matrix_names_every_role() -> None:
         assert re.search(rf"(?<![\w-]){role}(?![\w-])", result.stdout) is not None, role
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/cli.py policy_matrix prints a rich Table, which shortens cells with '…' to fit "
-    "the console; with stdout not a terminal the console is 80 columns wide, so "
-    "'Customer.iban' is printed as 'Customer.i…'"))
 def test_matrix_names_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
     # rich uses 80 columns when stdout is not a terminal and COLUMNS is unset,
     # as with `fonte policy matrix > matrix.txt`. Pinning the width keeps the

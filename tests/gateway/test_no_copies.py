@@ -121,10 +121,6 @@ def test_workload_leaves_no_copies(demo_data: DemoData, tmp_path: Path,
         assert _leaks(output, forms) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/sources/salesforce.py sends the name search as a SOQL LIKE literal in the "
-    "GET query string, and httpx logs every request URL at INFO ('HTTP Request: GET ...'), "
-    "so the search term, a company name, is written to the gateway's log"))
 async def test_name_search_not_logged(harness: Harness,
                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)

@@ -46,9 +46,12 @@ def _account(harness: Harness) -> dict[str, Any]:
     return next(a for a in harness.data.crm["Account"] if a["Id"] == account_id)
 
 
+FAILURE_WORDS = {"UPSTREAM_UNAVAILABLE": "is unavailable", "UPSTREAM_TIMEOUT": "timed out"}
+
+
 def _erp_errors(code: str) -> list[tuple[list[Any], str, str]]:
     return [(["customer", name], code,
-             f"System 'erp' is unavailable, so Customer.{name} could not be read.")
+             f"System 'erp' {FAILURE_WORDS[code]}, so Customer.{name} could not be read.")
             for name in ERP_FIELDS]
 
 
@@ -88,11 +91,6 @@ async def test_erp_read_timeout_nulls_erp(demo_data: DemoData, tmp_path: Path) -
         _assert_crm_served_erp_failed(body, _account(harness), "UPSTREAM_TIMEOUT")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with the default 2 retries the four ERP reads of this request fail 5 times, which opens "
-    "the circuit breaker of gateway/sources/resilience.py mid-request; the reads still "
-    "retrying then fail as 'circuit open' and their fields get UPSTREAM_UNAVAILABLE, not "
-    "UPSTREAM_TIMEOUT"))
 async def test_timeout_code_survives_retries(demo_data: DemoData, tmp_path: Path) -> None:
     async with start_harness(demo_data, tmp_path / "data", resilience={},
                              wrap_erp=_failing(httpx.ReadTimeout)) as harness:

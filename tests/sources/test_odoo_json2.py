@@ -126,7 +126,8 @@ def partner_request(*keys: int, attributes: tuple[str, ...] = ("id", "name")) ->
 # --- reads against the demo server ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "chunks"), [(1, [1]), (200, [200]), (5000, [1000] * 5)])
+@pytest.mark.parametrize(("size", "chunks"), [(1, [1]), (200, [200]), (5000, [5000]),
+                                            (12000, [2000, 5000, 5000])])
 async def test_batch_returns_exact_ids(upstream: Upstream, erp: Starlette, demo_data: DemoData,
                                        size: int, chunks: list[int]) -> None:
     existing = sorted(partner["id"] for partner in demo_data.erp["res.partner"])[:size]

@@ -75,7 +75,8 @@ _key_rows = Table(
     Column("created", Date),
 )
 
-# Each view reads one row per key_rows row and takes SLOW_SECONDS or more.
+# Views that take SLOW_SECONDS or more for any read. SQLite has no sleep
+# function, so its view counts to two billion instead.
 _SLOW_VIEWS = {
     "postgresql": f"CREATE VIEW slow_rows AS SELECT k.id FROM key_rows k "
                   f"CROSS JOIN pg_sleep({SLOW_SECONDS}) AS s",
@@ -529,8 +530,8 @@ async def test_wrong_port_unavailable(database: Database, tmp_path: Path) -> Non
 
 async def _join_aiosqlite_threads() -> None:
     # After a failed connect, aiosqlite 0.22 stops its worker thread without
-    # awaiting it; the thread then reports to the event loop, which must
-    # still be open, or the thread raises "Event loop is closed".
+    # awaiting it. The thread then reports to the event loop, so the loop must
+    # stay open until the thread ends, or the thread raises "Event loop is closed".
     for thread in threading.enumerate():
         if "_connection_worker_thread" in thread.name:
             await asyncio.to_thread(thread.join, 5.0)
@@ -541,7 +542,7 @@ async def test_silent_server_times_out(database: Database) -> None:
         pytest.skip("SQLite opens a local file; there is no server to wait for")
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # never answers; returns when the client disconnects
+        await reader.read()  # sends nothing and returns when the client disconnects
         writer.close()
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
