@@ -15,8 +15,11 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
+# Extra options for the demo, e.g. make demo DEMO_ARGS='--port 0 --erp sql'
+DEMO_ARGS ?=
+
 demo: $(INSTALLED)
-	$(BIN)/fonte demo
+	$(BIN)/fonte demo $(DEMO_ARGS)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

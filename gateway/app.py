@@ -8,14 +8,17 @@ invalid; 401 without a valid bearer token.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import orjson
@@ -30,7 +33,8 @@ from gateway.audit.store import SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
 from gateway.catalog import load_catalog
 from gateway.config import Settings
-from gateway.errors import AuthenticationError, ConfigError
+from gateway.datadir import claim_data_dir
+from gateway.errors import AuthenticationError, ConfigError, PurposeError
 from gateway.execute import Executor, GraphQLRequest, GraphQLResponse
 from gateway.graphql_schema import build_schema
 from gateway.identity import (
@@ -39,7 +43,9 @@ from gateway.identity import (
     load_or_create_signing_key,
     load_public_key,
 )
+from gateway.masks import PseudonymKeys
 from gateway.policy import PolicyEngine
+from gateway.policy_reload import PolicyHolder
 from gateway.sources import Source
 from gateway.sources.odoo import (
     OdooJson2Settings,
@@ -51,6 +57,7 @@ from gateway.sources.resilience import ResiliencePolicy, ResilientSource
 from gateway.sources.salesforce import SalesforceSource
 from gateway.sources.sql import SqlSettings, SqlSource
 
+PURPOSE_HEADER = "fonte-purpose"
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.app")
 
@@ -64,14 +71,31 @@ class Gateway:
     verifier: TokenVerifier
     recorder: AuditRecorder
     sources: dict[str, Source]
+    policy: PolicyHolder
+    lock: IO[str]
 
     @classmethod
     async def start(cls, settings: Settings,
                     clients: Mapping[str, httpx.AsyncClient] | None = None) -> Gateway:
         """Load schema and policy, open the audit store and the upstream clients."""
+        lock = claim_data_dir(settings.data_dir)
+        try:
+            return await cls._start(settings, clients, lock)
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    async def _start(cls, settings: Settings, clients: Mapping[str, httpx.AsyncClient] | None,
+                     lock: IO[str]) -> Gateway:
         catalog = load_catalog(settings.schema_dir)
         schema = build_schema(catalog)
-        policy = PolicyEngine(catalog, settings.policy_dir)
+        policy_dir = settings.policy_dir
+
+        async def load_policy() -> PolicyEngine:
+            return PolicyEngine.from_directory(catalog, policy_dir)
+
+        policy = PolicyHolder(await load_policy(), load_policy)
         missing = sorted(catalog.systems - set(settings.systems))
         if missing:
             raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
@@ -82,18 +106,23 @@ class Gateway:
             for name, spec in settings.systems.items()
         }
         store = await SQLiteAuditStore.open(settings.audit_path)
-        pseudonymizer = Pseudonymizer(load_or_create_key(settings.pseudonym_key_path))
-        recorder = AuditRecorder(store, pseudonymizer, fail_open=settings.audit_fail_open)
-        executor = Executor(catalog, schema, policy, sources, recorder)
+        audit_key = load_or_create_key(settings.pseudonym_key_path)
+        pseudonymizer = Pseudonymizer(audit_key)
+        operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()
+        recorder = AuditRecorder(store, pseudonymizer, operation_key=operation_key,
+                                 fail_open=settings.audit_fail_open)
+        keys = PseudonymKeys(load_or_create_key(settings.mask_key_path))
+        executor = Executor(catalog, schema, policy, sources, recorder, keys)
         verifier = TokenVerifier(_token_settings(settings))
         log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),
-                 policy.version, settings.audit_path.name)
-        return cls(settings, executor, verifier, recorder, sources)
+                 policy.current.version, settings.audit_path.name)
+        return cls(settings, executor, verifier, recorder, sources, policy, lock)
 
     async def close(self) -> None:
         for source in self.sources.values():
             await source.aclose()
         await self.recorder.close()
+        self.lock.close()
 
 
 def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
@@ -160,18 +189,32 @@ async def _graphql(request: Request) -> Response:
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     try:
-        principal = gateway.verifier.verify(request.headers.get("authorization"))
+        principal = gateway.verifier.verify(request.headers.get("authorization"),
+                                            request.headers.get(PURPOSE_HEADER))
     except AuthenticationError as exc:
         _log_access(request_id, None, 401, started, None)
         return _json(401, _error_body(str(exc), "UNAUTHENTICATED"), request_id,
                      {"WWW-Authenticate": 'Bearer realm="fonte"'})
+    except PurposeError as exc:
+        _log_access(request_id, None, 403, started, None)
+        return _json(403, _error_body(str(exc), "FORBIDDEN"), request_id)
 
     parsed = await _read_body(request, gateway.settings.max_body_bytes)
     if isinstance(parsed, GraphQLResponse):
         _log_access(request_id, principal.user, parsed.status, started, None)
         return _json(parsed.status, parsed.body, request_id)
 
-    response = await gateway.executor.run(parsed, principal, request_id)
+    try:
+        response = await gateway.executor.run(parsed, principal, request_id)
+    except Exception as exc:  # the last guard: no client sees a stack trace
+        # Only the type and place: the message of a library error can quote
+        # the document, and so a searched name.
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f"{frame.filename}:{frame.lineno}" if frame else "unknown"
+        log.error("request %s failed with %s at %s", request_id, type(exc).__name__, where)
+        response = GraphQLResponse(500, _error_body(
+            f"internal error; quote request id {request_id} to the operators",
+            "INTERNAL_SERVER_ERROR"))
     _log_access(request_id, principal.user, response.status, started, parsed.operation_name)
     return _json(response.status, response.body, request_id)
 
@@ -182,15 +225,25 @@ async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLRe
         return GraphQLResponse(415, _error_body(
             f"Content-Type {content_type or 'missing'!r} is not supported; send the request "
             "as application/json", "BAD_REQUEST"))
-    body = await request.body()
-    if len(body) > limit:
-        return GraphQLResponse(413, _error_body(
-            f"request body of {len(body)} bytes exceeds the limit of {limit} bytes",
-            "BAD_REQUEST"))
+    too_large = GraphQLResponse(413, _error_body(
+        f"request body exceeds the limit of {limit} bytes; send a smaller document or "
+        "fewer variables", "BAD_REQUEST"))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # stops reading as soon as the limit is passed
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return GraphQLResponse(400, _error_body("request body is not valid JSON", "BAD_REQUEST"))
+        payload = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        # ValueError covers invalid JSON and UTF-8, and integers too long to convert.
+        return GraphQLResponse(400, _error_body("request body is not valid JSON",
+                                                "BAD_REQUEST"))
     return _graphql_request(payload)
 
 
@@ -224,14 +277,25 @@ async def _graphiql(request: Request) -> Response:
 async def _health(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     audit_ok = await gateway.recorder.healthy()
+    policy = gateway.policy.status()
     body = {"status": "ok" if audit_ok else "degraded",
-            "audit": "ok" if audit_ok else "unavailable"}
+            "audit": "ok" if audit_ok else "unavailable",
+            "policy": {"version": policy.version, "last_error": policy.last_error},
+            "systems": _system_health(gateway.sources)}
     return Response(orjson.dumps(body), status_code=200 if audit_ok else 503,
                     media_type="application/json")
 
 
+def _system_health(sources: Mapping[str, Source]) -> dict[str, dict[str, object]]:
+    health: dict[str, dict[str, object]] = {}
+    for name, source in sources.items():
+        if isinstance(source, ResilientSource):
+            health[name] = {"circuit": source.breaker_state, "failures": source.failures}
+    return health
+
+
 def _log_access(request_id: str, user: str | None, status: int, started: float,
                 operation_name: str | None) -> None:
-    access_log.info("request %s user=%s status=%d operation=%r duration_ms=%.1f", request_id,
+    access_log.info("request %s user=%r status=%d operation=%r duration_ms=%.1f", request_id,
                     user or "-", status, operation_name,
                     (time.perf_counter() - started) * 1000)

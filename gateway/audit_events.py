@@ -8,6 +8,7 @@ names, categories and decisions, never values, variables or the response.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from typing import Literal
 
@@ -29,9 +30,10 @@ class AuditRecorder:
     """Appends one record per audited request and waits until it is durable."""
 
     def __init__(self, store: AuditStore, pseudonymizer: Pseudonymizer, *,
-                 fail_open: bool = False) -> None:
+                 operation_key: bytes, fail_open: bool = False) -> None:
         self._store = store
         self._pseudonymizer = pseudonymizer
+        self._operation_key = operation_key
         self.fail_open = fail_open
 
     @staticmethod
@@ -71,7 +73,7 @@ class AuditRecorder:
             "purpose": principal.purpose,
             "client": principal.client,
             "operation_name": operation_name,
-            "operation_hash": hashlib.sha256(query.encode("utf-8")).hexdigest(),
+            "operation_hash": self.operation_hash(query),
             "subjects": subjects,
             "fields": fields,
             "systems": sorted(stats.requests),
@@ -79,6 +81,14 @@ class AuditRecorder:
             "outcome": _outcome(plan, facts, stats),
             "policy_version": policy_version,
         }
+
+    def operation_hash(self, query: str) -> str:
+        """Return the keyed hash of a document's text.
+
+        Keyed, because a document may contain a searched name: a plain hash
+        would let a reader of the log confirm guesses of it.
+        """
+        return hmac.new(self._operation_key, query.encode("utf-8"), hashlib.sha256).hexdigest()
 
     async def healthy(self) -> bool:
         return await self._store.healthy()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,13 +22,16 @@ from graphql import GraphQLError
 from gateway.catalog import FieldDecl
 from gateway.errors import UpstreamError
 from gateway.fetch import Node, key_text
+from gateway.masks import PseudonymKeys, compatible, masker, parse_mask
 from gateway.plan import FieldPick, Selection, WrapperField
 from gateway.sources import Row
 from gateway.values import converter
 
 log = logging.getLogger("gateway.execute")
 
-_CURSOR_PREFIX = "c1:"
+_CURSOR_PREFIX = "c2:"
+CURSOR_DOMAIN = "cursor"
+_CURSOR_TAG_BYTES = 12
 
 
 def client_error(message: str, code: str) -> GraphQLError:
@@ -50,17 +55,30 @@ def upstream_failed(error: UpstreamError, decl: FieldDecl) -> GraphQLError:
                         "be read.", error.code)
 
 
-def encode_cursor(key: str) -> str:
-    """Return the opaque cursor of a row key (a non-personal record id)."""
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + key).encode("utf-8")).decode("ascii")
+def encode_cursor(key: str, secret: bytes) -> str:
+    """Return the opaque cursor of a row key (a non-personal record id).
+
+    The cursor carries an HMAC of the key, so a client cannot hand-craft one:
+    a forged key would otherwise travel into the upstream query.
+    """
+    payload = (_CURSOR_PREFIX + key).encode("utf-8")
+    tag = hmac.new(secret, payload, hashlib.sha256).digest()[:_CURSOR_TAG_BYTES]
+    return base64.urlsafe_b64encode(tag + payload).decode("ascii")
 
 
-def decode_cursor(cursor: str) -> str | None:
-    """Return the row key of a cursor, or None when it is not one of ours."""
+def decode_cursor(cursor: str, secret: bytes) -> str | None:
+    """Return the row key of a cursor, or None when this gateway did not issue it."""
+    if len(cursor) > 512:
+        return None
     try:
-        text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii"))
     except (binascii.Error, UnicodeError, ValueError):
         return None
+    tag, payload = raw[:_CURSOR_TAG_BYTES], raw[_CURSOR_TAG_BYTES:]
+    expected = hmac.new(secret, payload, hashlib.sha256).digest()[:_CURSOR_TAG_BYTES]
+    if not hmac.compare_digest(tag, expected):
+        return None
+    text = payload.decode("utf-8", errors="replace")
     if not text.startswith(_CURSOR_PREFIX) or len(text) == len(_CURSOR_PREFIX):
         return None
     return text[len(_CURSOR_PREFIX):]
@@ -77,8 +95,9 @@ class AuditFacts:
 class Builder:
     """Builds response dicts; one instance per request."""
 
-    def __init__(self, *, withhold_personal: bool = False) -> None:
+    def __init__(self, keys: PseudonymKeys, *, withhold_personal: bool = False) -> None:
         self.facts = AuditFacts()
+        self._keys = keys
         self._withhold = withhold_personal
         self._errors: dict[tuple[str, str], GraphQLError] = {}
         self._steps: dict[int, list[tuple[str, Callable[[Row], Any]]]] = {}
@@ -97,7 +116,8 @@ class Builder:
         rows = node.rows
         objects = self.objects(node, rows)
         key = node.selection.type_decl.key
-        cursors = [encode_cursor(str(row[key])) for row in rows]
+        secret = self._keys.key(CURSOR_DOMAIN)
+        cursors = [encode_cursor(str(row[key]), secret) for row in rows]
         page = {"hasNextPage": node.more,
                 "endCursor": cursors[-1] if cursors else None}
         value: dict[str, Any] = {}
@@ -120,8 +140,8 @@ class Builder:
             steps = [self._step(node, pick) for pick in selection.picks]
             self._steps[id(node)] = steps
         subject = selection.type_decl.subject
-        discloses = subject is not None and not self._withhold and any(
-            pick.decl.personal and pick.decision.allowed for pick in selection.picks)
+        discloses = subject is not None and not self._withhold and (selection.searched or any(
+            pick.decl.personal and pick.decision.allowed for pick in selection.picks))
         key = selection.type_decl.key
         objects = []
         for row in rows:
@@ -136,6 +156,11 @@ class Builder:
         if not pick.decision.allowed:
             error = self._cached_error("forbidden", decl, lambda: forbidden(decl))
             return pick.response_key, lambda row: error
+        if pick.invalid is not None:
+            message = pick.invalid
+            invalid = self._cached_error("invalid", decl,
+                                         lambda: client_error(message, "BAD_REQUEST"))
+            return pick.response_key, lambda row: invalid
         if self._withhold and decl.personal:
             error = self._cached_error("audit", decl, lambda: client_error(
                 f"{decl.qualified_name} is withheld because the audit log cannot be written.",
@@ -143,9 +168,24 @@ class Builder:
             return pick.response_key, lambda row: error
         if pick.child is not None:
             return pick.response_key, self._relation_step(node, pick)
+        mask = self._mask(pick)
         if decl.link is not None:
-            return pick.response_key, self._link_step(node, decl)
-        return pick.response_key, _scalar_step(node.selection, decl, str(decl.attribute))
+            return pick.response_key, self._link_step(node, decl, mask)
+        return pick.response_key, _scalar_step(node.selection, decl, str(decl.attribute), mask)
+
+    def _mask(self, pick: FieldPick) -> Callable[[Any], Any] | None:
+        decision = pick.decision
+        if decision.effect != "mask" or decision.mask is None:
+            return None
+        spec = parse_mask(decision.mask)
+        scalar = pick.decl.base_type
+        if not compatible(spec, scalar):
+            # A category-wide mask can meet a field it does not fit (a
+            # pseudonym on an amount): the value is then hidden entirely.
+            log.warning("mask %s does not fit %s (%s); serving null", spec,
+                        pick.decl.qualified_name, scalar)
+            spec = parse_mask("null")
+        return masker(spec, scalar, self._keys)
 
     def _cached_error(self, kind: str, decl: FieldDecl,
                       make: Callable[[], GraphQLError]) -> GraphQLError:
@@ -154,13 +194,14 @@ class Builder:
             self._errors[key] = make()
         return self._errors[key]
 
-    def _link_step(self, node: Node, decl: FieldDecl) -> Callable[[Row], Any]:
+    def _link_step(self, node: Node, decl: FieldDecl,
+                   mask: Callable[[Any], Any] | None) -> Callable[[Row], Any]:
         link = node.selection.type_decl.links[str(decl.link)]
         linked = node.links.get(link.name, {})
         if isinstance(linked, UpstreamError):
             error = upstream_failed(linked, decl)
             return lambda row: error
-        read = _scalar_step(node.selection, decl, str(decl.attribute))
+        read = _scalar_step(node.selection, decl, str(decl.attribute), mask)
 
         def step(row: Row) -> Any:
             target = linked.get(key_text(row.get(link.local)) or "")
@@ -206,8 +247,10 @@ def _edge(children: list[WrapperField], cursor: str, obj: dict[str, Any]) -> dic
     return edge
 
 
-def _scalar_step(selection: Selection, decl: FieldDecl, attribute: str) -> Callable[[Row], Any]:
-    convert = converter(decl.base_type)
+def _scalar_step(selection: Selection, decl: FieldDecl, attribute: str,
+                 mask: Callable[[Any], Any] | None = None) -> Callable[[Row], Any]:
+    base = converter(decl.base_type)
+    convert = base if mask is None else (lambda value: mask(base(value)))
     system = selection.type_decl.system if decl.link is None else \
         selection.type_decl.links[str(decl.link)].system
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import SchemaError
+from gateway.resources import shipped_dir
 
 SCALARS = frozenset({"ID", "String", "Int", "Boolean", "Decimal", "Date", "DateTime"})
 KeyType = Literal["string", "int"]
@@ -134,8 +135,8 @@ class Catalog:
 
 
 def default_schema_dir() -> Path:
-    """Return the ``schema/`` folder shipped beside the package."""
-    return Path(__file__).resolve().parent.parent / "schema"
+    """Return the shipped ``schema/`` folder."""
+    return shipped_dir("schema")
 
 
 def load_catalog(directory: Path | None = None) -> Catalog:

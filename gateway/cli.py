@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog
+    from gateway.policy import PolicyEngine
 
 app = typer.Typer(help="Fonte: a GDPR-aware GraphQL federation gateway.", no_args_is_help=True,
                   add_completion=False)
@@ -24,8 +28,10 @@ app.add_typer(policy_app, name="policy")
 
 DEFAULT_DATA_DIR = Path(".fonte")
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder of the audit log and keys.")]
-console = Console()
-errors = Console(stderr=True)
+# Messages quote settings such as "[systems.crm]", which rich markup would
+# take for style tags, so markup and highlighting are off.
+console = Console(markup=False, highlight=False)
+errors = Console(stderr=True, markup=False, highlight=False)
 
 
 def _configure_logging(level: str) -> None:
@@ -33,8 +39,21 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Return ``moment`` as an aware UTC time; a time given without a zone is UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
 def _fail(exc: GatewayError) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {exc}", highlight=False)
+    errors.print(f"error: {exc}", soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -49,6 +68,9 @@ def demo(
         help="How the gateway reads the demo ERP: odoo (JSON-RPC), odoo-json2 or sql.")
     ] = "odoo",
     log_level: Annotated[str, typer.Option(help="Log level of the gateway.")] = "warning",
+    write_settings: Annotated[Path | None, typer.Option(
+        help="Also write a settings file for `fonte serve` that reads this demo's systems.")
+    ] = None,
 ) -> None:
     """Start a demo CRM, a demo ERP and the gateway in front of them."""
     from gateway.demo.launch import ERP_DIALECTS, ERP_LABELS, DemoSystems, graphiql_link, run_demo
@@ -66,18 +88,20 @@ def demo(
         console.print(f"  ERP ({ERP_LABELS[systems.erp_dialect]}): {erp_place}", highlight=False)
         console.print(f"  GraphQL endpoint:      {base}/graphql", highlight=False)
         console.print(f"  GraphiQL:              {base}/graphql\n", highlight=False)
-        console.print("Bearer tokens (paste into GraphiQL's Headers tab as "
-                      '{"Authorization": "Bearer <token>"}):', highlight=False)
+        console.print("Bearer tokens; paste one into GraphiQL's Headers tab as:")
+        console.print('  {"Authorization": "Bearer <token>"}', soft_wrap=True)
         for role, token in tokens.items():
             console.print(f"\n  {role}:\n{token}", highlight=False, soft_wrap=True)
         console.print(f"\nGraphiQL with the example query, as sales:\n"
                       f"{graphiql_link(base, tokens['sales'])}\n", highlight=False,
                       soft_wrap=True)
-        console.print("Press Ctrl+C to stop.", highlight=False)
+        if write_settings is not None:
+            console.print(f"Settings for `fonte serve` written to {write_settings}")
+        console.print("Press Ctrl+C to stop.")
 
     try:
         asyncio.run(run_demo(port=port, data_dir=data_dir, customers=customers, erp=erp,
-                             announce=announce))
+                             announce=announce, settings_file=write_settings))
     except GatewayError as exc:
         raise _fail(exc) from exc
     except KeyboardInterrupt:
@@ -112,18 +136,43 @@ def token(
     purpose: Annotated[str | None, typer.Option(
         help="Purpose of processing; defaults to the first role's first purpose.")] = None,
     hours: Annotated[int, typer.Option(min=1, max=720, help="Validity in hours.")] = 12,
+    claim: Annotated[list[str] | None, typer.Option(
+        "--claim", help="Extra string claim NAME=VALUE for row rules, e.g. region=Centro; "
+        "repeat for several.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Print a development bearer token that a demo gateway with DATA_DIR accepts."""
     from gateway.demo.launch import role_purposes
     from gateway.identity import issue_token, load_or_create_signing_key
 
+    _, engine = _load_engine()
+    unknown = [r for r in role if r not in engine.roles]
+    if unknown:
+        errors.print(f"role {unknown[0]!r} has no rules in the policy; use one of "
+                     f"{', '.join(engine.roles)}")
+        raise typer.Exit(2)
     purposes = role_purposes()
     if purpose is None:
         purpose = (purposes.get(role[0]) or [None])[0]
-    key = load_or_create_signing_key(data_dir / "keys" / "token-signing.pem")
+    elif purpose not in engine.purposes_of(role):
+        errors.print(f"purpose {purpose!r} is not listed for role(s) {', '.join(role)} in "
+                     "policies/purposes.toml; use one of "
+                     f"{', '.join(sorted(engine.purposes_of(role))) or 'none'}")
+        raise typer.Exit(2)
+    extra = {}
+    for item in claim or []:
+        name, separator, value = item.partition("=")
+        if not separator or not name:
+            errors.print(f"--claim {item!r} is invalid; write NAME=VALUE", highlight=False)
+            raise typer.Exit(2)
+        extra[name] = value
+    key_path = data_dir / "keys" / "token-signing.pem"
+    if not key_path.exists():
+        errors.print(f"created a new signing key at {key_path}: only a gateway started with "
+                     f"--data-dir {data_dir} accepts this token")
+    key = load_or_create_signing_key(key_path)
     typer.echo(issue_token(key, user=user or f"demo-{role[0]}", roles=list(role),
-                           purpose=purpose, ttl_seconds=hours * 3600))
+                           purpose=purpose, ttl_seconds=hours * 3600, extra=extra))
 
 
 @audit_app.command("verify")
@@ -140,10 +189,10 @@ def audit_verify(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     except GatewayError as exc:
         raise _fail(exc) from exc
     if report.ok:
-        console.print(f"audit log intact: {report.records} records verified", highlight=False)
+        console.print(f"audit log intact: {_count(report.records, 'record')} verified")
         return
     errors.print(f"audit log BROKEN at record {report.first_bad_seq}: {report.reason} "
-                 f"({report.records} records read)", highlight=False)
+                 f"({_count(report.records, 'record')} verified before it)")
     raise typer.Exit(1)
 
 
@@ -154,8 +203,10 @@ def audit_export(
         help="Data subject: a customer or contact id, as the CRM knows it.")] = None,
     subject_type: Annotated[str, typer.Option(help="customer or contact.")] = "customer",
     actor: Annotated[str | None, typer.Option(help="Caller's user id.")] = None,
-    since: Annotated[datetime | None, typer.Option(help="From this time (UTC).")] = None,
-    until: Annotated[datetime | None, typer.Option(help="Before this time (UTC).")] = None,
+    since: Annotated[datetime | None, typer.Option(
+        help="From this time, inclusive; without a zone it is UTC (2026-12-04T08:00).")] = None,
+    until: Annotated[datetime | None, typer.Option(
+        help="Before this time, exclusive; without a zone it is UTC.")] = None,
     output: Annotated[Path | None, typer.Option(help="File to write; default stdout.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
@@ -174,6 +225,11 @@ def audit_export(
     if subject is not None:
         key = load_or_create_key(data_dir / "keys" / "audit-pseudonym.key")
         subject_ref = Pseudonymizer(key).token(subject_type, subject)
+    since, until = _utc(since), _utc(until)
+    if since is not None and until is not None and since >= until:
+        errors.print(f"--since {since.isoformat()} is not before --until {until.isoformat()}; "
+                     "swap them or widen the range")
+        raise typer.Exit(2)
     filters = ExportFilter(subject_ref=subject_ref, actor=actor, since=since, until=until)
     try:
         if output is None:
@@ -185,25 +241,24 @@ def audit_export(
                                                    filters=filters))
     except GatewayError as exc:
         raise _fail(exc) from exc
-    errors.print(f"{count} records exported", highlight=False)
+    errors.print(f"{_count(count, 'record')} exported")
 
 
 @policy_app.command("matrix")
 def policy_matrix(
     purpose: Annotated[str | None, typer.Option(
         help="Purpose to evaluate; default: each role's first purpose.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or csv.")] = "table",
 ) -> None:
     """Print the role x field table that the policy files produce."""
-    from gateway.catalog import load_catalog
-    from gateway.demo.launch import role_purposes
-    from gateway.policy import PolicyEngine
-
-    try:
-        catalog = load_catalog()
-        engine = PolicyEngine(catalog)
-    except GatewayError as exc:
-        raise _fail(exc) from exc
-    purposes = role_purposes()
+    if fmt not in ("table", "csv"):
+        errors.print(f"--format {fmt!r} is not supported; use table or csv")
+        raise typer.Exit(2)
+    catalog, engine = _load_engine()
+    purposes = engine.purposes
+    if purpose is not None and purpose not in engine.purposes_of(engine.roles):
+        errors.print(f"purpose {purpose!r} is not listed for any role in "
+                     "policies/purposes.toml, so every personal field shows deny")
     roles = engine.roles
     table = Table(title=f"Field access, policy {engine.version}")
     # Field names never shrink, so a narrow console or a pipe (80 columns)
@@ -211,19 +266,111 @@ def policy_matrix(
     longest = max(len(decl.qualified_name) for decl in catalog.all_fields())
     table.add_column("field", no_wrap=True, min_width=longest)
     table.add_column("category", overflow="fold")
+    def purpose_of(role: str) -> str | None:
+        listed = purposes.get(role, [])
+        return purpose or (listed[0] if listed else None)
+
     for role in roles:
-        role_purpose = purpose or (purposes.get(role) or [None])[0]
+        role_purpose = purpose_of(role)
         table.add_column(f"{role}\n({role_purpose or 'no purpose'})", overflow="fold",
                          min_width=5)
+    rows = []
     for decl in catalog.all_fields():
         cells = [decl.qualified_name, decl.category]
         for role in roles:
-            role_purpose = purpose or (purposes.get(role) or [None])[0]
+            role_purpose = purpose_of(role)
             decision = engine.view([role], role_purpose).decide(decl.qualified_name)
-            cells.append("allow" if decision.effect == "allow" else
-                         f"mask:{decision.mask}" if decision.effect == "mask" else "deny")
+            cells.append(_decision_text(decision.effect, decision.mask))
+        rows.append(cells)
+    if fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["field", "category", *(f"{r} ({purpose_of(r) or ''})" for r in roles)])
+        writer.writerows(rows)
+        return
+    for cells in rows:
         table.add_row(*cells)
     console.print(table)
+
+
+def _decision_text(effect: str, mask: str | None) -> str:
+    return f"mask:{mask}" if effect == "mask" else effect
+
+
+def _load_engine() -> tuple[Catalog, PolicyEngine]:
+    from gateway.catalog import load_catalog
+    from gateway.policy import PolicyEngine
+
+    try:
+        catalog = load_catalog()
+        return catalog, PolicyEngine.from_directory(catalog)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+
+
+@policy_app.command("explain")
+def policy_explain(
+    role: Annotated[list[str], typer.Option("--role", help="Role; repeat for several.")],
+    field: Annotated[str, typer.Option(help="Field as Type.field, e.g. Customer.iban.")],
+    purpose: Annotated[str | None, typer.Option(help="Purpose of processing.")] = None,
+) -> None:
+    """Print the decision on one field for roles and a purpose, and the rule behind it."""
+    _, engine = _load_engine()
+    try:
+        decision = engine.explain(role, purpose, field)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    effective = engine.view(role, purpose).purpose
+    console.print(f"{field}: {_decision_text(decision.effect, decision.mask)}", highlight=False)
+    if purpose is not None and effective is None:
+        console.print(f"  purpose {purpose!r} is not listed for role(s) {', '.join(role)} in "
+                      "policies/purposes.toml, so it counts as no purpose", highlight=False)
+    rule = engine.rules.get(decision.rule)
+    if rule is None:
+        console.print("  rule: none matched, so the default applies (deny)", highlight=False)
+    else:
+        console.print(f"  rule {decision.rule}: p, {rule}", highlight=False)
+    console.print(f"  policy version {engine.version}", highlight=False)
+
+
+@policy_app.command("test")
+def policy_test(
+    table: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=(
+        "CSV with the header role,purpose,field,expected; expected is allow, deny or "
+        "mask:<kind>; roles joined with '+' hold several roles."))],
+) -> None:
+    """Check a truth table against the policy; exit 1 listing every mismatch."""
+    import csv
+
+    _, engine = _load_engine()
+    with table.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != ["role", "purpose", "field", "expected"]:
+            errors.print(f"{table}: the header must be role,purpose,field,expected; found "
+                         f"{','.join(reader.fieldnames or [])}", highlight=False)
+            raise typer.Exit(2)
+        rows = list(reader)
+    mismatches = 0
+    for line, row in enumerate(rows, start=2):
+        roles = [r for r in row["role"].split("+") if r]
+        purpose = row["purpose"] or None
+        try:
+            decision = engine.explain(roles, purpose, row["field"])
+        except GatewayError as exc:
+            errors.print(f"{table}:{line}: {exc}", highlight=False)
+            mismatches += 1
+            continue
+        actual = _decision_text(decision.effect, decision.mask)
+        if actual != row["expected"]:
+            mismatches += 1
+            console.print(f"{table}:{line}: {row['role']} / {purpose or 'no purpose'} / "
+                          f"{row['field']}: expected {row['expected']}, policy gives {actual} "
+                          f"({engine.rules.get(decision.rule, decision.rule)})", highlight=False)
+    console.print(f"{len(rows)} rows checked, {mismatches} mismatches, policy {engine.version}",
+                  highlight=False)
+    if mismatches:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -88,6 +88,11 @@ class Settings:
         return self.data_dir / "keys" / "audit-pseudonym.key"
 
     @property
+    def mask_key_path(self) -> Path:
+        """Master key of the pseudonym masks; one key per mask domain is derived from it."""
+        return self.data_dir / "keys" / "mask-pseudonym.key"
+
+    @property
     def signing_key_path(self) -> Path:
         return self.data_dir / "keys" / "token-signing.pem"
 

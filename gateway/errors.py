@@ -11,6 +11,7 @@ client-facing message::
     ├── SchemaError            a declaration in schema/ is inconsistent
     ├── PolicyError            the policy files cannot be loaded or evaluated
     ├── AuthenticationError    a request carries no valid bearer token (HTTP 401)
+    ├── PurposeError           the requested purpose is not one the token allows (HTTP 403)
     ├── UpstreamError          a source system failed; carries the system name
     │   ├── UpstreamUnavailable    connection failed, 5xx, or an error envelope
     │   ├── UpstreamTimeout        no answer within the system's timeout
@@ -42,6 +43,10 @@ class PolicyError(GatewayError):
 
 class AuthenticationError(GatewayError):
     """The request has no valid bearer token."""
+
+
+class PurposeError(GatewayError):
+    """The request names a purpose of processing that its token does not allow."""
 
 
 class UpstreamError(GatewayError):

@@ -17,9 +17,11 @@ from typing import Any
 
 from graphql import (
     DocumentNode,
+    FieldNode,
     FragmentDefinitionNode,
     GraphQLError,
     GraphQLResolveInfo,
+    GraphQLSchema,
     OperationDefinitionNode,
     execute_sync,
     parse,
@@ -28,17 +30,22 @@ from graphql import (
 from graphql.execution.values import VariableValues, get_variable_values
 
 from gateway.audit_events import AuditRecorder
-from gateway.build import Builder, client_error, decode_cursor, forbidden
+from gateway.build import CURSOR_DOMAIN, Builder, client_error, decode_cursor, forbidden
 from gateway.catalog import Catalog
 from gateway.errors import AuditError
 from gateway.fetch import Fetcher, FetchStats, Node
 from gateway.graphql_schema import MAX_PAGE_SIZE, GatewaySchema
+from gateway.limits import OperationLimits, check_limits
+from gateway.masks import PseudonymKeys
 from gateway.plan import FieldPick, Plan, Planner
-from gateway.policy import PolicyEngine
+from gateway.policy_reload import PolicyHolder
 from gateway.principal import Principal
 from gateway.sources import FetchRequest, Source
+from gateway.visible_schema import visible_schema
 
 log = logging.getLogger("gateway.execute")
+
+MAX_SEARCH_LENGTH = 100
 
 
 @dataclass(frozen=True)
@@ -77,15 +84,19 @@ class _Prepared:
 class Executor:
     """Runs GraphQL requests for one schema, policy and set of sources."""
 
-    def __init__(self, catalog: Catalog, schema: GatewaySchema, policy: PolicyEngine,
-                 sources: Mapping[str, Source], recorder: AuditRecorder) -> None:
+    def __init__(self, catalog: Catalog, schema: GatewaySchema, policy: PolicyHolder,
+                 sources: Mapping[str, Source], recorder: AuditRecorder,
+                 keys: PseudonymKeys, limits: OperationLimits | None = None) -> None:
         self._catalog = catalog
         self._schema = schema
         self._policy = policy
         self._planner = Planner(catalog, schema.graphql_schema)
         self._fetcher = Fetcher(sources)
         self._recorder = recorder
+        self._keys = keys
+        self._limits = limits or OperationLimits()
         self._parse = lru_cache(maxsize=512)(self._parse_and_validate)
+        self._visible: dict[tuple[frozenset[str], str | None, str], GraphQLSchema] = {}
 
     async def run(self, request: GraphQLRequest, principal: Principal,
                   request_id: str) -> GraphQLResponse:
@@ -94,13 +105,16 @@ class Executor:
         except RequestError as exc:
             return GraphQLResponse(400, {"errors": [e.formatted for e in exc.errors]})
 
-        view = self._policy.view(principal.roles, principal.purpose)
-        plan = self._planner.plan(prepared.operation, prepared.fragments, prepared.variables,
-                                  view)
+        view = self._policy.current.view(principal.roles, principal.purpose)
+        try:
+            plan = self._planner.plan(prepared.operation, prepared.fragments,
+                                      prepared.variables, view, principal.claims())
+        except GraphQLError as exc:  # an argument or directive value invalid after defaults
+            return GraphQLResponse(400, {"errors": [_bad_request(exc.message, exc).formatted]})
         stats = FetchStats()
         nodes = await self._fetch_roots(plan, stats)
 
-        builder = Builder()
+        builder = Builder(self._keys)
         root = self._build_root(plan, nodes, builder)
         if self._recorder.must_record(plan):
             try:
@@ -110,13 +124,14 @@ class Executor:
                     facts=builder.facts, stats=stats, policy_version=view.version)
             except AuditError:
                 if not self._recorder.fail_open:
-                    root = self._build_root(plan, nodes, Builder(withhold_personal=True))
+                    root = self._build_root(plan, nodes,
+                                            Builder(self._keys, withhold_personal=True))
                 else:
                     log.warning("request %s served without its audit record (fail-open)",
                                 request_id)
 
         result = execute_sync(
-            self._schema.graphql_schema, prepared.document, root_value=root,
+            self._executable_schema(plan, prepared), prepared.document, root_value=root,
             variable_values=request.variables, operation_name=request.operation_name,
             field_resolver=_by_response_key,
         )
@@ -125,9 +140,24 @@ class Executor:
             body["errors"] = [error.formatted for error in result.errors]
         return GraphQLResponse(200, body)
 
+    def _executable_schema(self, plan: Plan, prepared: _Prepared) -> GraphQLSchema:
+        """Return the schema to execute with: the caller's own view for introspection."""
+        if not _introspects(prepared.operation):
+            return self._schema.graphql_schema
+        key = (plan.view.roles, plan.view.purpose, plan.view.version)
+        schema = self._visible.get(key)
+        if schema is None:
+            schema = visible_schema(self._schema.graphql_schema, self._catalog, plan.view)
+            self._visible[key] = schema
+        return schema
+
     def _prepare(self, request: GraphQLRequest) -> _Prepared:
         document = self._parse(request.query)
         operation = _select_operation(document, request.operation_name)
+        if _introspects(operation) and not _only_introspection(operation):
+            raise RequestError([_bad_request(
+                "Introspection (__schema, __type) cannot be mixed with data fields in one "
+                "operation; send it as its own request.")])
         fragments = {d.name.value: d for d in document.definitions
                      if isinstance(d, FragmentDefinitionNode)}
         coerced = get_variable_values(self._schema.graphql_schema,
@@ -145,6 +175,9 @@ class Executor:
         errors = validate(self._schema.graphql_schema, document, hide_suggestions=True)
         if errors:
             raise RequestError([_bad_request(e.message, e) for e in errors])
+        too_large = check_limits(document, self._limits)
+        if too_large is not None:
+            raise RequestError([_bad_request(f"The document is too large: {too_large}.")])
         return document
 
     async def _fetch_roots(self, plan: Plan, stats: FetchStats) -> dict[str, Node | Any]:
@@ -171,7 +204,9 @@ class Executor:
             identifier = str(pick.arguments[decl.lookup])
             return FetchRequest(entity=type_decl.entity,
                                 attributes=pick.child.primary_attributes(type_decl.key),
-                                match=type_decl.key, keys=(identifier,), where=type_decl.where)
+                                match=type_decl.key, keys=(identifier,), where=type_decl.where,
+                                any_of=pick.child.row_filter or (),
+                                visible=pick.child.row_filter != ())
         return self._connection_request(pick, plan)
 
     def _connection_request(self, pick: FieldPick, plan: Plan) -> FetchRequest | GraphQLError:
@@ -184,23 +219,30 @@ class Executor:
         after = None
         cursor = pick.arguments.get("after")
         if cursor is not None:
-            key = decode_cursor(str(cursor))
+            key = decode_cursor(str(cursor), self._keys.key(CURSOR_DOMAIN))
             if key is None:
                 return client_error("after is not a cursor returned by this gateway; pass the "
                                     "endCursor of the previous page.", "BAD_REQUEST")
             after = (type_decl.key, key)
         search = None
         text = pick.arguments.get("search")
+        if text is not None and len(str(text)) > MAX_SEARCH_LENGTH:
+            return client_error(f"search is {len(str(text))} characters long; the limit is "
+                                f"{MAX_SEARCH_LENGTH}.", "BAD_REQUEST")
         if text is not None and pick.decl.search:
             search_decl = type_decl.fields[pick.decl.search]
-            if not plan.judge(search_decl).allowed:
+            # A masked field would still answer yes or no to a guessed name.
+            if plan.judge(search_decl).effect != "allow":
                 return client_error(f"search needs read access to {search_decl.qualified_name}.",
                                     "FORBIDDEN")
             search = (str(search_decl.attribute), str(text))
+            # The rows a search returns disclose that their name matched.
+            pick.child.searched = True
         return FetchRequest(entity=type_decl.entity,
                             attributes=pick.child.primary_attributes(None),
                             where=type_decl.where, order=type_decl.key, limit=first + 1,
-                            after=after, search=search)
+                            after=after, search=search, any_of=pick.child.row_filter or (),
+                            visible=pick.child.row_filter != ())
 
     def _build_root(self, plan: Plan, nodes: Mapping[str, Any], builder: Builder
                     ) -> dict[str, Any]:
@@ -238,6 +280,24 @@ def _select_operation(document: DocumentNode, name: str | None) -> OperationDefi
         if operation.name is not None and operation.name.value == name:
             return operation
     raise RequestError([_bad_request(f"No operation named {name!r} in the document.")])
+
+
+_INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
+
+
+def _root_names(operation: OperationDefinitionNode) -> set[str]:
+    # Fragments at the root are rare; they count as data fields here, which
+    # only makes a mixed document fail with a clear 400.
+    return {selection.name.value if isinstance(selection, FieldNode) else ""
+            for selection in operation.selection_set.selections}
+
+
+def _introspects(operation: OperationDefinitionNode) -> bool:
+    return bool(_root_names(operation) & _INTROSPECTION_ROOTS)
+
+
+def _only_introspection(operation: OperationDefinitionNode) -> bool:
+    return _root_names(operation) <= _INTROSPECTION_ROOTS | {"__typename"}
 
 
 def _operation_name(operation: OperationDefinitionNode) -> str | None:

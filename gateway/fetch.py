@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from gateway.catalog import FieldDecl, Link, TypeDecl
 from gateway.errors import UpstreamError
 from gateway.plan import FieldPick, Selection
-from gateway.sources import FetchRequest, Row, Source
+from gateway.sources import FetchRequest, Row, Source, matches
 
 log = logging.getLogger("gateway.upstream")
 
@@ -119,10 +119,15 @@ class Fetcher:
         return dict(zip(keys, outcomes, strict=True))
 
     async def _one(self, system: str, request: FetchRequest, stats: FetchStats) -> Outcome:
+        if not request.visible:
+            return []
         stats.requests[system] = stats.requests.get(system, 0) + 1
         started = time.perf_counter()
+        source = self._sources[system]
+        if request.any_of and not source.supports_row_filters:
+            return await self._filter_after(system, request, stats, started)
         try:
-            rows = await self._sources[system].fetch(request)
+            rows = await source.fetch(request)
         except UpstreamError as exc:
             stats.failed.add(system)
             log.warning("system %r failed reading %s (%d keys): %s", system, request.entity,
@@ -131,6 +136,26 @@ class Fetcher:
         log.debug("system %r read %d %s rows for %d keys in %.1f ms", system, len(rows),
                   request.entity, len(request.keys), (time.perf_counter() - started) * 1000)
         return rows
+
+
+    async def _filter_after(self, system: str, request: FetchRequest, stats: FetchStats,
+                            started: float) -> Outcome:
+        """Read without the row rules and drop the rows they exclude, for dialects without OR."""
+        # The limit counts visible rows, so it is applied after filtering.
+        unfiltered = replace(request, any_of=(), limit=None)
+        try:
+            rows = await self._sources[system].fetch(unfiltered)
+        except UpstreamError as exc:
+            stats.failed.add(system)
+            log.warning("system %r failed reading %s (%d keys): %s", system, request.entity,
+                        len(request.keys), exc)
+            return exc
+        kept = [row for row in rows if any(matches(row, c) for c in request.any_of)]
+        if request.limit is not None:
+            kept = kept[:request.limit]
+        log.debug("system %r read %d %s rows, %d left after row rules, in %.1f ms", system,
+                  len(rows), request.entity, len(kept), (time.perf_counter() - started) * 1000)
+        return kept
 
 
 def key_text(value: object) -> str | None:
@@ -230,6 +255,7 @@ def relation_request(decl: FieldDecl, child: Selection, keys: tuple[str | int, .
         entity=target.entity, attributes=child.primary_attributes(decl.remote),
         match=decl.remote, keys=keys, where=target.where, order=decl.order,
         limit=first if isinstance(first, int) else None,
+        any_of=child.row_filter or (), visible=child.row_filter != (),
     )
 
 

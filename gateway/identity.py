@@ -1,8 +1,10 @@
 """Bearer tokens: verify incoming JWTs and issue development ones.
 
 A token names the user (``sub``), the roles (``roles``), the purpose of
-processing (``purpose``) and optionally the client application
-(``client``). The gateway accepts only the algorithm and key it is
+processing (``purpose``, or a list ``purposes`` from which the request's
+``Fonte-Purpose`` header picks one) and optionally the client application
+(``client``). Other string claims (``region``, ``team``) become attributes
+that row rules compare with record fields. The gateway accepts only the algorithm and key it is
 configured with, and requires ``exp``, ``iss`` and ``aud``.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from gateway.errors import AuthenticationError, ConfigError
+from gateway.errors import AuthenticationError, ConfigError, PurposeError
 from gateway.principal import Principal
 
 DEV_ISSUER = "fonte-dev"
@@ -45,7 +47,20 @@ class TokenVerifier:
     def __init__(self, settings: TokenSettings) -> None:
         self._settings = settings
 
-    def verify(self, authorization: str | None) -> Principal:
+    def verify(self, authorization: str | None, purpose: str | None = None) -> Principal:
+        """Return the caller; ``purpose`` is the purpose header, one the token must allow."""
+        claims = self._claims(authorization)
+        principal = _principal(claims)
+        allowed = token_purposes(claims)
+        if purpose is None:
+            chosen = allowed[0] if len(allowed) == 1 else None
+            return replace(principal, purpose=chosen)
+        if purpose not in allowed:
+            raise PurposeError(f"purpose {purpose!r} is not one the bearer token allows "
+                               f"({', '.join(allowed) or 'none'}); request a token for it")
+        return replace(principal, purpose=purpose)
+
+    def _claims(self, authorization: str | None) -> dict[str, Any]:
         if not authorization:
             raise AuthenticationError("missing bearer token; send 'Authorization: Bearer <JWT>'")
         scheme, _, token = authorization.partition(" ")
@@ -61,7 +76,7 @@ class TokenVerifier:
             raise AuthenticationError("the bearer token has expired; request a new one") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"the bearer token is invalid: {_reason(exc)}") from exc
-        return _principal(claims)
+        return dict(claims)
 
 
 def _reason(exc: Exception) -> str:
@@ -69,24 +84,45 @@ def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+_RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "roles",
+                              "purpose", "purposes", "client", "user"})
+
+
 def _principal(claims: dict[str, Any]) -> Principal:
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject.strip() or not subject.isprintable():
+        raise AuthenticationError("the token's 'sub' claim must be a non-empty user id of "
+                                  "printable characters")
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthenticationError("the token's 'roles' claim must be a list of role names")
     purpose = claims.get("purpose")
     client = claims.get("client")
-    return Principal(user=str(claims["sub"]), roles=frozenset(roles),
+    attributes = {name: value for name, value in claims.items()
+                  if name not in _RESERVED_CLAIMS and isinstance(value, str)}
+    return Principal(user=subject, roles=frozenset(roles),
                      purpose=purpose if isinstance(purpose, str) else None,
-                     client=client if isinstance(client, str) else None)
+                     client=client if isinstance(client, str) else None,
+                     attributes=attributes)
+
+
+def token_purposes(claims: dict[str, Any]) -> list[str]:
+    """Return the purposes a token allows: its 'purposes' list, else its 'purpose'."""
+    listed = claims.get("purposes")
+    if isinstance(listed, list):
+        return [p for p in listed if isinstance(p, str)]
+    purpose = claims.get("purpose")
+    return [purpose] if isinstance(purpose, str) else []
 
 
 def issue_token(private_key: Ed25519PrivateKey, *, user: str, roles: list[str],
                 purpose: str | None, ttl_seconds: int = 12 * 3600,
-                issuer: str = DEV_ISSUER, audience: str = DEV_AUDIENCE) -> str:
-    """Return a signed JWT for development and tests."""
+                issuer: str = DEV_ISSUER, audience: str = DEV_AUDIENCE,
+                extra: dict[str, str] | None = None) -> str:
+    """Return a signed JWT for development and tests; ``extra`` adds string claims."""
     now = int(time.time())
-    claims: dict[str, Any] = {"iss": issuer, "aud": audience, "sub": user, "roles": roles,
-                              "iat": now, "nbf": now, "exp": now + ttl_seconds}
+    claims: dict[str, Any] = {**(extra or {}), "iss": issuer, "aud": audience, "sub": user,
+                              "roles": roles, "iat": now, "nbf": now, "exp": now + ttl_seconds}
     if purpose is not None:
         claims["purpose"] = purpose
     return jwt.encode(claims, private_key, algorithm=ALGORITHM)

@@ -8,6 +8,7 @@ of allowed fields are ever requested from an upstream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ from graphql import (
 )
 from graphql.execution.values import VariableValues, get_argument_values, get_directive_values
 
-from gateway.catalog import Catalog, FieldDecl, TypeDecl
+from gateway.catalog import Catalog, Condition, FieldDecl, TypeDecl
+from gateway.graphql_schema import MAX_PAGE_SIZE
 from gateway.policy import Decision, PolicyView
 
 
@@ -39,6 +41,8 @@ class FieldPick:
     arguments: dict[str, Any]
     child: Selection | None = None
     wrapper: list[WrapperField] = field(default_factory=list)
+    # Why the field's arguments cannot be served; the field then reads nothing.
+    invalid: str | None = None
 
 
 @dataclass
@@ -57,6 +61,11 @@ class Selection:
     type_decl: TypeDecl
     depth: int
     picks: list[FieldPick] = field(default_factory=list)
+    # Row rules as alternatives for the upstream query: None reads every
+    # record, an empty tuple reads none (the caller lacks every claim a rule needs).
+    row_filter: tuple[Condition, ...] | None = None
+    # True when a search matched these records by a personal field.
+    searched: bool = False
 
     def allowed(self) -> list[FieldPick]:
         return [pick for pick in self.picks if pick.decision.allowed]
@@ -66,6 +75,8 @@ class Selection:
         needed = [self.type_decl.key]
         if match:
             needed.append(match)
+        # A dialect that filters after reading needs the rule attributes too.
+        needed.extend(condition.attribute for condition in self.row_filter or ())
         for pick in self.allowed():
             decl = pick.decl
             if decl.is_relation:
@@ -112,8 +123,8 @@ class Planner:
 
     def plan(self, operation: OperationDefinitionNode,
              fragments: dict[str, FragmentDefinitionNode], variables: VariableValues,
-             view: PolicyView) -> Plan:
-        context = _Context(self._catalog, self._schema, fragments, variables, view)
+             view: PolicyView, claims: Mapping[str, str]) -> Plan:
+        context = _Context(self._catalog, self._schema, fragments, variables, view, claims)
         roots = context.pick_fields(self._schema.query_type, "Query", [operation.selection_set],
                                     0)
         return Plan(roots=roots, judged=context.judged, view=view)
@@ -122,8 +133,9 @@ class Planner:
 class _Context:
     def __init__(self, catalog: Catalog, schema: GraphQLSchema,
                  fragments: dict[str, FragmentDefinitionNode], variables: VariableValues,
-                 view: PolicyView) -> None:
+                 view: PolicyView, claims: Mapping[str, str]) -> None:
         self.catalog = catalog
+        self.claims = claims
         self.schema = schema
         self.fragments = fragments
         self.variables = variables
@@ -154,6 +166,11 @@ class _Context:
         pick = FieldPick(response_key, decl, decision, arguments)
         if decl.target is None or not decision.allowed:
             return pick
+        first = arguments.get("first")
+        if decl.is_list and not decl.connection and first is not None and not (
+                isinstance(first, int) and 0 <= first <= MAX_PAGE_SIZE):
+            pick.invalid = f"first must be between 0 and {MAX_PAGE_SIZE}; got {first!r}."
+            return pick
 
         target = self.catalog.types[decl.target]
         node_type = self.schema.get_type(target.name)
@@ -161,10 +178,25 @@ class _Context:
         selection_sets = [node.selection_set for node in nodes if node.selection_set is not None]
         if decl.connection:
             selection_sets = self._connection_nodes(decl, selection_sets, pick.wrapper)
-        child = Selection(type_decl=target, depth=depth + 1)
+        child = Selection(type_decl=target, depth=depth + 1,
+                          row_filter=self._row_filter(target))
         child.picks = self.pick_fields(node_type, target.name, selection_sets, depth + 1)
         pick.child = child
         return pick
+
+    def _row_filter(self, target: TypeDecl) -> tuple[Condition, ...] | None:
+        """Return the row rules of ``target`` as conditions on its own entity."""
+        rules = self.view.rows_of(target.name)
+        if rules is None:
+            return None
+        conditions = []
+        for rule in rules:
+            value = self.claims.get(rule.claim)
+            if value is None:  # a rule the caller has no claim for admits no record
+                continue
+            attribute = str(target.fields[rule.field].attribute)
+            conditions.append(Condition(attribute=attribute, operator="=", value=value))
+        return tuple(conditions)
 
     def _connection_nodes(self, decl: FieldDecl, selection_sets: list[SelectionSetNode],
                           wrapper: list[WrapperField]) -> list[SelectionSetNode]:

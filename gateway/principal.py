@@ -13,4 +13,10 @@ class Principal:
     roles: frozenset[str]
     purpose: str | None
     client: str | None = None
+    # String claims of the token beyond the registered ones (region, team ...),
+    # which row rules compare with record fields.
     attributes: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def claims(self) -> dict[str, str]:
+        """Return the attributes row rules may name; "user" is the token subject."""
+        return {**self.attributes, "user": self.user}

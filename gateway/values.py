@@ -45,8 +45,15 @@ def _datetime(value: Any) -> datetime.datetime:
     return moment
 
 
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
 def _integer(value: Any) -> int:
-    return int(value)
+    # GraphQL Int is a signed 32-bit integer; a larger upstream value is invalid.
+    number = int(value)
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise ValueError("outside the 32-bit range of GraphQL Int")
+    return number
 
 
 def _boolean(value: Any) -> bool:

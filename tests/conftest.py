@@ -8,6 +8,10 @@ opening sockets.
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,23 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.audit.export import ExportFilter, export_records
 from gateway.config import Settings, SystemSettings
 from gateway.demo.data import DemoData, generate
 from gateway.demo.odoo import create_odoo_app
 from gateway.demo.salesforce import create_salesforce_app
-from gateway.identity import issue_token, load_or_create_signing_key
+from gateway.identity import (
+    ALGORITHM,
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+    issue_token,
+    load_or_create_signing_key,
+)
+from gateway.policy import default_policy_dir
 from gateway.sources.odoo import OdooSettings
 from gateway.sources.resilience import ResiliencePolicy
 from gateway.sources.salesforce import SalesforceSettings
 
 DEMO_CUSTOMERS = 200
 DEFAULT_PURPOSES = {"sales": "sales", "finance": "billing", "it": "it-operations",
-                    "dpo": "compliance"}
+                    "dpo": "compliance", "sales-rep": "sales"}
 
 
 @dataclass
@@ -53,9 +66,21 @@ class Harness:
             purpose = DEFAULT_PURPOSES.get(roles[0])
         return issue_token(self.signing_key, user=user, roles=list(roles), purpose=purpose)
 
+    def token_with(self, *roles: str, user: str = "u-test", **claims: Any) -> str:
+        """Return a token for ``roles`` carrying extra claims (``purposes``, ``region`` ...).
+
+        Unlike ``token``, no purpose is added unless ``claims`` names one.
+        """
+        now = int(time.time())
+        payload: dict[str, Any] = {"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": user,
+                                   "roles": list(roles), "iat": now, "nbf": now,
+                                   "exp": now + 3600, **claims}
+        return jwt.encode(payload, self.signing_key, algorithm=ALGORITHM)
+
     async def query(self, query: str, *, role: str = "sales", purpose: str | None = None,
                     variables: dict[str, Any] | None = None, operation_name: str | None = None,
-                    token: str | None = None) -> httpx.Response:
+                    token: str | None = None,
+                    headers: dict[str, str] | None = None) -> httpx.Response:
         body: dict[str, Any] = {"query": query}
         if variables is not None:
             body["variables"] = variables
@@ -63,7 +88,8 @@ class Harness:
             body["operationName"] = operation_name
         bearer = token if token is not None else self.token(role, purpose=purpose)
         return await self.client.post("/graphql", json=body,
-                                      headers={"Authorization": f"Bearer {bearer}"})
+                                      headers={"Authorization": f"Bearer {bearer}",
+                                               **(headers or {})})
 
     def crm_requests(self) -> list[Any]:
         """Return the CRM's logged API calls, token requests left out."""
@@ -130,6 +156,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
                         wrap_erp: TransportWrapper = _same_transport,
                         resilience: dict[str, ResiliencePolicy] | None = None,
                         erp: SystemSettings | None = None,
+                        policy_dir: Path | None = None,
                         ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
@@ -137,7 +164,8 @@ async def start_harness(data: DemoData, data_dir: Path, *,
     transport the gateway's client uses, so a test can inject transport errors
     or hold requests back. ``resilience`` replaces the fixture's no-retry
     policies; pass ``{}`` for the production defaults. ``erp`` replaces the
-    ERP settings, to read the demo ERP with another dialect. The gateway's lifespan
+    ERP settings, to read the demo ERP with another dialect. ``policy_dir`` replaces
+    the shipped ``policies/`` folder (see ``write_policy_dir``). The gateway's lifespan
     ends, and its audit store is closed, when the ``async with`` block exits.
     """
     if resilience is None:
@@ -154,6 +182,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         data_dir=data_dir,
         development_tokens=True,
         resilience=resilience,
+        policy_dir=policy_dir or default_policy_dir(),
     )
     clients = {
         "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
@@ -172,3 +201,42 @@ def field_errors(body: dict[str, Any]) -> list[tuple[list[Any], str, str]]:
     """Return each GraphQL error of a response body as (path, extensions.code, message)."""
     return [(error.get("path", []), error["extensions"]["code"], error["message"])
             for error in body.get("errors", [])]
+
+
+def write_policy_dir(directory: Path, rules: str, purposes: str | None = None) -> Path:
+    """Write a policy folder: the shipped ``model.conf``, ``rules`` as ``policy.csv``.
+
+    ``purposes`` is the text of ``purposes.toml``; None copies the shipped file.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    shipped = default_policy_dir()
+    shutil.copy(shipped / "model.conf", directory / "model.conf")
+    if purposes is None:
+        shutil.copy(shipped / "purposes.toml", directory / "purposes.toml")
+    else:
+        (directory / "purposes.toml").write_text(purposes, encoding="utf-8")
+    (directory / "policy.csv").write_text(rules, encoding="utf-8")
+    return directory
+
+
+async def read_audit_records(data_dir: Path) -> list[dict[str, Any]]:
+    """Return every audit record under ``data_dir``, oldest first, as exported to JSONL."""
+    out = io.StringIO()
+    await export_records(data_dir / "audit.sqlite3", out, fmt="jsonl", filters=ExportFilter())
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def seeded_iban(data: DemoData, account_id: str) -> str:
+    """Return the IBAN the demo ERP holds for the CRM account ``account_id``."""
+    account = next(a for a in data.crm["Account"] if a["Id"] == account_id)
+    partner_id = int(account["ERP_Customer_Number__c"])
+    ibans = [str(bank["acc_number"]) for bank in data.erp["res.partner.bank"]
+             if bank["partner_id"] == partner_id]
+    assert len(ibans) == 1, f"partner {partner_id} has {len(ibans)} bank accounts"
+    return ibans[0]
+
+
+def last4(text: str) -> str:
+    """Return ``text`` as the ``last4`` mask shows an unspaced value: '*' but the last 4."""
+    assert not any(character.isspace() for character in text), "spaced values keep their spaces"
+    return "*" * (len(text) - 4) + text[-4:]

@@ -6,8 +6,13 @@ database on exit, so parallel test runs never share one. If the server is
 not reachable, the test is skipped, or failed when ``FONTE_REQUIRE_SERVICES=1``
 is set (as CI should, so a missing server cannot pass silently).
 
+``redis_url()`` checks that Redis replies to PING and yields its URL with a
+random prefix for the test's channels and keys. Keys with that prefix are
+deleted on exit.
+
 Servers: PostgreSQL at 127.0.0.1:5432 (trust authentication, user
-``postgres``) and MariaDB at 127.0.0.1:3306 (user ``root``, empty password).
+``postgres``), MariaDB at 127.0.0.1:3306 (user ``root``, empty password) and
+Redis at 127.0.0.1:6379 (no password).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import pytest
 from sqlalchemy import exc, text
@@ -24,6 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 MARIADB_SERVER = "mysql+asyncmy://root@127.0.0.1:3306"
+REDIS_SERVER = "redis://127.0.0.1:6379/0"
 CONNECT_TIMEOUT = 5.0
 
 
@@ -91,3 +97,35 @@ async def mariadb_url() -> AsyncIterator[str]:
     async with _database("MariaDB at 127.0.0.1:3306", MARIADB_SERVER,
                          {"connect_timeout": CONNECT_TIMEOUT}, "") as url:
         yield url
+
+
+class RedisTarget(NamedTuple):
+    """A Redis server for one test, and the prefix its channels and keys must start with."""
+
+    url: str
+    prefix: str
+
+
+@asynccontextmanager
+async def redis_url() -> AsyncIterator[RedisTarget]:
+    """Yield the local Redis URL and a fresh prefix; delete the prefix's keys on exit."""
+    try:
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+    except ImportError as error:
+        unavailable("Redis at 127.0.0.1:6379", f"the redis package is missing ({error})")
+    client = aioredis.from_url(REDIS_SERVER, socket_connect_timeout=CONNECT_TIMEOUT,
+                               socket_timeout=CONNECT_TIMEOUT)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as error:
+        await client.aclose()
+        unavailable("Redis at 127.0.0.1:6379", f"{type(error).__name__}: {error}")
+    prefix = f"fonte_test_{secrets.token_hex(6)}:"
+    try:
+        yield RedisTarget(REDIS_SERVER, prefix)
+    finally:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

@@ -220,6 +220,12 @@ def _stored_rows_query() -> Select[Any]:
         .where(audit_subject.c.seq == audit_record.c.seq)
         .scalar_subquery()
     )
+    # The count catches a row whose ref itself contains the separator.
+    ref_rows = (
+        select(func.count())
+        .where(audit_subject.c.seq == audit_record.c.seq)
+        .scalar_subquery()
+    )
     return select(
         audit_record.c.seq,
         audit_record.c.time,
@@ -231,6 +237,7 @@ def _stored_rows_query() -> Select[Any]:
         audit_record.c.prev_hash,
         audit_record.c.hash,
         refs.label("subject_refs"),
+        ref_rows.label("subject_rows"),
     ).order_by(audit_record.c.seq)
 
 
@@ -243,6 +250,11 @@ def _to_stored_row(row: Row[Any]) -> StoredRow:
     # The columns are NOT NULL unless someone changed the schema. A None is turned into
     # the text "None", which fails the checks instead of raising here.
     refs_text = row.subject_refs
+    parts = refs_text.split(" ") if refs_text else []
+    refs = frozenset(parts)
+    if len(parts) != int(row.subject_rows) or len(refs) != len(parts):
+        # A ref with a space inside, or a repeated ref, is not what append writes.
+        refs = frozenset({*refs, "<malformed subject index>"})
     return StoredRow(
         seq=int(row.seq),
         time=str(row.time),
@@ -253,5 +265,5 @@ def _to_stored_row(row: Row[Any]) -> StoredRow:
         body=str(row.body),
         prev_hash=str(row.prev_hash),
         hash=str(row.hash),
-        subject_refs=frozenset(refs_text.split(" ")) if refs_text else frozenset(),
+        subject_refs=refs,
     )

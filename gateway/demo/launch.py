@@ -13,7 +13,10 @@ import contextlib
 import json
 import logging
 import secrets
+import signal
+import socket
 import tempfile
+import threading
 import tomllib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from gateway.demo.data import DemoData, generate
 from gateway.demo.odoo import create_odoo_app
 from gateway.demo.salesforce import create_salesforce_app
 from gateway.demo.sql import load_demo_erp
+from gateway.errors import ConfigError
 from gateway.identity import issue_token, load_or_create_signing_key
 from gateway.policy import default_policy_dir
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
@@ -39,7 +43,7 @@ from gateway.sources.sql import SqlSettings
 log = logging.getLogger("gateway.demo")
 
 LOOPBACK = "127.0.0.1"
-DEMO_ROLES = ("sales", "finance", "it", "dpo")
+DEMO_ROLES = ("sales", "sales-rep", "finance", "it", "dpo")
 EXAMPLE_QUERY = """query CustomerList {
   customers(first: 3) {
     edges {
@@ -66,6 +70,27 @@ EXAMPLE_QUERY = """query CustomerList {
   }
 }
 """
+
+
+class _ForegroundServer(uvicorn.Server):
+    """A uvicorn server that stops on SIGINT or SIGTERM and then returns normally.
+
+    uvicorn re-raises the signal after a graceful stop, which would end the
+    process before the demo removes its scratch folder.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self.handle_exit)
+                    for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 class _BackgroundServer(uvicorn.Server):
@@ -165,13 +190,23 @@ async def _demo_database(data: DemoData, scratch: Path | None) -> Path:
     return path
 
 
-def demo_tokens(data_dir: Path) -> dict[str, str]:
-    """Return a development token per demo role, signed with the data dir's key."""
+def demo_tokens(data_dir: Path, data: DemoData) -> dict[str, str]:
+    """Return a development token per demo role, signed with the data dir's key.
+
+    The sales-rep token is for the region of the first account and owns the
+    accounts of that account's owner, so its row rules have something to show.
+    """
     key = load_or_create_signing_key(data_dir / "keys" / "token-signing.pem")
     purposes = role_purposes()
-    return {role: issue_token(key, user=f"demo-{role}", roles=[role],
-                              purpose=purposes.get(role, [None])[0])
-            for role in DEMO_ROLES}
+    first = data.crm["Account"][0] if data.crm["Account"] else {}
+    tokens = {}
+    for role in DEMO_ROLES:
+        user, extra = f"demo-{role}", {}
+        if role == "sales-rep" and first:
+            user, extra = str(first["OwnerId"]), {"region": str(first["Region__c"])}
+        tokens[role] = issue_token(key, user=user, roles=[role],
+                                   purpose=purposes.get(role, [None])[0], extra=extra)
+    return tokens
 
 
 def role_purposes() -> dict[str, list[str | None]]:
@@ -187,24 +222,42 @@ def graphiql_link(base: str, token: str) -> str:
     return f"{base}/graphql?q={quote(EXAMPLE_QUERY)}&headers={quote(headers)}"
 
 
+def check_port_free(port: int) -> None:
+    """Raise ``ConfigError`` when ``port`` on the loopback address is taken."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise ConfigError(f"port {port} on {LOOPBACK} is in use; stop what listens there, "
+                              "or pick a free port with `fonte demo --port 0` (with make: "
+                              "make demo DEMO_ARGS='--port 0')") from exc
+
+
 async def run_demo(*, port: int, data_dir: Path, customers: int, erp: str = "odoo",
-                   announce: Callable[[str, DemoSystems, dict[str, str]], None]) -> None:
+                   announce: Callable[[str, DemoSystems, dict[str, str]], None],
+                   settings_file: Path | None = None) -> None:
     """Run the demo until interrupted; ``announce`` prints where it listens."""
+    check_port_free(port)
     data = generate(customers=customers)
     with tempfile.TemporaryDirectory(prefix="fonte-demo-erp-") as scratch:
         await _serve_demo(data, port=port, data_dir=data_dir, erp=erp, scratch=Path(scratch),
-                          announce=announce)
+                          announce=announce, settings_file=settings_file)
 
 
 async def _serve_demo(data: DemoData, *, port: int, data_dir: Path, erp: str, scratch: Path,
-                      announce: Callable[[str, DemoSystems, dict[str, str]], None]) -> None:
+                      announce: Callable[[str, DemoSystems, dict[str, str]], None],
+                      settings_file: Path | None) -> None:
     systems, background = await start_demo_systems(data, erp, scratch=scratch)
+    if settings_file is not None:
+        write_serve_settings(settings_file, systems)
     settings = Settings(systems={"crm": systems.crm, "erp": systems.erp}, data_dir=data_dir,
                         host=LOOPBACK, port=port, graphiql=True, development_tokens=True)
-    tokens = demo_tokens(data_dir)
+    tokens = demo_tokens(data_dir, data)
     config = uvicorn.Config(create_app(settings), host=LOOPBACK, port=port,
                             log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _ForegroundServer(config)
     task = asyncio.create_task(server.serve())
     try:
         while not server.started and not task.done():
@@ -216,3 +269,45 @@ async def _serve_demo(data: DemoData, *, port: int, data_dir: Path, erp: str, sc
     finally:
         for background_server in background:
             await stop_background(background_server)
+
+
+def write_serve_settings(path: Path, systems: DemoSystems) -> None:
+    """Write settings with which ``fonte serve`` reads the running demo systems.
+
+    The demo systems' credentials go to files beside ``path`` (mode 0600),
+    never into the settings file itself, as the settings loader requires.
+    """
+    secrets_dir = path.parent / f"{path.stem}-secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    values = {"crm-client-id": systems.crm.client_id,
+              "crm-client-secret": systems.crm.client_secret}
+    if isinstance(systems.erp, OdooSettings | OdooJson2Settings):
+        values["erp-api-key"] = systems.erp.api_key
+    for name, value in values.items():
+        secret = secrets_dir / name
+        secret.write_text(value, encoding="utf-8")
+        secret.chmod(0o600)
+    lines = [
+        "# Written by `fonte demo --write-settings`; valid while that demo runs.",
+        "[gateway]", 'host = "127.0.0.1"', "port = 8001",
+        f'data_dir = "{path.stem}-data"', "graphiql = true", "",
+        "[auth]", "# accept tokens of `fonte token --data-dir <data_dir above>`",
+        "development_tokens = true", "",
+        "[systems.crm]", 'dialect = "salesforce"', f'login_url = "{systems.crm.login_url}"',
+        f'client_id_file = "{secrets_dir.name}/crm-client-id"',
+        f'client_secret_file = "{secrets_dir.name}/crm-client-secret"', "",
+        "[systems.erp]", *_erp_settings_lines(systems, secrets_dir.name),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _erp_settings_lines(systems: DemoSystems, secrets: str) -> list[str]:
+    erp = systems.erp
+    if isinstance(erp, SqlSettings):
+        return ['dialect = "sql"', f'url = "{erp.url}"']
+    if isinstance(erp, OdooJson2Settings):
+        return ['dialect = "odoo-json2"', f'base_url = "{erp.base_url}"',
+                f'database = "{erp.database}"', f'api_key_file = "{secrets}/erp-api-key"']
+    return ['dialect = "odoo-jsonrpc"', f'base_url = "{erp.base_url}"',
+            f'database = "{erp.database}"', f'login = "{erp.login}"',
+            f'api_key_file = "{secrets}/erp-api-key"']

@@ -35,6 +35,9 @@ class FetchRequest:
     ``match`` and ``keys`` select the rows whose ``match`` attribute is one of
     ``keys``; ``attributes`` is the exact projection, never empty. ``after``
     and ``search`` serve cursor paging and name search on the root list.
+    ``any_of`` holds a policy's row rules: when not empty, a row is read only
+    if at least one of these conditions holds for it. ``visible`` is False
+    when the row rules admit no record at all; nothing is then sent.
     """
 
     entity: str
@@ -46,12 +49,23 @@ class FetchRequest:
     limit: int | None = None
     after: tuple[str, str] | None = None
     search: tuple[str, str] | None = None
+    any_of: tuple[Condition, ...] = ()
+    visible: bool = True
 
 
 class Source(Protocol):
-    """One configured upstream system."""
+    """One configured upstream system.
+
+    ``supports_row_filters`` is False for a dialect that cannot express
+    ``FetchRequest.any_of``; the fetcher then filters its rows after reading.
+    """
 
     name: str
+
+    @property
+    def supports_row_filters(self) -> bool:
+        """Whether the dialect can express ``FetchRequest.any_of`` in its queries."""
+        ...
 
     async def fetch(self, request: FetchRequest) -> list[Row]:
         """Return the rows matching ``request``, in the requested order."""
@@ -72,3 +86,14 @@ def order_terms(order: str | None) -> list[tuple[str, bool]]:
         descending = len(words) > 1 and words[1].lower() == "desc"
         terms.append((words[0], descending))
     return terms
+
+
+def matches(row: Row, condition: Condition) -> bool:
+    """Return whether ``row`` meets ``condition``, comparing values as text."""
+    value = row.get(condition.attribute)
+    text = None if value is None else str(value)
+    if condition.operator == "in":
+        assert isinstance(condition.value, tuple)
+        return text in {str(v) for v in condition.value}
+    equal = text == str(condition.value)
+    return equal if condition.operator == "=" else not equal

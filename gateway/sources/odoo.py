@@ -98,6 +98,10 @@ def domain_for(request: FetchRequest, keys: tuple[str | int, ...]) -> list[Any]:
     if request.match is not None:
         domain.append([request.match, "in", list(keys)])
     domain.extend(_leaf(condition) for condition in request.where)
+    if request.any_of:
+        # Odoo domains use prefix operators: n alternatives need n - 1 '|'.
+        domain.extend(["|"] * (len(request.any_of) - 1))
+        domain.extend(_leaf(condition) for condition in request.any_of)
     if request.after is not None:
         domain.append([request.after[0], ">", request.after[1]])
     if request.search is not None:
@@ -144,6 +148,7 @@ class OdooSource(ABC):
     """The transport-independent half of an Odoo source: chunking, domain and rows."""
 
     name: str
+    supports_row_filters = True
 
     @abstractmethod
     async def aclose(self) -> None:

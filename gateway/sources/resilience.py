@@ -164,6 +164,10 @@ class ResilientSource:
         self._failures = 0
 
     @property
+    def supports_row_filters(self) -> bool:
+        return self.inner.supports_row_filters
+
+    @property
     def breaker_state(self) -> BreakerState:
         """Circuit state: ``closed``, ``open``, or ``half_open`` while a trial is in flight."""
         return self._breaker.state

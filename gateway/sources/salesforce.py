@@ -71,6 +71,8 @@ def build_soql(request: FetchRequest, keys: tuple[str | int, ...]) -> str:
     if request.match is not None:
         clauses.append(f"{request.match} IN ({', '.join(soql_literal(k) for k in keys)})")
     clauses.extend(_condition(c) for c in request.where)
+    if request.any_of:
+        clauses.append("(" + " OR ".join(_condition(c) for c in request.any_of) + ")")
     if request.after is not None:
         clauses.append(f"{request.after[0]} > {soql_literal(request.after[1])}")
     if request.search is not None:
@@ -99,6 +101,8 @@ def _condition(condition: Condition) -> str:
 class SalesforceSource:
     """Reads one Salesforce org."""
 
+    supports_row_filters = True
+
     def __init__(self, name: str, settings: SalesforceSettings,
                  client: httpx.AsyncClient | None = None) -> None:
         self.name = name
@@ -112,7 +116,7 @@ class SalesforceSource:
 
     async def fetch(self, request: FetchRequest) -> list[Row]:
         request = _drop_malformed_ids(request)
-        if request.match is not None and not request.keys:
+        if not request.visible or (request.match is not None and not request.keys):
             return []
         chunks = self._chunks(request)
         pages = await asyncio.gather(*(self._query(request, chunk) for chunk in chunks))
@@ -203,22 +207,37 @@ class SalesforceSource:
 
     def _error(self, response: httpx.Response, what: str) -> UpstreamError:
         code = _error_code(response)
+        if response.status_code in (414, 431):
+            return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} as too "
+                                    f"long (HTTP {response.status_code})")
         if response.status_code == 400:
             return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} ({code}); "
                                     "check the schema declaration's attribute names")
         return status_error(self.name, what, response, code)
 
 
-def _drop_malformed_ids(request: FetchRequest) -> FetchRequest:
-    """Return ``request`` without keys that cannot be record ids when it matches on an id.
+def _is_id_attribute(name: str) -> bool:
+    return name == "Id" or name.endswith("Id")
 
-    Salesforce rejects the whole query for one malformed id, while such a key
-    simply matches no record: a client's typo must read as "not found".
+
+def _drop_malformed_ids(request: FetchRequest) -> FetchRequest:
+    """Return ``request`` without id values that cannot be record ids.
+
+    Salesforce rejects the whole query for one malformed id, while such a
+    value simply matches no record: a client's typo must read as "not
+    found", and a row rule comparing an id field with a claim that is no
+    Salesforce id admits no record rather than failing the query.
     """
-    if request.match is None or not (request.match == "Id" or request.match.endswith("Id")):
-        return request
-    keys = tuple(k for k in request.keys if isinstance(k, str) and _RECORD_ID.match(k))
-    return request if len(keys) == len(request.keys) else replace(request, keys=keys)
+    if request.match is not None and _is_id_attribute(request.match):
+        keys = tuple(k for k in request.keys if isinstance(k, str) and _RECORD_ID.match(k))
+        if len(keys) != len(request.keys):
+            request = replace(request, keys=keys)
+    if request.any_of:
+        kept = tuple(c for c in request.any_of if not _is_id_attribute(c.attribute)
+                     or (isinstance(c.value, str) and _RECORD_ID.match(c.value)))
+        if len(kept) != len(request.any_of):
+            request = replace(request, any_of=kept, visible=bool(kept))
+    return request
 
 
 def _error_code(response: httpx.Response) -> str | None:

@@ -170,6 +170,8 @@ class SqlSource:
     passed-in engine must not be shared with a writer.
     """
 
+    supports_row_filters = True
+
     def __init__(self, name: str, settings: SqlSettings,
                  engine: AsyncEngine | None = None) -> None:
         self.name = name
@@ -260,6 +262,7 @@ def referenced_names(request: FetchRequest) -> list[str]:
     if request.match is not None:
         names.append(request.match)
     names.extend(condition.attribute for condition in request.where)
+    names.extend(condition.attribute for condition in request.any_of)
     if request.after is not None:
         names.append(request.after[0])
     if request.search is not None:
@@ -312,6 +315,10 @@ def build_select(system: str, request: FetchRequest, source: TableClause,
     for condition in request.where:
         statement = statement.where(_condition(system, request, columns[condition.attribute],
                                                condition))
+    if request.any_of:
+        statement = statement.where(or_(*(
+            _condition(system, request, columns[condition.attribute], condition)
+            for condition in request.any_of)))
     if request.after is not None:
         attribute, value = request.after
         statement = statement.where(

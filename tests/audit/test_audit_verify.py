@@ -379,3 +379,23 @@ def test_verify_rows_skips_index_check_without_refs() -> None:
 
     assert rows[0].subject_refs is None
     assert report.ok
+
+
+async def test_merged_subject_rows_detected(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    store = await SQLiteAuditStore.open(path)
+    event = make_event(0)
+    event["subjects"] = [{"type": "customer", "ref": "v1:" + "a" * 32},
+                         {"type": "customer", "ref": "v1:" + "b" * 32}]
+    await store.append(event)
+    await store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM audit_subject WHERE seq = 1")
+        connection.execute("INSERT INTO audit_subject (seq, ref) VALUES (1, ?)",
+                           ("v1:" + "a" * 32 + " v1:" + "b" * 32,))
+
+    report = await verify_store(path)
+
+    assert report.ok is False
+    assert report.first_bad_seq == 1
+    assert report.reason == "subject index differs from body"

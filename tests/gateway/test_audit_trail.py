@@ -8,7 +8,6 @@ of records returned and the data subjects as keyed pseudonyms.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -18,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Harness
+from conftest import Harness, seeded_iban
 
 from gateway.audit.chain import GENESIS_HASH
 from gateway.audit.export import ExportFilter, export_records
@@ -42,13 +41,19 @@ def _pseudonym(data_dir: Path, kind: str, key: str) -> str:
     return Pseudonymizer(key_bytes).token(kind, key)
 
 
-def _decision(field: str, category: str, effect: str, rule: str) -> dict[str, Any]:
+def _decision(field: str, category: str, effect: str, rule: str,
+              mask: str | None = None) -> dict[str, Any]:
     return {"field": field, "category": category, "decision": effect, "rule": rule,
-            "mask": None}
+            "mask": mask}
 
 
-def _sales_rule(target: str) -> str:
-    return rule_id(["sales", target, "sales", "allow"])
+def _sales_rule(target: str, mask: str = "-") -> str:
+    """Return the id of the shipped sales row on ``target``; its purpose is the g3 parent."""
+    return rule_id(["sales", target, "customer-relations", "allow", mask])
+
+
+def _it_rule(target: str, mask: str = "-") -> str:
+    return rule_id(["it", target, "it-operations", "allow", mask])
 
 
 @dataclass
@@ -85,7 +90,8 @@ async def test_record_caller_and_operation(card: CardRun) -> None:
     assert record["purpose"] == "sales"
     assert record["client"] is None
     assert record["operation_name"] == "CustomerCard"
-    assert record["operation_hash"] == hashlib.sha256(CARD_QUERY.encode("utf-8")).hexdigest()
+    recorder = card.harness.gateway_app.state.gateway.recorder
+    assert record["operation_hash"] == recorder.operation_hash(CARD_QUERY)
     assert record["request_id"] == card.response.headers["x-request-id"]
 
 
@@ -95,7 +101,8 @@ async def test_record_field_decisions(card: CardRun) -> None:
         _decision("Contact.email", "contact.email", "allow", _sales_rule("contact")),
         _decision("Contact.id", "non_personal.identifier", "allow", _sales_rule("non_personal")),
         _decision("Customer.contacts", "contact.person", "allow", _sales_rule("contact")),
-        _decision("Customer.iban", "financial.bank_account", "deny", DEFAULT_DENY),
+        _decision("Customer.iban", "financial.bank_account", "mask",
+                  _sales_rule("financial.bank_account", "last4"), "last4"),
         _decision("Customer.name", "identity.name", "allow", _sales_rule("identity")),
         _decision("Customer.openBalance", "financial.balance", "allow",
                   _sales_rule("financial.balance")),
@@ -109,7 +116,7 @@ async def test_record_systems_and_counts(card: CardRun) -> None:
     assert record["systems"] == ["crm", "erp"]
     assert record["records"] == 2
     assert record["outcome"] == "success"
-    assert record["policy_version"] == PolicyEngine(load_catalog()).version
+    assert record["policy_version"] == PolicyEngine.from_directory(load_catalog()).version
 
 
 async def test_record_subject_pseudonyms(card: CardRun) -> None:
@@ -138,6 +145,10 @@ async def test_record_has_no_values(card: CardRun) -> None:
     assert customer["name"] not in text
     assert customer["contacts"][0]["email"] not in text
     assert harness.customer_ids(1)[0] not in text
+    # Neither the IBAN that was read nor its masked form that was served.
+    assert customer["iban"].startswith("*")
+    assert customer["iban"] not in text
+    assert seeded_iban(harness.data, harness.customer_ids(1)[0]) not in text
 
 
 async def test_two_roles_recorded_sorted(harness: Harness) -> None:
@@ -175,17 +186,39 @@ async def test_dpo_request_recorded_denied(harness: Harness) -> None:
 
 
 async def test_personal_fields_all_denied(harness: Harness) -> None:
-    await harness.query("query($id: ID!) { customer(id: $id) { name vatNumber } }", role="it",
+    await harness.query("query($id: ID!) { customer(id: $id) { vatNumber street } }", role="it",
                         variables={"id": harness.customer_ids(1)[0]})
     records = await read_records(harness.data_dir)
     assert [record["outcome"] for record in records] == ["denied"]
 
 
 async def test_denied_only_fields_listed(harness: Harness) -> None:
-    await harness.query("query($id: ID!) { customer(id: $id) { name vatNumber } }", role="it",
+    await harness.query("query($id: ID!) { customer(id: $id) { vatNumber street } }", role="it",
                         variables={"id": harness.customer_ids(1)[0]})
     records = await read_records(harness.data_dir)
     assert len(records) == 1
     denied = [entry["field"] for entry in records[0]["fields"] if entry["decision"] == "deny"]
-    assert denied == ["Customer.name", "Customer.vatNumber"]
+    assert denied == ["Customer.street", "Customer.vatNumber"]
     assert records[0]["subjects"] == []
+
+
+async def test_masked_field_recorded(harness: Harness) -> None:
+    account_id = harness.customer_ids(1)[0]
+    response = await harness.query("query($id: ID!) { customer(id: $id) { name vatNumber } }",
+                                   role="it", variables={"id": account_id})
+    records = await read_records(harness.data_dir)
+    name = response.json()["data"]["customer"]["name"]
+    assert len(records) == 1
+    assert records[0]["fields"] == [
+        _decision("Customer.name", "identity.name", "mask",
+                  _it_rule("identity.name", "pseudonym:it"), "pseudonym:it"),
+        _decision("Customer.vatNumber", "identity.tax_id", "deny", DEFAULT_DENY),
+        _decision("Query.customer", "non_personal.identifier", "allow",
+                  _it_rule("non_personal")),
+    ]
+    # A masked personal field counts as read: the customer is a subject of the record.
+    assert records[0]["outcome"] == "success"
+    assert records[0]["subjects"] == [
+        {"type": "customer", "ref": _pseudonym(harness.data_dir, "customer", account_id)}]
+    assert name.startswith("pn:")
+    assert name not in json.dumps(records[0])

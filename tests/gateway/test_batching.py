@@ -24,12 +24,14 @@ WIDE_QUERY = """query($n: Int!) { customers(first: $n) { edges { node {
   invoices { number }
 } } } }"""
 
-# One call per entity and nesting level. Sales may not read creditLimit or
-# iban, so no res.partner.bank call is expected. Finance may not read pec,
-# contacts or shipments, so no Contact and no stock.picking call is expected.
+# One call per entity and nesting level. Sales reads the iban masked, so one
+# res.partner.bank call is expected; it may not read creditLimit, but
+# openBalance comes from res.partner too. Finance may not read pec, contacts
+# or shipments, so no Contact and no stock.picking call is expected.
 EXPECTED_CALLS = {
     "sales": ({"Account": 1, "Contact": 1},
-              {"res.partner": 1, "sale.order": 1, "account.move": 1, "stock.picking": 1}),
+              {"res.partner": 1, "res.partner.bank": 1, "sale.order": 1, "account.move": 1,
+               "stock.picking": 1}),
     "finance": ({"Account": 1},
                 {"res.partner": 1, "res.partner.bank": 1, "sale.order": 1, "account.move": 1}),
 }

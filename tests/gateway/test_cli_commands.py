@@ -14,7 +14,7 @@ import gateway.cli
 from gateway.catalog import load_catalog
 from gateway.cli import app
 
-LOOKUP = "query($id: ID!) { customer(id: $id) { name iban } }"
+LOOKUP = "query($id: ID!) { customer(id: $id) { name creditLimit } }"
 
 
 def _run(*args: str) -> Result:
@@ -35,9 +35,9 @@ async def test_token_accepted_by_gateway(harness: Harness) -> None:
     body = response.json()
     name = next(a["Name"] for a in harness.data.crm["Account"] if a["Id"] == account_id)
     assert response.status_code == 200
-    assert body["data"] == {"customer": {"name": name, "iban": None}}
-    assert field_errors(body) == [(["customer", "iban"], "FORBIDDEN",
-                                   "Not authorised to read Customer.iban.")]
+    assert body["data"] == {"customer": {"name": name, "creditLimit": None}}
+    assert field_errors(body) == [(["customer", "creditLimit"], "FORBIDDEN",
+                                   "Not authorised to read Customer.creditLimit.")]
 
 
 async def test_token_default_claims(harness: Harness) -> None:
@@ -53,7 +53,7 @@ async def test_token_role_purpose_applies(harness: Harness) -> None:
                                    token=token)
     body = response.json()
     assert field_errors(body) == []
-    assert body["data"]["customer"]["iban"] is not None
+    assert body["data"]["customer"]["creditLimit"] is not None
 
 
 async def test_token_other_data_dir_rejected(harness: Harness, tmp_path_factory:
@@ -65,10 +65,13 @@ async def test_token_other_data_dir_rejected(harness: Harness, tmp_path_factory:
     assert response.status_code == 401
 
 
-def test_matrix_names_every_role() -> None:
+def test_matrix_names_every_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 80 columns rich folds the role headers ("finan" / "ce"), so the
+    # console is wide enough for every column here.
+    monkeypatch.setattr(gateway.cli, "console", Console(width=200))
     result = _run("policy", "matrix")
     assert result.exit_code == 0
-    for role in ("sales", "finance", "it", "dpo"):
+    for role in ("sales", "sales-rep", "finance", "it", "dpo"):
         # A whole word, so that "it" inside "Credit" or "it-operations" does not count.
         assert re.search(rf"(?<![\w-]){role}(?![\w-])", result.stdout) is not None, role
 
@@ -84,3 +87,20 @@ def test_matrix_names_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
     missing = [decl.qualified_name for decl in load_catalog().all_fields()
                if decl.qualified_name not in result.stdout]
     assert missing == []
+
+
+def test_matrix_shows_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.cli, "console", Console(width=200))
+    result = _run("policy", "matrix")
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[3:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│")}
+    header = next(line for line in result.stdout.splitlines() if "dpo" in line)
+    roles = [cell.strip() for cell in header.split("┃")[3:-1]]
+    assert result.exit_code == 0
+    assert roles == ["dpo", "finance", "it", "sales", "sales-rep"]
+    assert dict(zip(roles, rows["Customer.iban"], strict=True)) == {
+        "dpo": "deny", "finance": "allow", "it": "deny", "sales": "mask:last4",
+        "sales-rep": "mask:last4"}
+    assert dict(zip(roles, rows["Customer.name"], strict=True)) == {
+        "dpo": "deny", "finance": "allow", "it": "mask:pseudonym:it", "sales": "allow",
+        "sales-rep": "allow"}

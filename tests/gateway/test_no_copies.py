@@ -1,10 +1,13 @@
 """The gateway keeps no copy of personal data: not in its data folder, not in its logs.
 
-A workload of every role, lists and lookups, denied fields, an upstream
-failure and malformed requests runs with every logger at DEBUG. Afterwards
-no personal string of the demo data may appear in any file under the data
-folder (the SQLite WAL and shared-memory files included), in any formatted
-log record, or in what ``fonte audit export`` prints.
+A workload of every role, lists and lookups, denied and masked fields, an
+upstream failure and malformed requests runs with every logger at DEBUG.
+Afterwards no personal string of the demo data may appear in any file under
+the data folder (the SQLite WAL and shared-memory files included), in any
+formatted log record, or in what ``fonte audit export`` prints. The responses
+to the ``it`` role contain no personal string either, because it reads names
+and e-mail addresses only as pseudonyms, and no response to sales contains an
+IBAN.
 
 Values are also searched in the encodings they would have inside a URL or a
 JSON document, because a leaked search term shows up percent-encoded in a
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import defaultdict
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -66,12 +70,27 @@ def _log_leaks(caplog: pytest.LogCaptureFixture, forms: dict[str, set[str]]) -> 
             for value in _leaks(formatter.format(record), forms)]
 
 
-async def _run_workload(harness: Harness) -> None:
+async def _run_workload(harness: Harness) -> dict[str, list[str]]:
+    """Run the workload; return the response bodies of each role's own requests."""
     ids = harness.customer_ids(3)
+    bodies: dict[str, list[str]] = defaultdict(list)
     for role in ("sales", "finance", "it", "dpo"):
-        await harness.query(LIST_QUERY, role=role)
-        await harness.query(LOOKUP_QUERY, role=role, variables={"id": ids[1]},
-                            operation_name="Card")
+        listed = await harness.query(LIST_QUERY, role=role)
+        card = await harness.query(LOOKUP_QUERY, role=role, variables={"id": ids[1]},
+                                   operation_name="Card")
+        bodies[role] += [listed.text, card.text]
+
+    owner = next(a for a in harness.data.crm["Account"] if a["Id"] == ids[1])
+    rep = harness.token_with("sales-rep", user=str(owner["OwnerId"]), purpose="sales",
+                             region=str(owner["Region__c"]))
+    listed = await harness.query(LIST_QUERY, token=rep)
+    card = await harness.query(LOOKUP_QUERY, variables={"id": ids[1]}, token=rep)
+    bodies["sales-rep"] += [listed.text, card.text]
+    both = harness.token_with("sales", "finance", purposes=["sales", "billing"])
+    for purpose in ("sales", "billing", "compliance"):
+        answer = await harness.query(LOOKUP_QUERY, variables={"id": ids[1]}, token=both,
+                                     headers={"Fonte-Purpose": purpose})
+        bodies[f"sales+finance/{purpose}"].append(answer.text)
 
     harness.erp_app.state.control.fault_status = 503
     await harness.query(LIST_QUERY, role="finance")
@@ -83,6 +102,7 @@ async def _run_workload(harness: Harness) -> None:
     await harness.query(LOOKUP_QUERY, variables={"id": {"name": account["Name"]}})
     await harness.client.post("/graphql", json={"query": LIST_QUERY},
                               headers={"Authorization": f"Bearer {account['Name']}"})
+    return bodies
 
 
 def _export_outputs(data_dir: Path, account_id: str) -> list[str]:
@@ -104,10 +124,11 @@ def test_workload_leaves_no_copies(demo_data: DemoData, tmp_path: Path,
     forms = _encodings(values)
     data_dir = tmp_path / "data"
     leaks_while_running: list[str] = []
+    bodies: dict[str, list[str]] = {}
 
     async def serve_workload() -> None:
         async with start_harness(demo_data, data_dir) as harness:
-            await _run_workload(harness)
+            bodies.update(await _run_workload(harness))
             leaks_while_running.extend(_file_leaks(data_dir, forms))
 
     asyncio.run(serve_workload())
@@ -119,6 +140,22 @@ def test_workload_leaves_no_copies(demo_data: DemoData, tmp_path: Path,
     assert _log_leaks(caplog, forms) == []
     for output in _export_outputs(data_dir, account_id):
         assert _leaks(output, forms) == []
+    _check_masked_responses(demo_data, bodies)
+
+
+def _check_masked_responses(data: DemoData, bodies: dict[str, list[str]]) -> None:
+    """Check that no response shows a value its role reads only masked."""
+    ibans = _encodings(sorted({str(bank["acc_number"]) for bank in data.erp["res.partner.bank"]}))
+    personal = _encodings(data.personal_values())
+    it_bodies = bodies["it"]
+    sales_bodies = bodies["sales"] + bodies["sales-rep"] + bodies["sales+finance/sales"]
+
+    assert [body for body in it_bodies if '"pn:' not in body] == []
+    assert [_leaks(body, personal) for body in it_bodies] == [[], []]
+    assert [body for body in sales_bodies if '"*******' not in body] == []
+    assert [_leaks(body, ibans) for body in sales_bodies] == [[]] * len(sales_bodies)
+    # With billing the finance rules apply and the IBAN is served whole.
+    assert any(_leaks(body, ibans) for body in bodies["sales+finance/billing"])
 
 
 async def test_name_search_not_logged(harness: Harness,

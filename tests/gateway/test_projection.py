@@ -31,10 +31,19 @@ def _calls(entries: list[Any]) -> list[tuple[str, int, list[str] | None]]:
 
 
 async def test_denied_link_never_requested(harness: Harness) -> None:
-    await harness.query("query($id: ID!) { customer(id: $id) { name iban } }",
+    await harness.query("query($id: ID!) { customer(id: $id) { name creditLimit } }",
                         role="sales", variables={"id": harness.customer_ids(1)[0]})
     assert _calls(harness.erp_requests()) == []
     assert _calls(harness.crm_requests()) == [("Account", 1, ["Id", "Name"])]
+
+
+async def test_masked_link_requested(harness: Harness) -> None:
+    # A masked field is read like an allowed one; the mask applies in the gateway.
+    await harness.query("query($id: ID!) { customer(id: $id) { name iban } }",
+                        role="sales", variables={"id": harness.customer_ids(1)[0]})
+    assert _calls(harness.crm_requests()) == [
+        ("Account", 1, ["Id", "Name", "ERP_Customer_Number__c"])]
+    assert _calls(harness.erp_requests()) == [("res.partner.bank", 1, ["partner_id", "acc_number"])]
 
 
 async def test_denied_attribute_not_selected(harness: Harness) -> None:
@@ -75,10 +84,22 @@ async def test_finance_list_exact_projection(harness: Harness) -> None:
     ]
 
 
-async def test_it_reads_only_identifiers(harness: Harness) -> None:
+async def test_it_reads_identifiers_and_masked(harness: Harness) -> None:
+    # it reads ids, statuses and dates (also of orders, invoices and shipments,
+    # through the relations its field rules allow), and the name and e-mail
+    # addresses only to pseudonymise them; amounts and numbers are never asked.
     await harness.query(BROAD_QUERY, role="it")
-    assert _calls(harness.crm_requests()) == [("Account", 0, ["Id", "ERP_Customer_Number__c"])]
-    assert _calls(harness.erp_requests()) == []
+    customer_fields = ["Id", "ERP_Customer_Number__c", "Name", "PEC_Email__c"]
+    assert _calls(harness.crm_requests()) == [
+        ("Account", 0, customer_fields), ("Account", 3, customer_fields)]
+    assert _calls(harness.erp_requests()) == [
+        ("account.move", 3, ["id", "partner_id", "invoice_date_due"]),
+        ("account.move", 6, ["id", "invoice_origin"]),
+        ("res.partner", 3, ["id", "email"]),
+        ("sale.order", 3, ["id", "partner_id", "name"]),
+        ("stock.picking", 3, ["id", "partner_id", "name"]),
+        ("stock.picking", 6, ["id", "sale_id", "state"]),
+    ]
 
 
 async def test_dpo_causes_no_upstream_call(harness: Harness) -> None:
@@ -95,12 +116,14 @@ async def test_erp_always_gets_field_list(harness: Harness, role: str) -> None:
         assert entry.fields != [], entry.entity
 
 
-async def test_sales_never_asks_money_secrets(harness: Harness) -> None:
+async def test_sales_never_asks_credit_limit(harness: Harness) -> None:
     await harness.query(BROAD_QUERY, role="sales")
     requested = {field for entry in harness.erp_requests() for field in entry.fields or []}
+    bank_calls = [call for call in _calls(harness.erp_requests())
+                  if call[0] == "res.partner.bank"]
     assert "credit_limit" not in requested
-    assert "acc_number" not in requested
-    assert "res.partner.bank" not in {entry.entity for entry in harness.erp_requests()}
+    # The IBAN is read for its last 4 characters, and nothing else of the bank account.
+    assert bank_calls == [("res.partner.bank", 3, ["partner_id", "acc_number"])]
 
 
 async def test_finance_never_asks_contact_data(harness: Harness) -> None:

@@ -78,6 +78,7 @@ class ScriptedSource:
     """
 
     name = "erp"
+    supports_row_filters = True
 
     def __init__(self, *steps: Step) -> None:
         self.steps = list(steps)

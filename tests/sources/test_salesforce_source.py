@@ -176,3 +176,20 @@ async def test_wrong_credentials_not_retried(crm: Starlette) -> None:
         await source.fetch(request)
 
     assert api_calls(crm) == ["/services/oauth2/token"]
+
+
+async def test_uri_too_long_rejected(crm: Starlette) -> None:
+    request = FetchRequest(entity="Account", attributes=("Id",), search=("Name", "x" * 17_000))
+    with pytest.raises(UpstreamRejected, match=r"as too long \(HTTP 414\)"):
+        await source_for(crm).fetch(request)
+
+
+async def test_row_rule_on_id_with_claim(crm: Starlette, demo_data: DemoData) -> None:
+    owner = demo_data.crm["Account"][0]["OwnerId"]
+    request = FetchRequest(entity="Account", attributes=("Id",), any_of=(
+        Condition("OwnerId", "=", "not-a-salesforce-id"), Condition("OwnerId", "=", owner)))
+
+    rows = await source_for(crm).fetch(request)
+
+    owned = sorted(a["Id"] for a in demo_data.crm["Account"] if a["OwnerId"] == owner)
+    assert sorted(r["Id"] for r in rows) == owned
