@@ -27,6 +27,7 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
+	MYPYPATH=tests $(BIN)/mypy --strict tests
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/query_cost.py

@@ -44,8 +44,8 @@ from gateway.identity import (
     load_public_key,
 )
 from gateway.masks import PseudonymKeys
-from gateway.policy import PolicyEngine
-from gateway.policy_reload import PolicyHolder
+from gateway.policy_reload import PolicyHolder, PolicySettings
+from gateway.policy_watch import PolicyWatchers, open_policy
 from gateway.sources import Source
 from gateway.sources.odoo import (
     OdooJson2Settings,
@@ -73,6 +73,7 @@ class Gateway:
     sources: dict[str, Source]
     policy: PolicyHolder
     lock: IO[str]
+    watchers: PolicyWatchers | None = None
 
     @classmethod
     async def start(cls, settings: Settings,
@@ -90,12 +91,8 @@ class Gateway:
                      lock: IO[str]) -> Gateway:
         catalog = load_catalog(settings.schema_dir)
         schema = build_schema(catalog)
-        policy_dir = settings.policy_dir
-
-        async def load_policy() -> PolicyEngine:
-            return PolicyEngine.from_directory(catalog, policy_dir)
-
-        policy = PolicyHolder(await load_policy(), load_policy)
+        policy = await open_policy(
+            catalog, settings.policy or PolicySettings(directory=settings.policy_dir))
         missing = sorted(catalog.systems - set(settings.systems))
         if missing:
             raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
@@ -116,9 +113,15 @@ class Gateway:
         verifier = TokenVerifier(_token_settings(settings))
         log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),
                  policy.current.version, settings.audit_path.name)
-        return cls(settings, executor, verifier, recorder, sources, policy, lock)
+        watchers = PolicyWatchers(policy, settings.policy) if settings.policy else None
+        if watchers is not None:
+            watchers.start()
+        return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers)
 
     async def close(self) -> None:
+        if self.watchers is not None:
+            await self.watchers.stop()
+        await self.policy.aclose()
         for source in self.sources.values():
             await source.aclose()
         await self.recorder.close()
@@ -280,7 +283,8 @@ async def _health(request: Request) -> Response:
     policy = gateway.policy.status()
     body = {"status": "ok" if audit_ok else "degraded",
             "audit": "ok" if audit_ok else "unavailable",
-            "policy": {"version": policy.version, "last_error": policy.last_error},
+            "policy": {"version": policy.version, "last_error": policy.last_error,
+                       "notifications": gateway.watchers.status() if gateway.watchers else {}},
             "systems": _system_health(gateway.sources)}
     return Response(orjson.dumps(body), status_code=200 if audit_ok else 503,
                     media_type="application/json")

@@ -373,5 +373,37 @@ def policy_test(
         raise typer.Exit(1)
 
 
+@policy_app.command("push")
+def policy_push(
+    database: Annotated[str, typer.Option(
+        help="SQLAlchemy URL of the policy database, without a password.")],
+    password_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the database password.")] = None,
+    redis: Annotated[str | None, typer.Option(help="Redis URL to notify the gateways on.")
+                     ] = None,
+    redis_password_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the Redis password.")] = None,
+    redis_channel: Annotated[str, typer.Option(help="Redis channel the gateways listen on.")
+                             ] = "fonte:policy",
+    pg_notify: Annotated[bool, typer.Option(
+        help="Notify the gateways with PostgreSQL NOTIFY fonte_policy.")] = False,
+    policy_dir: Annotated[Path | None, typer.Option(
+        help="Folder with policy.csv; default: the shipped policies/.")] = None,
+) -> None:
+    """Replace the rules in the policy database with policy.csv, then notify the gateways."""
+    from gateway.policy_store import push
+
+    try:
+        published = asyncio.run(push(
+            database, password_env=password_env, redis=redis,
+            redis_password_env=redis_password_env, redis_channel=redis_channel,
+            pg_notify=pg_notify, directory=policy_dir))
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    notified = ("" if published.receivers is None
+                else f", {published.receivers} Redis subscribers notified")
+    console.print(f"policy {published.version} pushed: {published.rows} rows{notified}")
+
+
 def main() -> None:
     app()

@@ -51,6 +51,7 @@ from gateway.catalog import default_schema_dir
 from gateway.errors import ConfigError
 from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
 from gateway.policy import default_policy_dir
+from gateway.policy_reload import PolicySettings, policy_settings_from_table
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, policy_from_table
 from gateway.sources.salesforce import SalesforceSettings
@@ -78,6 +79,8 @@ class Settings:
     audit_fail_open: bool = False
     max_body_bytes: int = 1_000_000
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
+    # None: the policy is read once from policy_dir, with no reload watchers.
+    policy: PolicySettings | None = None
 
     @property
     def audit_path(self) -> Path:
@@ -116,6 +119,9 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"{path}: no [systems.<name>] section; declare the CRM and ERP the "
                           "schema reads from")
     resilience = _resilience(document, systems)
+    policy = _table(document, "policy")
+    if "policy_dir" in gateway and "directory" not in policy:
+        policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
     key_file = auth.get("public_key_file")
     development_tokens = bool(auth.get("development_tokens", False))
     if not key_file and not development_tokens:
@@ -138,6 +144,7 @@ def load_settings(path: Path) -> Settings:
         token_audience=str(auth.get("audience", DEV_AUDIENCE)),
         audit_fail_open=bool(audit.get("fail_open", False)),
         resilience=resilience,
+        policy=policy_settings_from_table(policy, base),
     )
 
 

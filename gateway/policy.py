@@ -139,7 +139,7 @@ class PolicyEngine:
         self._enforcer = _build_enforcer(policy, catalog)
         self.purposes = policy.purposes
         self.origin = policy.origin
-        self.version = _policy_version(policy.model, self._enforcer)
+        self.version = _policy_version(policy.model, self._enforcer, policy.purposes)
         self.rules = {rule_id(row): ", ".join(row) for row in self._enforcer.get_policy()}
         self._row_rules = [list(row) for row in self._enforcer.get_named_policy("p2")]
         self._views: dict[tuple[frozenset[str], str | None], PolicyView] = {}
@@ -361,8 +361,11 @@ def _load_purposes(path: Path) -> dict[str, list[str]]:
     return {str(role): [str(p) for p in purposes] for role, purposes in table.items()}
 
 
-def _policy_version(model: str, enforcer: casbin.Enforcer) -> str:
+def _policy_version(model: str, enforcer: casbin.Enforcer,
+                    purposes: Mapping[str, list[str]]) -> str:
     digest = hashlib.sha256(model.encode("utf-8"))
+    for role in sorted(purposes):
+        digest.update(("purposes|" + role + "|" + "|".join(purposes[role]) + "\n").encode())
     for ptype in ("p", "p2"):
         for row in sorted(enforcer.get_named_policy(ptype)):
             digest.update((ptype + "|" + "|".join(row) + "\n").encode("utf-8"))
