@@ -197,9 +197,11 @@ class Stack:
         return calls
 
 
-def _settings(crm: SalesforceSettings, erp: OdooSettings, data_dir: Path) -> Settings:
+def _settings(crm: SalesforceSettings, erp: OdooSettings, data_dir: Path,
+              policy_dir: Path | None = None) -> Settings:
+    extra = {} if policy_dir is None else {"policy_dir": policy_dir}
     return Settings(systems={"crm": crm, "erp": erp}, data_dir=data_dir, graphiql=False,
-                    development_tokens=True)
+                    development_tokens=True, **extra)
 
 
 def _token(settings: Settings) -> str:
@@ -208,7 +210,8 @@ def _token(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def asgi_stack(customers: int, data_dir: Path) -> AsyncIterator[Stack]:
+async def asgi_stack(customers: int, data_dir: Path,
+                     policy_dir: Path | None = None) -> AsyncIterator[Stack]:
     """Run the demo systems and the gateway in-process, connected by ASGI transports."""
     data = generate(customers=customers)
     client_id, client_secret, api_key = (secrets.token_hex(16) for _ in range(3))
@@ -219,7 +222,7 @@ async def asgi_stack(customers: int, data_dir: Path) -> AsyncIterator[Stack]:
                            client_secret=client_secret),
         OdooSettings(base_url="http://erp.bench", database="fonte_demo", login="gateway",
                      api_key=api_key),
-        data_dir)
+        data_dir, policy_dir)
     token = _token(settings)
     upstream = {
         "crm": httpx.AsyncClient(transport=httpx.ASGITransport(app=crm_app),

@@ -105,7 +105,12 @@ class Executor:
         except RequestError as exc:
             return GraphQLResponse(400, {"errors": [e.formatted for e in exc.errors]})
 
-        view = self._policy.current.view(principal.roles, principal.purpose)
+        engine = self._policy.current
+        view = engine.cached_view(principal.roles, principal.purpose)
+        if view is None:
+            # The first request of a (roles, purpose) pair compiles its view;
+            # a thread keeps the event loop serving other requests meanwhile.
+            view = await asyncio.to_thread(engine.view, principal.roles, principal.purpose)
         try:
             plan = self._planner.plan(prepared.operation, prepared.fragments,
                                       prepared.variables, view, principal.claims())

@@ -136,7 +136,9 @@ class PolicyEngine:
     def __init__(self, catalog: Catalog, policy: PolicyText) -> None:
         self._catalog = catalog
         self._fields = {decl.qualified_name: decl for decl in catalog.all_fields()}
+        self._policy = policy
         self._enforcer = _build_enforcer(policy, catalog)
+        self._role_enforcers: dict[str, casbin.Enforcer] = {}
         self.purposes = policy.purposes
         self.origin = policy.origin
         self.version = _policy_version(policy.model, self._enforcer, policy.purposes)
@@ -179,6 +181,10 @@ class PolicyEngine:
                 cached = self._compile(*key)
                 self._views[key] = cached
         return cached
+
+    def cached_view(self, roles: Iterable[str], purpose: str | None) -> PolicyView | None:
+        """Return the compiled view if it exists, without compiling it."""
+        return self._views.get((frozenset(roles), purpose))
 
     def explain(self, roles: Iterable[str], purpose: str | None, field: str) -> Decision:
         """Return the decision for one field, as a request of these roles would get it."""
@@ -261,14 +267,33 @@ class PolicyEngine:
     def _inherited(self, role: str) -> list[str]:
         return list(self._enforcer.get_implicit_roles_for_user(role))
 
+    def _enforcer_for(self, role: str) -> casbin.Enforcer:
+        """Return an enforcer holding only the rules that can match ``role``.
+
+        casbin scans every rule on each call, so compiling one role's view
+        against the whole policy would cost in proportion to all roles' rules.
+        The subset makes a role's compile cost depend on its own rules only.
+        """
+        enforcer = self._role_enforcers.get(role)
+        if enforcer is None:
+            held = {role, *self._inherited(role)}
+            rows = [row for row in self._policy.rules
+                    if row[0] not in ("p", "p2") or row[1] in held]
+            subset = PolicyText(self._policy.model, rows, self._policy.purposes,
+                                self._policy.origin)
+            enforcer = _build_enforcer(subset, self._catalog, checked=True)
+            self._role_enforcers[role] = enforcer
+        return enforcer
+
     def _enforce(self, context: EnforceContext | None, role: str, obj: str,
                  purpose: str | None) -> tuple[bool, list[str]]:
         arguments = (role, obj, purpose or "")
+        enforcer = self._enforcer_for(role)
         try:
             if context is None:
-                allowed, explain = self._enforcer.enforce_ex(*arguments)
+                allowed, explain = enforcer.enforce_ex(*arguments)
             else:
-                allowed, explain = self._enforcer.enforce_ex(context, *arguments)
+                allowed, explain = enforcer.enforce_ex(context, *arguments)
         except Exception as exc:  # casbin raises bare exceptions from its matcher evaluator
             raise PolicyError(f"policy evaluation failed for role {role!r}, field {obj!r}, "
                               f"purpose {purpose!r}: {type(exc).__name__}") from exc
@@ -285,7 +310,8 @@ def _levels(decl: FieldDecl) -> list[str]:
     return levels
 
 
-def _build_enforcer(policy: PolicyText, catalog: Catalog) -> casbin.Enforcer:
+def _build_enforcer(policy: PolicyText, catalog: Catalog, *,
+                    checked: bool = False) -> casbin.Enforcer:
     try:
         model = Model()
         model.load_model_from_text(policy.model)
@@ -296,7 +322,8 @@ def _build_enforcer(policy: PolicyText, catalog: Catalog) -> casbin.Enforcer:
     known = set(catalog.categories) | {decl.qualified_name for decl in catalog.all_fields()}
     by_type: dict[str, list[list[str]]] = {}
     for row in policy.rules:
-        _check_row(row, known, catalog)
+        if not checked:
+            _check_row(row, known, catalog)
         by_type.setdefault(row[0], []).append(row[1:])
     links = [[decl.qualified_name, decl.category] for decl in catalog.all_fields()]
     links += [list(pair) for pair in catalog.category_parents()]
