@@ -22,6 +22,9 @@ class RequestLogEntry:
     ``fields`` is the exact list of attributes the request asked for, in
     order, or None when it named none (for Odoo that means all fields).
     ``keys`` is the number of key values in the request's IN clause (0 when none).
+    ``filter`` is the request's condition as the vendor received it (the SOQL
+    WHERE clause, the Odoo domain as JSON) with long value lists shortened
+    to their length, so tests can see which conditions were pushed down.
     """
 
     method: str
@@ -30,6 +33,7 @@ class RequestLogEntry:
     keys: int
     fields: list[str] | None
     status: int
+    filter: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

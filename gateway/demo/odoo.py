@@ -231,6 +231,30 @@ def _call_summary(payload: Any) -> tuple[str | None, int, list[str] | None]:
     return model, keys, fields
 
 
+def _rpc_domain(payload: Any) -> Any:
+    """Return the domain of a ``search_read`` or ``search`` object call, or None."""
+    params = payload.get("params") if isinstance(payload, dict) else None
+    args = params.get("args") if isinstance(params, dict) else None
+    if not isinstance(args, list) or len(args) < 6 or args[4] not in ("search_read", "search"):
+        return None
+    call_args = args[5] if isinstance(args[5], list) else []
+    call_kwargs = args[6] if len(args) > 6 and isinstance(args[6], dict) else {}
+    return call_args[0] if call_args else call_kwargs.get("domain")
+
+
+def _domain_text(domain: Any) -> str | None:
+    """Return ``domain`` as JSON for the log, each list of over 10 values shortened."""
+    if not isinstance(domain, list):
+        return None
+    shortened = []
+    for leaf in domain:
+        if (isinstance(leaf, list) and len(leaf) == 3 and isinstance(leaf[2], list)
+                and len(leaf[2]) > 10):
+            leaf = [leaf[0], leaf[1], f"<{len(leaf[2])} values>"]
+        shortened.append(leaf)
+    return json.dumps(shortened)
+
+
 def _json2_summary(method: str, params: Mapping[str, Any]) -> tuple[int, list[str] | None]:
     """Return the key count and ``fields`` of a JSON-2 call, counted as ``_call_summary`` does."""
     if method in RECORD_METHODS:
@@ -287,7 +311,7 @@ class _OdooHttp:
         response = await self._fault_response()
         if response is None:
             response = self._jsonrpc_response(payload)
-        self._record(request, entity, keys, fields, response)
+        self._record(request, entity, keys, fields, response, _rpc_domain(payload))
         return response
 
     async def json2(self, request: Request) -> Response:
@@ -296,7 +320,7 @@ class _OdooHttp:
         response = await self._fault_response()
         if response is None:
             response = self.json2_api.respond(call)
-        self._record(request, call.model, keys, fields, response)
+        self._record(request, call.model, keys, fields, response, call.params.get("domain"))
         return response
 
     async def json2_other(self, request: Request) -> Response:
@@ -366,6 +390,7 @@ class _OdooHttp:
         keys: int,
         fields: list[str] | None,
         response: Response,
+        domain: Any = None,
     ) -> None:
         self.control.record(
             RequestLogEntry(
@@ -375,6 +400,7 @@ class _OdooHttp:
                 keys=keys,
                 fields=fields,
                 status=response.status_code,
+                filter=_domain_text(domain),
             )
         )
 

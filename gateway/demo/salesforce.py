@@ -121,7 +121,8 @@ class _SalesforceServer:
             self.control.record(RequestLogEntry(
                 method=request.method, path=request.url.path, entity=outcome.entity,
                 keys=outcome.keys, fields=outcome.fields,
-                status=outcome.response.status_code))
+                status=outcome.response.status_code,
+                filter=_where_clause(request.query_params.get("q"))))
             return outcome.response
 
         return endpoint
@@ -319,3 +320,18 @@ def create_salesforce_app(data: DemoData, *, client_id: str, client_secret: str,
     app.state.control = server.control
     app.state.expire_tokens = server.expire_tokens
     return app
+
+
+_WHERE = re.compile(r"\sWHERE\s(.*?)(?:\sORDER\s+BY\s|\sLIMIT\s|\sOFFSET\s|$)",
+                    re.IGNORECASE | re.DOTALL)
+_LONG_IN = re.compile(r"IN\s*\(([^)]{200,})\)", re.IGNORECASE)
+
+
+def _where_clause(soql: str | None) -> str | None:
+    """Return the WHERE clause of ``soql`` for the log, with long IN lists shortened."""
+    if not soql:
+        return None
+    match = _WHERE.search(soql)
+    if match is None:
+        return None
+    return _LONG_IN.sub(lambda m: f"IN (<{m.group(1).count(',') + 1} values>)", match.group(1))

@@ -7,6 +7,7 @@ set, and one runs the real odoorpc client when it is installed.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -602,11 +603,13 @@ async def test_request_log_entries(app: Starlette, client: httpx.AsyncClient) ->
 
     entries = [
         RequestLogEntry("POST", "/jsonrpc", None, 0, None, 200),
-        RequestLogEntry("POST", "/jsonrpc", "sale.order", 3, ["name", "partner_id"], 200),
+        RequestLogEntry("POST", "/jsonrpc", "sale.order", 3, ["name", "partner_id"], 200,
+                        '[["state", "=", "sale"], ["partner_id", "in", [1001, 1002, 1003]]]'),
         RequestLogEntry("POST", "/jsonrpc", "res.partner", 2, ["name"], 200),
-        RequestLogEntry("POST", "/jsonrpc", "res.partner", 1, None, 200),
+        RequestLogEntry("POST", "/jsonrpc", "res.partner", 1, None, 200,
+                        '[["id", "in", [1001]]]'),
         RequestLogEntry("POST", "/jsonrpc", "res.partner", 0, None, 200),
-        RequestLogEntry("POST", "/jsonrpc", "res.bank", 0, None, 200),
+        RequestLogEntry("POST", "/jsonrpc", "res.bank", 0, None, 200, "[]"),
     ]
     assert app.state.control.log == entries
     listed = await client.get("/__fonte/requests")
@@ -956,7 +959,10 @@ async def test_json2_request_log_entries(app: Starlette, client: httpx.AsyncClie
                       headers=json2_headers(**{"Content-Type": "application/json"}))
     await client.get("/json/2")
 
-    assert app.state.control.log == [
+    assert [entry.filter for entry in app.state.control.log][:3] == [
+        '[["state", "=", "sale"], ["partner_id", "in", [1001, 1002, 1003]]]', None,
+        '[["id", "in", [1001]]]']
+    assert [dataclasses.replace(entry, filter=None) for entry in app.state.control.log] == [
         RequestLogEntry("POST", "/json/2/sale.order/search_read", "sale.order", 3,
                         ["name", "partner_id"], 200),
         RequestLogEntry("POST", "/json/2/res.partner/read", "res.partner", 2, ["name"], 200),

@@ -499,7 +499,11 @@ async def test_request_log_contents(client: httpx.AsyncClient, headers: dict[str
     await query_error(client, headers, "SELECT FROM")
     await query_error(client, {}, "SELECT Id FROM Account", status=401)
 
-    entries = (await client.get("/__fonte/requests")).json()["requests"]
+    logged = (await client.get("/__fonte/requests")).json()["requests"]
+    filters = [entry.pop("filter") for entry in logged]
+    entries = logged
+    assert filters[1] == (f"Industry != null AND (Id IN ('{first}', '{second}') OR "
+                          f"Id NOT IN ('{first}'))")
     assert entries == [
         {"method": "POST", "path": "/services/oauth2/token", "entity": None, "keys": 0,
          "fields": None, "status": 200},

@@ -4,9 +4,10 @@ The shipped policy limits ``sales-rep`` to the customers of the region in its
 ``region`` claim or owned by its subject (``OwnerId`` equal to the token's
 ``sub``). The two rules are alternatives, so the gateway sends them as one
 ``(A OR B)`` in the SOQL ``WHERE`` clause, and as ``|`` terms in an Odoo
-domain for a rule on an ERP type. The demo servers' request logs do not record
-the query text, so these tests wrap the gateway's upstream transports and
-read the SOQL and the JSON-RPC bodies that leave the gateway.
+domain for a rule on an ERP type. The tests read the condition twice: as the
+demo servers logged it on arrival (``RequestLogEntry.filter``), and from the
+SOQL and JSON-RPC bodies that leave the gateway, caught by wrapping its
+upstream transports.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ async def test_region_or_owned(demo_data: DemoData, tmp_path: Path) -> None:
 
     assert ids_of(response) == area.visible
     assert [(entry.entity, entry.keys) for entry in log] == [("Account", 0)]
+    assert log[0].filter == f"(Region__c = '{area.region}' OR OwnerId = '{area.owner}')"
     [soql] = run.crm.soql("Account")
     assert f"WHERE (Region__c = '{area.region}' OR OwnerId = '{area.owner}')" in soql
 
@@ -426,11 +428,14 @@ async def test_odoo_domain_alternatives(demo_data: DemoData, tmp_path: Path) -> 
         token = run.harness.token_with("order-clerk", purpose="billing", order_state=state,
                                        order_number=number)
         response = await run.harness.query(ORDER_LIST, token=token)
+        logged = [e.filter for e in run.harness.erp_requests() if e.entity == "sale.order"]
 
     assert _orders_seen(response) == expected
     [domain] = run.erp.domains("sale.order")
     assert domain[0][:2] == ["partner_id", "in"]
     assert domain[1:] == ["|", ["state", "=", state], ["name", "=", number]]
+    assert len(logged) == 1
+    assert json.loads(str(logged[0]))[1:] == ["|", ["state", "=", state], ["name", "=", number]]
 
 
 async def test_odoo_one_claim(demo_data: DemoData, tmp_path: Path) -> None:
