@@ -142,7 +142,6 @@ def token(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Print a development bearer token that a demo gateway with DATA_DIR accepts."""
-    from gateway.demo.launch import role_purposes
     from gateway.identity import issue_token, load_or_create_signing_key
 
     _, engine = _load_engine()
@@ -151,9 +150,9 @@ def token(
         errors.print(f"role {unknown[0]!r} has no rules in the policy; use one of "
                      f"{', '.join(engine.roles)}")
         raise typer.Exit(2)
-    purposes = role_purposes()
+    listed = engine.purposes.get(role[0], [])
     if purpose is None:
-        purpose = (purposes.get(role[0]) or [None])[0]
+        purpose = listed[0] if listed else None
     elif purpose not in engine.purposes_of(role):
         errors.print(f"purpose {purpose!r} is not listed for role(s) {', '.join(role)} in "
                      "policies/purposes.toml; use one of "

@@ -38,7 +38,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from gateway.errors import ConfigError
 from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
 from gateway.policy import default_policy_dir
 from gateway.policy_reload import PolicySettings, policy_settings_from_table
+from gateway.secrets import read_secret
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, policy_from_table
 from gateway.sources.salesforce import SalesforceSettings
@@ -258,20 +258,7 @@ def _text(section: str, spec: dict[str, Any], name: str) -> str:
 
 
 def _secret(section: str, spec: dict[str, Any], name: str, base: Path) -> str:
-    if name in spec:
-        raise ConfigError(f"[{section}] {name} must not be written in the settings file; set "
-                          f"{name}_env to an environment variable or {name}_file to a file")
-    variable, file_name = spec.get(f"{name}_env"), spec.get(f"{name}_file")
-    if variable:
-        value = os.environ.get(str(variable))
-        if not value:
-            raise ConfigError(f"[{section}] {name}_env names {variable!r}, which is not set in "
-                              "the environment")
-        return value
-    if file_name:
-        try:
-            return _path(base, file_name).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"[{section}] {name}_file {str(file_name)!r} cannot be read: "
-                              f"{exc.strerror}") from exc
-    raise ConfigError(f"[{section}] needs {name}_env or {name}_file")
+    value = read_secret(f"[{section}]", spec, name, base)
+    if value is None:
+        raise ConfigError(f"[{section}] needs {name}_env or {name}_file")
+    return value

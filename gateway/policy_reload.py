@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from gateway.catalog import Catalog
 from gateway.errors import ConfigError, GatewayError, PolicyError
 from gateway.policy import PolicyEngine, default_policy_dir, read_policy_dir
+from gateway.secrets import read_secret
 
 log = logging.getLogger("gateway.policy")
 
@@ -329,26 +329,7 @@ def _reject_unused(table: dict[str, Any], prefix: str, current: str, needed: str
 
 
 def _secret(table: dict[str, Any], name: str, base: Path) -> str | None:
-    """Return the secret named by ``<name>_env`` or ``<name>_file``, or None when neither is set."""
-    if name in table:
-        raise ConfigError(f"{_SECTION} {name} must not be written in the settings file; set "
-                          f"{name}_env to an environment variable or {name}_file to a file")
-    variable, file_name = table.get(f"{name}_env"), table.get(f"{name}_file")
-    if variable:
-        value = os.environ.get(str(variable))
-        if not value:
-            raise ConfigError(f"{_SECTION} {name}_env names {variable!r}, which is not set in "
-                              "the environment")
-        return value
-    if not file_name:
-        return None
-    path = Path(str(file_name)).expanduser()
-    path = path if path.is_absolute() else base / path
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{_SECTION} {name}_file {str(file_name)!r} cannot be read: "
-                          f"{exc.strerror}") from exc
+    return read_secret(_SECTION, table, name, base)
 
 
 def _flag(table: dict[str, Any], name: str, default: bool) -> bool:

@@ -17,7 +17,6 @@ import signal
 import socket
 import tempfile
 import threading
-import tomllib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from gateway.demo.salesforce import create_salesforce_app
 from gateway.demo.sql import load_demo_erp
 from gateway.errors import ConfigError
 from gateway.identity import issue_token, load_or_create_signing_key
-from gateway.policy import default_policy_dir
+from gateway.policy import default_policy_dir, read_policy_dir
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.salesforce import SalesforceSettings
 from gateway.sources.sql import SqlSettings
@@ -204,16 +203,15 @@ def demo_tokens(data_dir: Path, data: DemoData) -> dict[str, str]:
         user, extra = f"demo-{role}", {}
         if role == "sales-rep" and first:
             user, extra = str(first["OwnerId"]), {"region": str(first["Region__c"])}
+        listed = purposes.get(role, [])
         tokens[role] = issue_token(key, user=user, roles=[role],
-                                   purpose=purposes.get(role, [None])[0], extra=extra)
+                                   purpose=listed[0] if listed else None, extra=extra)
     return tokens
 
 
-def role_purposes() -> dict[str, list[str | None]]:
-    """Return each role's purposes from ``policies/purposes.toml``."""
-    path = default_policy_dir() / "purposes.toml"
-    document = tomllib.loads(path.read_text(encoding="utf-8"))
-    return {role: list(values) for role, values in document.get("purposes", {}).items()}
+def role_purposes() -> dict[str, list[str]]:
+    """Return each role's purposes from the shipped ``policies/purposes.toml``."""
+    return read_policy_dir(default_policy_dir()).purposes
 
 
 def graphiql_link(base: str, token: str) -> str:

@@ -71,7 +71,7 @@ def _decode_part(section: str) -> httpx.Response | None:
     headers = []
     for line in head_lines[1:]:
         name, colon, value = line.partition(":")
-        if colon:
+        if colon and name.strip().lower() != "content-length":
             headers.append((name.strip(), value.strip()))
     return httpx.Response(int(status.group(1)), headers=headers,
                           content=content.rstrip("\n").encode())
