@@ -28,6 +28,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from strawberry.http.ides import get_graphql_ide_html
 
+from gateway.audit.anchor import anchor_from_setting
+from gateway.audit.keys import load_or_create_signing_key as load_or_create_checkpoint_key
+from gateway.audit.keys import publish_public_key
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.store import SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
@@ -47,6 +50,8 @@ from gateway.masks import PseudonymKeys
 from gateway.policy_reload import PolicyHolder, PolicySettings
 from gateway.policy_watch import PolicyWatchers, open_policy
 from gateway.sources import Source
+from gateway.sources.dataverse import DataverseSettings, DataverseSource
+from gateway.sources.mapping import MappedSource
 from gateway.sources.odoo import (
     OdooJson2Settings,
     OdooJson2Source,
@@ -102,7 +107,13 @@ class Gateway:
                                   settings.resilience.get(name, ResiliencePolicy()))
             for name, spec in settings.systems.items()
         }
-        store = await SQLiteAuditStore.open(settings.audit_path)
+        checkpoint_key = load_or_create_checkpoint_key(
+            settings.checkpoint_key_path, name=settings.audit_checkpoint_key_name)
+        publish_public_key(checkpoint_key, settings.checkpoint_public_key_dir)
+        anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
+        store = await SQLiteAuditStore.open(
+            settings.audit_path, checkpoint_key=checkpoint_key, anchors=anchors,
+            checkpoint_interval=settings.audit_checkpoint_interval)
         audit_key = load_or_create_key(settings.pseudonym_key_path)
         pseudonymizer = Pseudonymizer(audit_key)
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()
@@ -129,6 +140,9 @@ class Gateway:
 
 
 def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
+    if isinstance(spec, DataverseSettings):
+        dataverse = DataverseSource(name, spec, client)
+        return MappedSource(dataverse, spec.entities) if spec.entities else dataverse
     if isinstance(spec, OdooSettings):
         return OdooJsonRpcSource(name, spec, client)
     if isinstance(spec, OdooJson2Settings):

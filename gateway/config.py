@@ -52,13 +52,16 @@ from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
 from gateway.policy import default_policy_dir
 from gateway.policy_reload import PolicySettings, policy_settings_from_table
 from gateway.secrets import read_secret
+from gateway.sources.dataverse import DataverseSettings
+from gateway.sources.mapping import entities_from_table
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, policy_from_table
 from gateway.sources.salesforce import SalesforceSettings
 from gateway.sources.sql import SqlSettings
 
-SystemSettings = SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
-DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql")
+SystemSettings = (SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
+                  | DataverseSettings)
+DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql", "dataverse")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ class Settings:
     token_issuer: str = DEV_ISSUER
     token_audience: str = DEV_AUDIENCE
     audit_fail_open: bool = False
+    audit_checkpoint_interval: float = 60.0
+    audit_checkpoint_key_name: str = "fonte-audit-1"
+    audit_checkpoint_key_file: Path | None = None
+    audit_anchors: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
     # None: the policy is read once from policy_dir, with no reload watchers.
@@ -89,6 +96,16 @@ class Settings:
     @property
     def pseudonym_key_path(self) -> Path:
         return self.data_dir / "keys" / "audit-pseudonym.key"
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        """Ed25519 key that signs audit checkpoints."""
+        return self.audit_checkpoint_key_file or self.data_dir / "keys" / "audit-checkpoint.pem"
+
+    @property
+    def checkpoint_public_key_dir(self) -> Path:
+        """Public keys of every checkpoint key used, for ``fonte audit verify``."""
+        return self.data_dir / "keys" / "audit-checkpoint-public"
 
     @property
     def mask_key_path(self) -> Path:
@@ -143,6 +160,13 @@ def load_settings(path: Path) -> Settings:
         token_issuer=str(auth.get("issuer", DEV_ISSUER)),
         token_audience=str(auth.get("audience", DEV_AUDIENCE)),
         audit_fail_open=bool(audit.get("fail_open", False)),
+        audit_checkpoint_interval=_number("audit", "checkpoint_interval",
+                                          audit.get("checkpoint_interval", 60)),
+        audit_checkpoint_key_name=str(audit.get("checkpoint_key_name", "fonte-audit-1")),
+        audit_checkpoint_key_file=_path(base, audit["checkpoint_key_file"])
+        if "checkpoint_key_file" in audit else None,
+        audit_anchors=tuple(a if a == "stdout" else str(_path(base, a))
+                            for a in audit.get("anchors", ())),
         resilience=resilience,
         policy=policy_settings_from_table(policy, base),
     )
@@ -208,6 +232,14 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return _odoo_json2(section, spec, base, timeout)
     if dialect == "sql":
         return _sql(section, spec, base, timeout)
+    if dialect == "dataverse":
+        return DataverseSettings(
+            base_url=_text(section, spec, "base_url"), token_url=_text(section, spec, "token_url"),
+            client_id=_secret(section, spec, "client_id", base),
+            client_secret=_secret(section, spec, "client_secret", base),
+            scope=_text(section, spec, "scope"),
+            page_size=_integer(section, "page_size", spec.get("page_size", 5000), 1, 5000),
+            timeout=timeout, entities=entities_from_table(section, spec.get("entities", {})))
     raise ConfigError(f"[{section}] dialect = {dialect!r} is not supported; use one of "
                       f"{', '.join(DIALECTS)}")
 

@@ -1,13 +1,22 @@
 """The audit log: a hash-chained, append-only record of every request that reads or is
 denied a personal field.
 
-`SQLiteAuditStore` appends records with group commit, `verify_store` checks the chain,
+`SQLiteAuditStore` appends records with group commit and signs checkpoints of the
+chain with a `CheckpointKey`. `verify_store` checks the chain and the checkpoints,
 `export_records` writes records as JSON Lines or CSV, and `Pseudonymizer` turns subject
 identifiers into the keyed tokens that records contain instead of personal values.
 """
 
+from gateway.audit.anchor import FileAnchor, StreamAnchor, anchor_from_setting
 from gateway.audit.chain import GENESIS_HASH, chain_hash
+from gateway.audit.checkpoint import Checkpoint, parse_checkpoint
 from gateway.audit.export import CSV_COLUMNS, ExportFilter, export_records
+from gateway.audit.keys import (
+    CheckpointKey,
+    load_or_create_signing_key,
+    load_public_keys,
+    publish_public_key,
+)
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.record import (
     AuditEvent,
@@ -25,17 +34,26 @@ __all__ = [
     "GENESIS_HASH",
     "AuditEvent",
     "AuditStore",
+    "Checkpoint",
+    "CheckpointKey",
     "ExportFilter",
     "FieldDecision",
+    "FileAnchor",
     "Pseudonymizer",
     "SQLiteAuditStore",
     "StoredRow",
+    "StreamAnchor",
     "Subject",
     "VerifyReport",
+    "anchor_from_setting",
     "canonical_json",
     "chain_hash",
     "export_records",
     "load_or_create_key",
+    "load_or_create_signing_key",
+    "load_public_keys",
+    "parse_checkpoint",
+    "publish_public_key",
     "sqlite_url",
     "utc_timestamp",
     "validate_event",

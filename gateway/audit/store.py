@@ -3,7 +3,9 @@
 The gateway releases a response only after its audit record is committed, so `append`
 returns only after the commit. Concurrent requests share commits (group commit). One
 writer task takes every pending event, up to ``max_batch``, and inserts them in one
-transaction.
+transaction. Opened with a checkpoint key, the same task also signs a checkpoint of the
+committed head every ``checkpoint_interval`` seconds while new records exist, and at
+`close`.
 """
 
 from __future__ import annotations
@@ -11,62 +13,48 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import (
-    Column,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    Table,
-    Text,
-    event,
-    insert,
-    select,
-)
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import event, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.audit.anchor import CheckpointAnchor
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
+from gateway.audit.checkpoint import Checkpoint
+from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
+from gateway.audit.keys import CheckpointKey
 from gateway.audit.record import AuditEvent, canonical_json, validate_event
+from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject, metadata
+from gateway.audit.sqlite import (
+    check_pragmas,
+    describe_error,
+    open_reader_engine,
+    set_writer_pragmas,
+    sqlite_url,
+)
 from gateway.errors import AuditError, AuditIntegrityError
 
 logger = logging.getLogger(__name__)
 
-metadata = MetaData()
-
-audit_record = Table(
+# Re-exported: verify, export and the tests import these names from this module.
+__all__ = [
+    "AuditStore",
+    "SQLiteAuditStore",
+    "audit_checkpoint",
     "audit_record",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("time", Text, nullable=False),
-    Column("request_id", Text, nullable=False),
-    Column("actor", Text, nullable=False),
-    Column("purpose", Text, nullable=True),
-    Column("outcome", Text, nullable=False),
-    # Canonical JSON of the event plus "seq" and "prev_hash". The other columns copy
-    # body values so that exports can filter in SQL, and verify checks that they match.
-    Column("body", Text, nullable=False),
-    Column("prev_hash", Text, nullable=False),
-    Column("hash", Text, nullable=False),
-    Index("ix_audit_record_actor_time", "actor", "time"),
-    Index("ix_audit_record_time", "time"),
-)
-
-audit_subject = Table(
     "audit_subject",
-    metadata,
-    Column("seq", Integer, ForeignKey("audit_record.seq"), nullable=False),
-    Column("ref", Text, nullable=False),
-    PrimaryKeyConstraint("ref", "seq"),
-    Index("ix_audit_subject_seq", "seq"),
-)
+    "describe_error",
+    "metadata",
+    "open_reader_engine",
+    "sqlite_url",
+]
+
+DEFAULT_CHECKPOINT_INTERVAL = 60.0
 
 
 class AuditStore(Protocol):
@@ -86,71 +74,6 @@ class AuditStore(Protocol):
     async def close(self) -> None:
         """Store the pending records, then release the store's resources."""
         ...
-
-
-def sqlite_url(path: Path) -> str:
-    """Return the SQLAlchemy URL for the SQLite file at ``path`` with the aiosqlite driver.
-
-    The path is made absolute, and characters that URLs reserve (``?``, ``#``, ``%``) are
-    quoted so that they stay part of the file name.
-    """
-    url = URL.create("sqlite+aiosqlite", database=str(path.absolute()))
-    return url.render_as_string(hide_password=False)
-
-
-def open_reader_engine(path: Path) -> AsyncEngine:
-    """Create an engine that opens the existing store at ``path`` read-only.
-
-    Raises AuditError if the file does not exist, because SQLite would otherwise create
-    an empty database and a verify or export of a mistyped path would report nothing.
-    """
-    if not path.is_file():
-        raise AuditError(f"audit store {path} not found; check the path")
-
-    uri_path = urllib.parse.quote(str(path.absolute()))
-    url = URL.create(
-        "sqlite+aiosqlite",
-        database=f"file:{uri_path}",
-        query={"mode": "ro", "uri": "true"},
-    )
-    return create_async_engine(url, hide_parameters=True)
-
-
-def describe_error(exc: BaseException) -> str:
-    """Return SQLite's own message for a driver error, or the exception's type and text.
-
-    SQLAlchemy's wrapper text is skipped because it repeats the SQL statement. SQLite's
-    messages do not quote bound values, and the engines hide them from SQLAlchemy's text.
-    """
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return str(exc.orig)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _set_writer_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:
-    # WAL lets verify and export read while the gateway writes. synchronous=FULL
-    # syncs the WAL on every commit, which the durability contract of append needs.
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
-
-
-async def _check_pragmas(connection: AsyncConnection, path: Path) -> None:
-    # Where WAL is not possible, PRAGMA journal_mode=WAL keeps the old mode without an
-    # error (SQLite documentation of PRAGMA journal_mode).
-    journal_mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
-    synchronous = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
-    if str(journal_mode).lower() != "wal":
-        raise AuditError(
-            f"audit store {path} uses journal mode {journal_mode!r}, not WAL; "
-            "put it on a local file system"
-        )
-    if synchronous != 2:
-        raise AuditError(f"audit store {path} has synchronous={synchronous!r}, expected 2 (FULL)")
 
 
 async def _read_head(connection: AsyncConnection, path: Path) -> tuple[int, str]:
@@ -200,8 +123,26 @@ class _Pending:
     future: asyncio.Future[int]
 
 
+@dataclass
+class _CheckpointRequest:
+    future: asyncio.Future[Checkpoint | None]
+
+
+class _Signal:
+    """A queue item that only wakes the writer task."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+# close() sends _STOP after the last event. The checkpoint timer sends _TICK.
+_STOP = _Signal("stop")
+_TICK = _Signal("tick")
+_Control = _CheckpointRequest | _Signal
+
+
 class SQLiteAuditStore:
-    """An `AuditStore` in one SQLite file, with group commit.
+    """An `AuditStore` in one SQLite file, with group commit and signed checkpoints.
 
     Use one store object per file. A second writer, in this process or another, cannot
     fork the chain because ``seq`` is the primary key, but the two writers make each
@@ -212,7 +153,13 @@ class SQLiteAuditStore:
     """
 
     def __init__(
-        self, engine: AsyncEngine, path: Path, head: tuple[int, str], max_batch: int
+        self,
+        engine: AsyncEngine,
+        path: Path,
+        head: tuple[int, str],
+        max_batch: int,
+        checkpoints: CheckpointWriter | None = None,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
     ) -> None:
         """Wrap an opened engine. Use `open`, which creates the schema and reads the head."""
         self.commits = 0
@@ -224,30 +171,54 @@ class SQLiteAuditStore:
         self._healthy = True
         self._closed = False
         self._engine_disposed = False
-        # None is the stop signal that close() sends after the last event.
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending | _Control] = asyncio.Queue()
+        self._checkpoints = checkpoints
+        self._checkpoint_interval = checkpoint_interval
+        self._loop = asyncio.get_running_loop()
+        self._last_checkpoint_at = self._loop.time()
+        self._tick: asyncio.TimerHandle | None = None
         self._writer = asyncio.create_task(self._run_writer(), name=f"audit-writer {path}")
+        # Records left unchecked by a previous run get their checkpoint after one interval.
+        self._schedule_tick()
 
     @classmethod
-    async def open(cls, path: Path, *, max_batch: int = 256) -> SQLiteAuditStore:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        max_batch: int = 256,
+        checkpoint_key: CheckpointKey | None = None,
+        anchors: Sequence[CheckpointAnchor] = (),
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        clock: Callable[[], datetime] | None = None,
+    ) -> SQLiteAuditStore:
         """Open or create the store at ``path`` and start its writer task.
 
         Creates the tables if they are missing and continues the chain after the last
-        stored record. The directory must exist. Raises AuditError if the file cannot be
-        opened or set to WAL, and AuditIntegrityError if the last record does not verify.
+        stored record. The directory must exist. With ``checkpoint_key``, the writer signs
+        a checkpoint every ``checkpoint_interval`` seconds while new records exist and at
+        `close`, and publishes each to ``anchors`` before it saves it. ``clock`` returns
+        the time written into checkpoints (default: now).
+
+        Raises AuditError if the file cannot be opened or set to WAL, and
+        AuditIntegrityError if the last record does not verify or the log is shorter than,
+        or differs from, its newest checkpoint.
         """
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if not checkpoint_interval > 0:
+            raise ValueError(f"checkpoint_interval must be positive, not {checkpoint_interval}")
         if not path.parent.is_dir():
             raise AuditError(f"directory {path.parent} of audit store {path} not found; create it")
 
         engine = create_async_engine(sqlite_url(path), hide_parameters=True)
-        event.listen(engine.sync_engine, "connect", _set_writer_pragmas)
+        event.listen(engine.sync_engine, "connect", set_writer_pragmas)
         try:
             async with engine.begin() as connection:
-                await _check_pragmas(connection, path)
+                await check_pragmas(connection, path)
                 await connection.run_sync(metadata.create_all)
                 head = await _read_head(connection, path)
+                checkpointed = await check_newest_checkpoint(connection, head[0], path)
         except SQLAlchemyError as exc:
             await engine.dispose()
             raise AuditError(f"cannot open audit store {path}: {describe_error(exc)}") from exc
@@ -255,8 +226,11 @@ class SQLiteAuditStore:
             await engine.dispose()
             raise
 
+        writer = None
+        if checkpoint_key is not None:
+            writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
         logger.info("opened audit store %s at seq %d", path, head[0])
-        return cls(engine, path, head, max_batch)
+        return cls(engine, path, head, max_batch, writer, checkpoint_interval)
 
     async def append(self, event: AuditEvent) -> int:
         """Store ``event`` as the next record and return its seq once the commit is durable.
@@ -279,22 +253,42 @@ class SQLiteAuditStore:
         self._queue.put_nowait(_Pending(snapshot, future))
         return await future
 
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign a checkpoint now, after committing the events appended before this call.
+
+        Returns None if no record was committed since the newest checkpoint. Raises
+        AuditError if the store has no checkpoint key, is closed, or the checkpoint could
+        not be anchored or saved.
+        """
+        if self._checkpoints is None:
+            raise AuditError(
+                f"audit store {self._path} was opened without a checkpoint key; "
+                "pass checkpoint_key to open"
+            )
+        if self._closed:
+            raise AuditError(f"audit store {self._path} is closed; open it again to checkpoint")
+        future: asyncio.Future[Checkpoint | None] = self._loop.create_future()
+        self._queue.put_nowait(_CheckpointRequest(future))
+        return await future
+
     async def healthy(self) -> bool:
         """Return False after a failed commit until a later commit succeeds, or once closed.
 
         This reads no file, so a disk that failed after the last commit shows only at
-        the next append.
+        the next append. A failed checkpoint does not count: it is logged and retried.
         """
         return self._healthy and not self._closed and not self._writer.done()
 
     async def close(self) -> None:
-        """Commit the events appended before this call, stop the writer and dispose the engine."""
+        """Commit the events appended before this call, write a final checkpoint if the
+        store has a checkpoint key, stop the writer and dispose the engine."""
         if not self._closed:
             self._closed = True
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(_STOP)
         try:
             await self._writer
         finally:
+            self._cancel_tick()
             if not self._engine_disposed:
                 self._engine_disposed = True
                 await self._engine.dispose()
@@ -303,30 +297,37 @@ class SQLiteAuditStore:
     async def _run_writer(self) -> None:
         batch: list[_Pending] = []
         try:
-            stopping = False
-            while not stopping:
-                batch, stopping = await self._next_batch()
+            while True:
+                batch, control = await self._next_batch()
                 if batch:
                     await self._commit_batch(batch)
                 batch = []
+                if control is _STOP:
+                    await self._write_checkpoint_logged("at close")
+                    return
+                if control is _TICK:
+                    self._tick = None
+                    await self._write_checkpoint_logged("on interval")
+                elif isinstance(control, _CheckpointRequest):
+                    await self._answer_checkpoint_request(control)
         finally:
             # Reached with pending futures only if the task was cancelled, for example
             # when the event loop shut down without close().
             self._fail_pending(batch)
 
-    async def _next_batch(self) -> tuple[list[_Pending], bool]:
-        """Wait for one event, then take the others already queued, up to max_batch.
+    async def _next_batch(self) -> tuple[list[_Pending], _Control | None]:
+        """Wait for one item, then take the events already queued, up to max_batch.
 
-        Returns the batch and whether close() asked the writer to stop.
+        Returns the batch and the control item that ended it, if any.
         """
         batch: list[_Pending] = []
         item = await self._queue.get()
         while True:
-            if item is None:
-                return batch, True
+            if not isinstance(item, _Pending):
+                return batch, item
             batch.append(item)
             if len(batch) >= self._max_batch or self._queue.empty():
-                return batch, False
+                return batch, None
             item = self._queue.get_nowait()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
@@ -354,6 +355,63 @@ class SQLiteAuditStore:
         for offset, pending in enumerate(batch):
             if not pending.future.done():
                 pending.future.set_result(first_seq + offset)
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        """Start the checkpoint timer unless it runs or every committed record is covered."""
+        if self._checkpoints is None or self._tick is not None or self._closed:
+            return
+        if self._head_seq <= self._checkpoints.size:
+            return
+        delay = max(0.0, self._last_checkpoint_at + self._checkpoint_interval - self._loop.time())
+        self._tick = self._loop.call_later(delay, self._queue.put_nowait, _TICK)
+
+    def _cancel_tick(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+    async def _write_checkpoint(self) -> Checkpoint | None:
+        if self._checkpoints is None:
+            return None
+        if self._head_stale:
+            await self._reload_head()
+        self._last_checkpoint_at = self._loop.time()
+        try:
+            return await self._checkpoints.write(self._engine, self._head_seq, self._head_hash)
+        except SQLAlchemyError as exc:
+            message = f"cannot save a checkpoint in audit store {self._path}: {describe_error(exc)}"
+            raise AuditError(message) from exc
+
+    async def _write_checkpoint_logged(self, when: str) -> None:
+        try:
+            await self._write_checkpoint()
+        except Exception as exc:
+            # Any error, a bug included, must not stop the writer task. The records stay
+            # committed, and the next interval or close tries again.
+            logger.error(
+                "audit checkpoint %s of seq %d in %s failed: %s",
+                when,
+                self._head_seq,
+                self._path,
+                describe_error(exc),
+            )
+        self._schedule_tick()
+
+    async def _answer_checkpoint_request(self, request: _CheckpointRequest) -> None:
+        try:
+            result = await self._write_checkpoint()
+        except Exception as exc:
+            # A bug must fail this request, not stop the writer task.
+            error = exc if isinstance(exc, AuditError) else AuditError(
+                f"audit checkpoint in {self._path} failed: {describe_error(exc)}"
+            )
+            if not request.future.done():
+                request.future.set_exception(error)
+        else:
+            if not request.future.done():
+                request.future.set_result(result)
+        self._schedule_tick()
 
     def _build_rows(
         self, batch: list[_Pending]
@@ -426,8 +484,12 @@ class SQLiteAuditStore:
         pending_items = list(batch)
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if item is not None:
+            if isinstance(item, _Pending):
                 pending_items.append(item)
+            elif isinstance(item, _CheckpointRequest) and not item.future.done():
+                item.future.set_exception(
+                    AuditError(f"audit writer of {self._path} stopped; no checkpoint was written")
+                )
         for pending in pending_items:
             if not pending.future.done():
                 pending.future.set_exception(

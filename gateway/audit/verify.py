@@ -14,25 +14,47 @@ report names that record's seq and one of these faults:
   that exports filter on (time, request_id, actor, purpose, outcome, subject refs)
   was edited.
 
-NOTE: the chain hash is unkeyed, so deleting records at the end, appending forged
-records, or rebuilding the chain from an edited record to the end is not detected.
-That needs checkpoints signed or published outside the database, which this store does
-not have yet.
+Stored checkpoints (see `gateway.audit.checkpoint`) add these faults, which name the
+checkpoint:
+
+- ``checkpoint N: ...``: the note does not parse, a column differs from it, or it has
+  no valid signature of a known key.
+- ``checkpoint N signed another hash for record S``: the chain up to S was rebuilt.
+- ``log has R records but checkpoint N signed S``: records were removed from the end.
+- ``checkpoint N ... is not in anchor file PATH``: the stored note was replaced.
+
+NOTE: records appended after the newest checkpoint are verified by the chain only.
+Until the next checkpoint, which the gateway signs within its checkpoint interval
+(60 seconds by default) or at shutdown, they can be removed from the end, or edited
+with the chain rebuilt from them, without a trace. A gateway that stops without
+closing its store leaves them so until it restarts. Someone who has the checkpoint
+private key can still forge every part.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Row, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.store import audit_record, audit_subject, describe_error, open_reader_engine
+from gateway.audit.verify_checkpoints import (
+    CheckpointFault,
+    CheckpointMatcher,
+    LabelledCheckpoint,
+    check_anchor_notes,
+    check_stored_checkpoints,
+    read_stored_checkpoints,
+)
 from gateway.errors import AuditError
 
 # Rows fetched per round trip. Memory use depends on this, not on the store size.
@@ -67,12 +89,41 @@ class VerifyReport:
 
     ``records`` is the number of records that verified, which on failure are the ones
     before ``first_bad_seq``. ``reason`` names the fault, and is None when ``ok``.
+    ``checkpoints`` is the number of signed checkpoints that verified, and ``covered``
+    the size of the largest one: records after it are verified by the chain only.
     """
 
     ok: bool
     records: int
     first_bad_seq: int | None
     reason: str | None
+    checkpoints: int = 0
+    covered: int = 0
+
+    def summary(self) -> str:
+        """Describe the result in one line for people, naming what the chain alone covers."""
+        if not self.ok:
+            where = "a checkpoint"
+            if self.first_bad_seq is not None:
+                where = f"record {self.first_bad_seq}"
+            verified = _count(self.records, "record")
+            return f"broken at {where}: {self.reason} ({verified} verified before it)"
+
+        text = (
+            f"{_count(self.records, 'record')} and "
+            f"{_count(self.checkpoints, 'checkpoint')} verified"
+        )
+        if self.covered >= self.records:
+            return text
+        if self.covered + 1 == self.records:
+            tail = f"record {self.records} is"
+        else:
+            tail = f"records {self.covered + 1}-{self.records} are"
+        return f"{text}; {tail} after the newest checkpoint and verified by the hash chain only"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 class ChainVerifier:
@@ -179,37 +230,101 @@ def verify_rows(rows: Iterable[StoredRow]) -> VerifyReport:
     return verifier.report()
 
 
-async def verify_store(path: Path) -> VerifyReport:
-    """Verify the chain and the subject index of the store at ``path``.
+async def verify_store(
+    path: Path,
+    *,
+    public_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    anchors: Sequence[Path] = (),
+) -> VerifyReport:
+    """Verify the chain, the subject index and the signed checkpoints of the store at ``path``.
 
-    Opens the file read-only and streams the rows, so memory use does not grow with the
-    store. Works while a gateway is appending, and checks the records committed when
-    the read started. Raises AuditError if the file is missing or cannot be read.
+    Every stored checkpoint must be signed by a key in ``public_keys`` and match the
+    recomputed chain, and the log must be at least as long as each. Every file in
+    ``anchors`` must hold each stored checkpoint, and its own notes are checked the same
+    way. Opens the store read-only and streams the rows, so memory use grows with the
+    number of checkpoints but not of records. Works while a gateway is appending, and
+    checks the records committed when the read started.
+
+    Raises AuditError if the store or an anchor file is missing or cannot be read.
     """
     engine = open_reader_engine(path)
     try:
         async with engine.connect() as connection:
-            verifier = ChainVerifier()
-            statement = _stored_rows_query().execution_options(yield_per=_FETCH_ROWS)
-            async with connection.stream(statement) as result:
-                async for row in result:
-                    failure = verifier.check(_to_stored_row(row))
-                    if failure is not None:
-                        return failure
-
-            orphan_seq = (await connection.execute(_orphan_subject_query())).scalar()
-            if orphan_seq is not None:
-                return VerifyReport(
-                    ok=False,
-                    records=verifier.report().records,
-                    first_bad_seq=int(orphan_seq),
-                    reason=f"subject index lists record {orphan_seq}, which is not stored",
-                )
-            return verifier.report()
+            # Checkpoints are read before the records, so a checkpoint written meanwhile
+            # cannot cover records that this read does not see.
+            stored = await read_stored_checkpoints(connection)
+            checkpoints, fault = _check_checkpoints(stored, public_keys or {}, anchors)
+            if fault is not None:
+                return _checkpoint_failure(0, fault)
+            return await _verify_records(connection, CheckpointMatcher(checkpoints))
     except SQLAlchemyError as exc:
         raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
     finally:
         await engine.dispose()
+
+
+def _check_checkpoints(
+    stored_rows: Sequence[Any],
+    public_keys: Mapping[str, Ed25519PublicKey],
+    anchors: Sequence[Path],
+) -> tuple[list[LabelledCheckpoint], CheckpointFault | None]:
+    stored, fault = check_stored_checkpoints(stored_rows, public_keys)
+    if fault is not None:
+        return stored, fault
+
+    checkpoints = list(stored)
+    for anchor_path in anchors:
+        notes = read_anchor_file(anchor_path)
+        anchored, fault = check_anchor_notes(anchor_path, notes, stored, public_keys)
+        if fault is not None:
+            return checkpoints, fault
+        known = {item.checkpoint.note for item in checkpoints}
+        checkpoints.extend(item for item in anchored if item.checkpoint.note not in known)
+    return checkpoints, None
+
+
+async def _verify_records(
+    connection: AsyncConnection, matcher: CheckpointMatcher
+) -> VerifyReport:
+    verifier = ChainVerifier()
+    statement = _stored_rows_query().execution_options(yield_per=_FETCH_ROWS)
+    async with connection.stream(statement) as result:
+        async for row in result:
+            stored_row = _to_stored_row(row)
+            failure = verifier.check(stored_row)
+            if failure is not None:
+                return failure
+            fault = matcher.check_record(stored_row.seq, stored_row.hash)
+            if fault is not None:
+                return _checkpoint_failure(stored_row.seq - 1, fault)
+
+    records = verifier.report().records
+    fault = matcher.finish(records)
+    if fault is not None:
+        return _checkpoint_failure(records, fault)
+
+    orphan_seq = (await connection.execute(_orphan_subject_query())).scalar()
+    if orphan_seq is not None:
+        return VerifyReport(
+            ok=False,
+            records=records,
+            first_bad_seq=int(orphan_seq),
+            reason=f"subject index lists record {orphan_seq}, which is not stored",
+        )
+    return VerifyReport(
+        ok=True,
+        records=records,
+        first_bad_seq=None,
+        reason=None,
+        checkpoints=matcher.count,
+        covered=matcher.covered,
+    )
+
+
+def _checkpoint_failure(records: int, fault: CheckpointFault) -> VerifyReport:
+    return VerifyReport(
+        ok=False, records=records, first_bad_seq=fault.first_bad_seq, reason=fault.reason
+    )
 
 
 def _stored_rows_query() -> Select[Any]:

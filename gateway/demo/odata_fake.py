@@ -34,7 +34,7 @@ MAX_OPEN_PAGES = 1000  # paging states kept; the oldest is dropped first
 
 
 class QueryError(Exception):
-    """A read the server rejects, with the HTTP status and error code to answer."""
+    """A read the server rejects, with the HTTP status and error code to return."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -222,7 +222,7 @@ def parse_batch_request(body: bytes, boundary: str) -> list[tuple[str, str, dict
             headers[name.strip().lower()] = value.strip()
         requests.append((words[0], words[1], headers))
     if not requests:
-        raise QueryError(400, "InvalidBatch", "the batch body holds no requests")
+        raise QueryError(400, "InvalidBatch", "the batch body contains no requests")
     return requests
 
 

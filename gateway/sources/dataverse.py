@@ -10,7 +10,7 @@ so a read with a limit sends ``$top`` alone.
 
 The access token comes from an Entra ID token URL (form POST with
 ``grant_type=client_credentials``) and is cached until a minute before it
-expires. Concurrent reads share one token request, and a 401 answer
+expires. Concurrent reads share one token request, and a 401 response
 triggers one refresh and one retry.
 """
 
@@ -119,7 +119,7 @@ class DataverseSource(ODataSource):
     def page(self, body: Any, what: str) -> tuple[list[dict[str, Any]], str | None]:
         records = body.get("value") if isinstance(body, dict) else None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} "
+            raise UpstreamUnavailable(self.name, f"system {self.name!r} responded to {what} "
                                       "without a value list of records")
         next_url = body.get("@odata.nextLink")
         return records, next_url if isinstance(next_url, str) else None
@@ -163,7 +163,7 @@ class DataverseSource(ODataSource):
         body = json_body(response, self.name, what)
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise UpstreamUnavailable(self.name, f"system {self.name!r} answered the token "
+            raise UpstreamUnavailable(self.name, f"system {self.name!r} responded to the token "
                                       "request without an access_token")
         lifetime = body.get("expires_in", 3600)
         if isinstance(lifetime, str) and lifetime.isdigit():

@@ -43,7 +43,7 @@ _PATH_BYTES = 300  # margin for the host, headers and the service path in front 
 
 @dataclass(frozen=True)
 class Flavour:
-    """What differs between OData dialects in the URL and ``$batch`` they send."""
+    """The URL and ``$batch`` limits of one OData dialect."""
 
     version: Literal["4.0", "2.0"]
     max_url_bytes: int
@@ -232,7 +232,7 @@ class ODataSource(ABC):
         if answer_boundary is not None:
             parts = decode_batch(response.content, answer_boundary)
         if parts is None or len(parts) != len(chunks):
-            raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} with "
+            raise UpstreamUnavailable(self.name, f"system {self.name!r} responded to {what} with "
                                       "a body that is not a multipart batch response of "
                                       f"{len(chunks)} parts")
         rows: list[Row] = []
@@ -249,7 +249,7 @@ class ODataSource(ABC):
         seen = set()
         while next_url is not None and not _reached(rows, request.limit):
             if next_url in seen:
-                raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} "
+                raise UpstreamUnavailable(self.name, f"system {self.name!r} responded to {what} "
                                           "with a next-page link that repeats an earlier one")
             seen.add(next_url)
             response = await self.get(next_url, request, what)
@@ -266,7 +266,7 @@ def _reached(rows: list[Row], limit: int | None) -> bool:
 
 def generic_error(system: str, response: httpx.Response, what: str,
                   code: str | None) -> UpstreamError:
-    """Return the error for the statuses every OData dialect answers alike."""
+    """Return the error for the statuses that every OData dialect returns alike."""
     status = response.status_code
     detail = f" ({code})" if code else ""
     if status in (414, 431):
@@ -277,7 +277,7 @@ def generic_error(system: str, response: httpx.Response, what: str,
                                 f"{detail}); check the entity and attribute names in the "
                                 "schema and in the system's entities mapping")
     if status == 503 and "retry-after" in response.headers:
-        # Dataverse and SAP may answer an overload with 503 and a delay, like a 429.
-        return UpstreamRateLimited(system, f"system {system!r} answered HTTP 503{detail} for "
+        # Dataverse and SAP may respond to an overload with 503 and a delay, like a 429.
+        return UpstreamRateLimited(system, f"system {system!r} responded with HTTP 503{detail} to "
                                    f"{what}", retry_after(response))
     return status_error(system, what, response, code)

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.chain import GENESIS_HASH, chain_hash
+from gateway.audit.keys import CheckpointKey
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.store import SQLiteAuditStore
@@ -280,17 +282,24 @@ async def test_orphan_subject_index_row_is_detected(store_path: Path) -> None:
     assert report == failure(5, 99, "subject index lists record 99, which is not stored")
 
 
-async def test_truncated_tail_is_not_detected(store_path: Path) -> None:
-    # Known limit: without signed checkpoints a shorter chain is still a valid chain.
+async def test_truncated_tail_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    key = CheckpointKey("fonte-audit-1", Ed25519PrivateKey.generate())
+    store = await SQLiteAuditStore.open(path, checkpoint_key=key)
+    for index in range(1, 6):
+        await store.append(make_event(index))
+    await store.close()
     run_sql(
-        store_path,
+        path,
         "DELETE FROM audit_subject WHERE seq = 5",
         "DELETE FROM audit_record WHERE seq = 5",
     )
 
-    report = await verify_store(store_path)
+    report = await verify_store(path, public_keys={key.name: key.public_key()})
 
-    assert report == VerifyReport(ok=True, records=4, first_bad_seq=None, reason=None)
+    assert report == failure(
+        4, 5, "log has 4 records but checkpoint 1 signed 5; records were removed from the end"
+    )
 
 
 def make_rows(count: int) -> list[StoredRow]:

@@ -72,7 +72,7 @@ def _execute(data_dir: Path, *statements: str) -> None:
 def test_verify_intact_log(data_dir: Path) -> None:
     result = _verify(data_dir)
     assert result.exit_code == 0
-    assert _text(result.stdout) == "audit log intact: 3 records verified"
+    assert _text(result.stdout) == "audit log intact: 3 records and 1 checkpoint verified"
 
 
 def test_verify_edited_body(data_dir: Path) -> None:
@@ -86,7 +86,7 @@ def test_verify_edited_body(data_dir: Path) -> None:
 
     result = _verify(data_dir)
     assert result.exit_code == 1
-    assert "audit log BROKEN at record 2:" in _text(result.stderr)
+    assert "audit log broken at record 2:" in _text(result.stderr)
 
 
 def test_verify_deleted_record(data_dir: Path) -> None:
@@ -94,7 +94,17 @@ def test_verify_deleted_record(data_dir: Path) -> None:
              "DELETE FROM audit_record WHERE seq = 2")
     result = _verify(data_dir)
     assert result.exit_code == 1
-    assert "audit log BROKEN at record 2: record 2 missing" in _text(result.stderr)
+    assert "audit log broken at record 2: record 2 missing" in _text(result.stderr)
+
+
+def test_verify_truncated_tail(data_dir: Path) -> None:
+    # The gateway signed a checkpoint of all 3 records when it shut down.
+    _execute(data_dir, "DELETE FROM audit_subject WHERE seq = 3",
+             "DELETE FROM audit_record WHERE seq = 3")
+    result = _verify(data_dir)
+    assert result.exit_code == 1
+    assert "audit log broken at record 3: log has 2 records but checkpoint 1 signed 3" in (
+        _text(result.stderr))
 
 
 def test_verify_swapped_records(data_dir: Path) -> None:
@@ -107,7 +117,7 @@ def test_verify_swapped_records(data_dir: Path) -> None:
              "UPDATE audit_record SET seq = 2 WHERE seq = -1")
     result = _verify(data_dir)
     assert result.exit_code == 1
-    assert "audit log BROKEN at record 1:" in _text(result.stderr)
+    assert "audit log broken at record 1:" in _text(result.stderr)
 
 
 def test_verify_missing_log(tmp_path: Path) -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import start_harness
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.config import SystemSettings
 from gateway.demo.data import DemoData
+from gateway.demo.dataverse import create_dataverse_app
 from gateway.demo.launch import EXAMPLE_QUERY
+from gateway.demo.mappings import DATAVERSE_ENTITIES
 from gateway.demo.sql import load_demo_erp
+from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.sql import SqlSettings
 
@@ -20,6 +24,11 @@ ROLES = ("sales", "finance", "it")
 
 
 async def erp_settings(dialect: str, data: DemoData, scratch: Path) -> SystemSettings:
+    if dialect == "dataverse":
+        return DataverseSettings(
+            base_url="http://erp.test", token_url="http://erp.test/oauth2/v2.0/token",
+            client_id="dataverse-client", client_secret="dataverse-secret",
+            scope="http://erp.test/.default", entities=DATAVERSE_ENTITIES)
     if dialect == "odoo-json2":
         return OdooJson2Settings(base_url="http://erp.test", database="fonte_demo",
                                  api_key="test-api-key")
@@ -38,7 +47,16 @@ async def answers(dialect: str, data: DemoData, tmp_path: Path) -> dict[str, Any
     # One data dir for every dialect, so pseudonym masks use the same key.
     settings = await erp_settings(dialect, data, tmp_path / dialect)
     results = {}
-    async with start_harness(data, tmp_path / "data", erp=settings) as harness:
+    wrap_erp = _same
+    if dialect == "dataverse":
+        dataverse = create_dataverse_app(data, client_id="dataverse-client",
+                                         client_secret="dataverse-secret")
+
+        def wrap_erp(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+            return httpx.ASGITransport(app=dataverse)
+
+    async with start_harness(data, tmp_path / "data", erp=settings,
+                             wrap_erp=wrap_erp) as harness:
         for role in ROLES:
             response = await harness.query(EXAMPLE_QUERY, role=role)
             assert response.status_code == 200
@@ -46,7 +64,11 @@ async def answers(dialect: str, data: DemoData, tmp_path: Path) -> dict[str, Any
     return results
 
 
-@pytest.mark.parametrize("dialect", ["odoo-json2", "sql"])
+def _same(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+    return inner
+
+
+@pytest.mark.parametrize("dialect", ["odoo-json2", "sql", "dataverse"])
 async def test_dialect_matches_jsonrpc(dialect: str, demo_data: DemoData,
                                        tmp_path: Path) -> None:
     expected = await answers("odoo", demo_data, tmp_path)

@@ -1,0 +1,60 @@
+"""The tables of the audit store.
+
+``audit_checkpoint`` was added after the first release. `MetaData.create_all` creates it
+in an older store at the next open, and no other table changed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+audit_record = Table(
+    "audit_record",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("time", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("purpose", Text, nullable=True),
+    Column("outcome", Text, nullable=False),
+    # Canonical JSON of the event plus "seq" and "prev_hash". The other columns copy
+    # body values so that exports can filter in SQL, and verify checks that they match.
+    Column("body", Text, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    Index("ix_audit_record_actor_time", "actor", "time"),
+    Index("ix_audit_record_time", "time"),
+)
+
+audit_subject = Table(
+    "audit_subject",
+    metadata,
+    Column("seq", Integer, ForeignKey("audit_record.seq"), nullable=False),
+    Column("ref", Text, nullable=False),
+    PrimaryKeyConstraint("ref", "seq"),
+    Index("ix_audit_subject_seq", "seq"),
+)
+
+audit_checkpoint = Table(
+    "audit_checkpoint",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # The other columns copy fields of the signed note, and verify checks that they match.
+    Column("size", Integer, nullable=False),
+    Column("head_hash", Text, nullable=False),
+    Column("time", Text, nullable=False),
+    Column("key_name", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Index("ix_audit_checkpoint_size", "size"),
+)

@@ -1,0 +1,79 @@
+"""SQLite access shared by the audit store, the verifier and the export: URLs, read-only
+engines, the writer's pragmas and driver error messages."""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gateway.errors import AuditError
+
+
+def sqlite_url(path: Path) -> str:
+    """Return the SQLAlchemy URL for the SQLite file at ``path`` with the aiosqlite driver.
+
+    The path is made absolute, and characters that URLs reserve (``?``, ``#``, ``%``) are
+    quoted so that they stay part of the file name.
+    """
+    url = URL.create("sqlite+aiosqlite", database=str(path.absolute()))
+    return url.render_as_string(hide_password=False)
+
+
+def open_reader_engine(path: Path) -> AsyncEngine:
+    """Create an engine that opens the existing store at ``path`` read-only.
+
+    Raises AuditError if the file does not exist, because SQLite would otherwise create
+    an empty database and a verify or export of a mistyped path would report nothing.
+    """
+    if not path.is_file():
+        raise AuditError(f"audit store {path} not found; check the path")
+
+    uri_path = urllib.parse.quote(str(path.absolute()))
+    url = URL.create(
+        "sqlite+aiosqlite",
+        database=f"file:{uri_path}",
+        query={"mode": "ro", "uri": "true"},
+    )
+    return create_async_engine(url, hide_parameters=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    """Return SQLite's own message for a driver error, or the exception's type and text.
+
+    SQLAlchemy's wrapper text is skipped because it repeats the SQL statement. SQLite's
+    messages do not quote bound values, and the engines hide them from SQLAlchemy's text.
+    """
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def set_writer_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:
+    # WAL lets verify and export read while the gateway writes. synchronous=FULL
+    # syncs the WAL on every commit, which the durability contract of append needs.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+async def check_pragmas(connection: AsyncConnection, path: Path) -> None:
+    # Where WAL is not possible, PRAGMA journal_mode=WAL keeps the old mode without an
+    # error (SQLite documentation of PRAGMA journal_mode).
+    journal_mode = (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar()
+    synchronous = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+    if str(journal_mode).lower() != "wal":
+        raise AuditError(
+            f"audit store {path} uses journal mode {journal_mode!r}, not WAL; "
+            "put it on a local file system"
+        )
+    if synchronous != 2:
+        raise AuditError(f"audit store {path} has synchronous={synchronous!r}, expected 2 (FULL)")
