@@ -47,6 +47,8 @@ from gateway.identity import (
     load_public_key,
 )
 from gateway.masks import PseudonymKeys
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import GatewayMetrics
 from gateway.policy_reload import PolicyHolder, PolicySettings
 from gateway.policy_watch import PolicyWatchers, open_policy
 from gateway.sources import Source
@@ -79,6 +81,7 @@ class Gateway:
     policy: PolicyHolder
     lock: IO[str]
     watchers: PolicyWatchers | None = None
+    metrics: GatewayMetrics | None = None
 
     @classmethod
     async def start(cls, settings: Settings,
@@ -127,7 +130,8 @@ class Gateway:
         watchers = PolicyWatchers(policy, settings.policy) if settings.policy else None
         if watchers is not None:
             watchers.start()
-        return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers)
+        return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers,
+                   GatewayMetrics(sources))
 
     async def close(self) -> None:
         if self.watchers is not None:
@@ -181,6 +185,7 @@ def create_app(settings: Settings,
         Route("/graphql", _graphql, methods=["POST"]),
         Route("/graphql", _graphiql, methods=["GET"]),
         Route("/healthz", _health, methods=["GET"]),
+        Route("/metrics", _metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -209,16 +214,16 @@ async def _graphql(request: Request) -> Response:
         principal = gateway.verifier.verify(request.headers.get("authorization"),
                                             request.headers.get(PURPOSE_HEADER))
     except AuthenticationError as exc:
-        _log_access(request_id, None, 401, started, None)
+        _log_access(gateway, request_id, None, 401, started, None)
         return _json(401, _error_body(str(exc), "UNAUTHENTICATED"), request_id,
                      {"WWW-Authenticate": 'Bearer realm="fonte"'})
     except PurposeError as exc:
-        _log_access(request_id, None, 403, started, None)
+        _log_access(gateway, request_id, None, 403, started, None)
         return _json(403, _error_body(str(exc), "FORBIDDEN"), request_id)
 
     parsed = await _read_body(request, gateway.settings.max_body_bytes)
     if isinstance(parsed, GraphQLResponse):
-        _log_access(request_id, principal.user, parsed.status, started, None)
+        _log_access(gateway, request_id, principal.user, parsed.status, started, None)
         return _json(parsed.status, parsed.body, request_id)
 
     try:
@@ -232,7 +237,8 @@ async def _graphql(request: Request) -> Response:
         response = GraphQLResponse(500, _error_body(
             f"internal error; quote request id {request_id} to the operators",
             "INTERNAL_SERVER_ERROR"))
-    _log_access(request_id, principal.user, response.status, started, parsed.operation_name)
+    _log_access(gateway, request_id, principal.user, response.status, started,
+                parsed.operation_name)
     return _json(response.status, response.body, request_id)
 
 
@@ -304,6 +310,12 @@ async def _health(request: Request) -> Response:
                     media_type="application/json")
 
 
+async def _metrics(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    assert gateway.metrics is not None
+    return Response(gateway.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
 def _system_health(sources: Mapping[str, Source]) -> dict[str, dict[str, object]]:
     health: dict[str, dict[str, object]] = {}
     for name, source in sources.items():
@@ -312,8 +324,10 @@ def _system_health(sources: Mapping[str, Source]) -> dict[str, dict[str, object]
     return health
 
 
-def _log_access(request_id: str, user: str | None, status: int, started: float,
-                operation_name: str | None) -> None:
+def _log_access(gateway: Gateway, request_id: str, user: str | None, status: int,
+                started: float, operation_name: str | None) -> None:
+    if gateway.metrics is not None:
+        gateway.metrics.observe(status, time.perf_counter() - started)
     access_log.info("request %s user=%r status=%d operation=%r duration_ms=%.1f", request_id,
                     user or "-", status, operation_name,
                     (time.perf_counter() - started) * 1000)

@@ -34,6 +34,7 @@ MAX_URL_BYTES = 16_000
 # Record ids are 15 case-sensitive or 18 case-insensitive alphanumerics.
 # OAuth2 error codes (RFC 6749 5.2) that mean the gateway's credentials are wrong.
 _AUTH_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client"})
+_API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
                  "\b": "\\b", "\f": "\\f"}
@@ -109,6 +110,8 @@ class SalesforceSource:
         self._settings = settings
         self._client = client or httpx.AsyncClient(timeout=settings.timeout)
         self._token: tuple[str, str] | None = None  # (access token, instance URL)
+        # (used, allowed) API requests from the last Sforce-Limit-Info header.
+        self.api_usage: tuple[int, int] | None = None
         self._token_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
@@ -160,6 +163,7 @@ class SalesforceSource:
         if response.status_code == 401:
             token, instance = await self._access(refresh=True, stale=token)
             response = await self._send_query(instance + path, params, token, what)
+        self._read_usage(response)
         if response.status_code != 200:
             raise self._error(response, what)
         body = json_body(response, self.name, what)
@@ -204,6 +208,16 @@ class SalesforceSource:
                                       "request without access_token and instance_url")
         log.info("system %r: new access token obtained", self.name)
         return token, instance.rstrip("/")
+
+    def _read_usage(self, response: httpx.Response) -> None:
+        """Keep the org's API usage from ``Sforce-Limit-Info: api-usage=N/M``."""
+        match = _API_USAGE.search(response.headers.get("sforce-limit-info", ""))
+        if match is None:
+            return
+        self.api_usage = (int(match.group(1)), int(match.group(2)))
+        if self.api_usage[0] >= 0.9 * self.api_usage[1]:
+            log.warning("system %r has used %d of its %d daily API requests", self.name,
+                        *self.api_usage)
 
     def _error(self, response: httpx.Response, what: str) -> UpstreamError:
         code = _error_code(response)
