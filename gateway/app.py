@@ -62,6 +62,7 @@ from gateway.sources.odoo import (
 )
 from gateway.sources.resilience import ResiliencePolicy, ResilientSource
 from gateway.sources.salesforce import SalesforceSource
+from gateway.sources.sap import SapSettings, SapSource
 from gateway.sources.sql import SqlSettings, SqlSource
 
 PURPOSE_HEADER = "fonte-purpose"
@@ -147,6 +148,9 @@ def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
     if isinstance(spec, DataverseSettings):
         dataverse = DataverseSource(name, spec, client)
         return MappedSource(dataverse, spec.entities) if spec.entities else dataverse
+    if isinstance(spec, SapSettings):
+        sap = SapSource(name, spec, client)
+        return MappedSource(sap, spec.entities) if spec.entities else sap
     if isinstance(spec, OdooSettings):
         return OdooJsonRpcSource(name, spec, client)
     if isinstance(spec, OdooJson2Settings):

@@ -65,8 +65,8 @@ def demo(
     customers: Annotated[int, typer.Option(min=1, max=100_000,
                                            help="Number of demo customers.")] = 2000,
     erp: Annotated[str, typer.Option(
-        help="How the gateway reads the demo ERP: odoo (JSON-RPC), odoo-json2, sql or "
-        "dataverse (OData v4).")
+        help="How the gateway reads the demo ERP: odoo (JSON-RPC), odoo-json2, sql, "
+        "dataverse (OData v4) or sap (SAP OData v2).")
     ] = "odoo",
     log_level: Annotated[str, typer.Option(help="Log level of the gateway.")] = "warning",
     write_settings: Annotated[Path | None, typer.Option(

@@ -57,11 +57,12 @@ from gateway.sources.mapping import entities_from_table
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, policy_from_table
 from gateway.sources.salesforce import SalesforceSettings
+from gateway.sources.sap import SapSettings
 from gateway.sources.sql import SqlSettings
 
 SystemSettings = (SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
-                  | DataverseSettings)
-DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql", "dataverse")
+                  | DataverseSettings | SapSettings)
+DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql", "dataverse", "sap-odata-v2")
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return _odoo_json2(section, spec, base, timeout)
     if dialect == "sql":
         return _sql(section, spec, base, timeout)
+    if dialect == "sap-odata-v2":
+        return _sap(section, spec, base, timeout)
     if dialect == "dataverse":
         return DataverseSettings(
             base_url=_text(section, spec, "base_url"), token_url=_text(section, spec, "token_url"),
@@ -280,6 +283,18 @@ def _sql(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SqlS
                            schema=schema, timeout=timeout, pool_size=pool_size)
     except ConfigError as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
+
+
+def _sap(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SapSettings:
+    client = spec.get("client")
+    if client is not None and not (isinstance(client, str) and client.isdigit()):
+        raise ConfigError(f"[{section}] client = {client!r} must be the SAP client number as a "
+                          'string, such as "100"')
+    return SapSettings(
+        base_url=_text(section, spec, "base_url"), service=_text(section, spec, "service"),
+        user=_secret(section, spec, "user", base),
+        password=_secret(section, spec, "password", base), client=client, timeout=timeout,
+        entities=entities_from_table(section, spec.get("entities", {})))
 
 
 def _text(section: str, spec: dict[str, Any], name: str) -> str:

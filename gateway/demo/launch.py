@@ -24,15 +24,17 @@ from urllib.parse import quote
 
 import uvicorn
 from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.demo.data import DemoData, generate
 from gateway.demo.dataverse import create_dataverse_app
-from gateway.demo.mappings import DATAVERSE_ENTITIES
+from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES
 from gateway.demo.odoo import create_odoo_app
 from gateway.demo.salesforce import create_salesforce_app
+from gateway.demo.sap import create_sap_app
 from gateway.demo.sql import load_demo_erp
 from gateway.errors import ConfigError
 from gateway.identity import issue_token, load_or_create_signing_key
@@ -40,6 +42,7 @@ from gateway.policy import default_policy_dir, read_policy_dir
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.salesforce import SalesforceSettings
+from gateway.sources.sap import SapSettings
 from gateway.sources.sql import SqlSettings
 
 log = logging.getLogger("gateway.demo")
@@ -103,9 +106,11 @@ class _BackgroundServer(uvicorn.Server):
         yield
 
 
-ERP_DIALECTS = ("odoo", "odoo-json2", "sql", "dataverse")
+ERP_DIALECTS = ("odoo", "odoo-json2", "sql", "dataverse", "sap")
 ERP_LABELS = {"odoo": "Odoo JSON-RPC", "odoo-json2": "Odoo JSON-2", "sql": "SQL (SQLite)",
-              "dataverse": "Dataverse OData v4"}
+              "dataverse": "Dataverse OData v4", "sap": "SAP OData v2"}
+# Demo ERPs whose settings need an entity mapping that --write-settings does not write.
+_MAPPED_ERPS = ("dataverse", "sap")
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ class DemoSystems:
     crm_url: str
     erp_url: str
     crm: SalesforceSettings
-    erp: OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings
+    erp: OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings | SapSettings
     erp_dialect: str = "odoo"
     erp_database: Path | None = None
 
@@ -162,12 +167,18 @@ async def start_demo_systems(data: DemoData, erp: str = "odoo", *,
     api_key = secrets.token_hex(20)
     crm_server, crm_port = await serve_in_background(create_salesforce_app(
         data, client_id=client_id, client_secret=client_secret))
-    erp_app = (create_dataverse_app(data, client_id=client_id, client_secret=client_secret)
-               if erp == "dataverse" else create_odoo_app(data, api_key=api_key))
+    erp_app: Starlette
+    if erp == "dataverse":
+        erp_app = create_dataverse_app(data, client_id=client_id, client_secret=client_secret)
+    elif erp == "sap":
+        erp_app = create_sap_app(data, user="FONTE_COMM", password=client_secret)
+    else:
+        erp_app = create_odoo_app(data, api_key=api_key)
     erp_server, erp_port = await serve_in_background(erp_app)
     crm_url, erp_url = f"http://{LOOPBACK}:{crm_port}", f"http://{LOOPBACK}:{erp_port}"
     crm = SalesforceSettings(login_url=crm_url, client_id=client_id, client_secret=client_secret)
-    erp_settings: OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings
+    erp_settings: (OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings
+                   | SapSettings)
     database = None
     if erp == "odoo-json2":
         erp_settings = OdooJson2Settings(base_url=erp_url, database="fonte_demo",
@@ -177,6 +188,9 @@ async def start_demo_systems(data: DemoData, erp: str = "odoo", *,
             base_url=erp_url, token_url=f"{erp_url}/oauth2/v2.0/token", client_id=client_id,
             client_secret=client_secret, scope=f"{erp_url}/.default",
             entities=DATAVERSE_ENTITIES)
+    elif erp == "sap":
+        erp_settings = SapSettings(base_url=erp_url, service="API_FONTE_DEMO", user="FONTE_COMM",
+                                   password=client_secret, entities=SAP_ENTITIES)
     elif erp == "sql":
         database = await _demo_database(data, scratch)
         erp_settings = SqlSettings(url=f"sqlite+aiosqlite:///{database}")
@@ -249,9 +263,9 @@ async def run_demo(*, port: int, data_dir: Path, customers: int, erp: str = "odo
                    settings_file: Path | None = None) -> None:
     """Run the demo until interrupted; ``announce`` prints where it listens."""
     check_port_free(port)
-    if settings_file is not None and erp == "dataverse":
-        raise ConfigError("--write-settings does not write the Dataverse demo's entity "
-                          "mapping; use it with --erp odoo, odoo-json2 or sql")
+    if settings_file is not None and erp in _MAPPED_ERPS:
+        raise ConfigError(f"--write-settings does not write the {ERP_LABELS[erp]} demo's "
+                          "entity mapping; use it with --erp odoo, odoo-json2 or sql")
     data = generate(customers=customers)
     with tempfile.TemporaryDirectory(prefix="fonte-demo-erp-") as scratch:
         await _serve_demo(data, port=port, data_dir=data_dir, erp=erp, scratch=Path(scratch),
@@ -315,9 +329,9 @@ def write_serve_settings(path: Path, systems: DemoSystems) -> None:
 
 def _erp_settings_lines(systems: DemoSystems, secrets: str) -> list[str]:
     erp = systems.erp
-    if isinstance(erp, DataverseSettings):
-        raise ConfigError("--write-settings does not write the Dataverse demo's entity "
-                          "mapping; use it with --erp odoo, odoo-json2 or sql")
+    if isinstance(erp, DataverseSettings | SapSettings):
+        raise ConfigError("--write-settings does not write an entity mapping; use it with "
+                          "--erp odoo, odoo-json2 or sql")
     if isinstance(erp, SqlSettings):
         return ['dialect = "sql"', f'url = "{erp.url}"']
     if isinstance(erp, OdooJson2Settings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from gateway.demo.dataverse import DATAVERSE_SETS
 from gateway.demo.odata_fake import EntitySetSpec
+from gateway.demo.sap import SAP_SETS
 from gateway.sources.mapping import EntityMap
 
 
@@ -19,3 +20,4 @@ def entity_maps(specs: list[EntitySetSpec]) -> dict[str, EntityMap]:
 
 
 DATAVERSE_ENTITIES = entity_maps(DATAVERSE_SETS)
+SAP_ENTITIES = entity_maps(SAP_SETS)

@@ -14,16 +14,21 @@ from gateway.config import SystemSettings
 from gateway.demo.data import DemoData
 from gateway.demo.dataverse import create_dataverse_app
 from gateway.demo.launch import EXAMPLE_QUERY
-from gateway.demo.mappings import DATAVERSE_ENTITIES
+from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES
+from gateway.demo.sap import create_sap_app
 from gateway.demo.sql import load_demo_erp
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
+from gateway.sources.sap import SapSettings
 from gateway.sources.sql import SqlSettings
 
 ROLES = ("sales", "finance", "it")
 
 
 async def erp_settings(dialect: str, data: DemoData, scratch: Path) -> SystemSettings:
+    if dialect == "sap":
+        return SapSettings(base_url="http://erp.test", service="API_FONTE_DEMO", user="COMM",
+                           password="pw", entities=SAP_ENTITIES)
     if dialect == "dataverse":
         return DataverseSettings(
             base_url="http://erp.test", token_url="http://erp.test/oauth2/v2.0/token",
@@ -48,12 +53,13 @@ async def answers(dialect: str, data: DemoData, tmp_path: Path) -> dict[str, Any
     settings = await erp_settings(dialect, data, tmp_path / dialect)
     results = {}
     wrap_erp = _same
-    if dialect == "dataverse":
-        dataverse = create_dataverse_app(data, client_id="dataverse-client",
-                                         client_secret="dataverse-secret")
+    if dialect in ("dataverse", "sap"):
+        fake = (create_dataverse_app(data, client_id="dataverse-client",
+                                     client_secret="dataverse-secret")
+                if dialect == "dataverse" else create_sap_app(data, user="COMM", password="pw"))
 
         def wrap_erp(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
-            return httpx.ASGITransport(app=dataverse)
+            return httpx.ASGITransport(app=fake)
 
     async with start_harness(data, tmp_path / "data", erp=settings,
                              wrap_erp=wrap_erp) as harness:
@@ -68,7 +74,7 @@ def _same(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
     return inner
 
 
-@pytest.mark.parametrize("dialect", ["odoo-json2", "sql", "dataverse"])
+@pytest.mark.parametrize("dialect", ["odoo-json2", "sql", "dataverse", "sap"])
 async def test_dialect_matches_jsonrpc(dialect: str, demo_data: DemoData,
                                        tmp_path: Path) -> None:
     expected = await answers("odoo", demo_data, tmp_path)
