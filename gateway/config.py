@@ -219,11 +219,7 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
     dialect = spec.get("dialect")
     timeout = _number(section, "timeout", spec.get("timeout", 10.0))
     if dialect == "salesforce":
-        return SalesforceSettings(
-            login_url=_text(section, spec, "login_url"),
-            client_id=_secret(section, spec, "client_id", base),
-            client_secret=_secret(section, spec, "client_secret", base),
-            api_version=str(spec.get("api_version", "62.0")), timeout=timeout)
+        return _salesforce(section, spec, base, timeout)
     if dialect == "odoo-jsonrpc":
         return OdooSettings(
             base_url=_text(section, spec, "base_url"), database=_text(section, spec, "database"),
@@ -281,6 +277,25 @@ def _sql(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SqlS
     try:
         return SqlSettings(url=url.render_as_string(hide_password=False), tables=tables,
                            schema=schema, timeout=timeout, pool_size=pool_size)
+    except ConfigError as exc:
+        raise ConfigError(f"[{section}] {exc}") from exc
+
+
+def _salesforce(section: str, spec: dict[str, Any], base: Path,
+                timeout: float) -> SalesforceSettings:
+    for name in ("username", "audience", "auth"):
+        if name in spec and not isinstance(spec[name], str):
+            raise ConfigError(f"[{section}] {name} = {spec[name]!r} must be a string")
+    try:
+        return SalesforceSettings(
+            login_url=_text(section, spec, "login_url"),
+            client_id=_secret(section, spec, "client_id", base),
+            client_secret=read_secret(f"[{section}]", spec, "client_secret", base) or "",
+            api_version=str(spec.get("api_version", "62.0")), timeout=timeout,
+            auth=spec.get("auth", "client_credentials"),
+            username=spec.get("username"),
+            private_key_pem=read_secret(f"[{section}]", spec, "private_key", base),
+            audience=spec.get("audience"))
     except ConfigError as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
 

@@ -1,9 +1,11 @@
 """Demo Salesforce server: the REST query API over the generated CRM records.
 
 It implements the parts of the Salesforce REST API that the gateway's
-connector uses: the OAuth 2.0 client-credentials token endpoint, the list of
-API versions, ``query`` with the SOQL subset of ``gateway.demo.soql`` and
-``queryMore`` through ``nextRecordsUrl``. Errors use Salesforce's JSON array
+connector uses. These are the OAuth 2.0 token endpoint with the
+client-credentials and JWT bearer grants and the list of API versions. Data
+is read through ``query`` with the SOQL subset of ``gateway.demo.soql``,
+``queryMore`` through ``nextRecordsUrl`` and sObject Collections retrieve
+(``gateway.demo.salesforce_composite``). Errors use Salesforce's JSON array
 body ``[{"message", "errorCode", "fields"}]`` and never quote a value from the
 data. Every vendor API call is recorded in ``app.state.control``, and
 ``app.state.expire_tokens()`` invalidates all issued tokens so a test can
@@ -17,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -26,6 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +39,7 @@ from starlette.routing import Route
 
 from gateway.demo.control import DemoControl, RequestLogEntry, control_routes
 from gateway.demo.data import DemoData
+from gateway.demo.salesforce_composite import CollectionError, parse_retrieve, retrieve
 from gateway.demo.sobjects import QueryResult, SObjectStore
 from gateway.demo.soql import SoqlError, parse
 
@@ -47,6 +54,11 @@ _ORG_ID = "00D5g000004DemoEAA"
 _INTEGRATION_USER_ID = "0055g00000DemoIAAS"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BATCH_SIZE_OPTION = re.compile(r"(?:^|[;,\s])batchSize=(\d+)", re.IGNORECASE)
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+JWT_MAX_LIFETIME = 180  # seconds, because Salesforce requires an exp within 3 minutes
+_JWT_LEEWAY = 10  # seconds of clock difference allowed on exp
+# Audiences Salesforce accepts besides the server's own URL.
+_SALESFORCE_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
 _FAULT_ERROR_CODES = {401: "INVALID_SESSION_ID", 403: "REQUEST_LIMIT_EXCEEDED", 404: "NOT_FOUND",
                       503: "SERVER_UNAVAILABLE"}
 
@@ -59,6 +71,22 @@ class _Outcome:
     entity: str | None = None
     keys: int = 0
     fields: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class JwtBearerSettings:
+    """The connected app certificate and user that the JWT bearer grant accepts.
+
+    ``public_key_pem`` is the PEM public key of the connected app's
+    certificate. The assertion's ``iss`` must be the app's client id and
+    ``sub`` must be ``username``. ``audience`` replaces the accepted
+    audiences (by default the server's own URL, login.salesforce.com and
+    test.salesforce.com).
+    """
+
+    public_key_pem: str
+    username: str
+    audience: str | None = None
 
 
 @dataclass
@@ -79,6 +107,20 @@ def _oauth_error(error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status_code=400)
 
 
+def _sent_fields(body: Any) -> list[str] | None:
+    """Return a retrieve body's fields as the client wrote them, for the request log."""
+    fields = body.get("fields") if isinstance(body, dict) else None
+    return [str(name) for name in fields] if isinstance(fields, list) else None
+
+
+def _public_key(pem: str) -> RSAPublicKey:
+    key = serialization.load_pem_public_key(pem.encode())
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError(f"jwt_bearer.public_key_pem is a {type(key).__name__}; the JWT bearer "
+                         "grant verifies RS256 signatures and needs an RSA public key")
+    return key
+
+
 def _release_label(version: int) -> str:
     # v59.0 is Winter '24, and each later version is the next of three releases a year.
     steps = version - 59
@@ -88,10 +130,12 @@ def _release_label(version: int) -> str:
 
 class _SalesforceServer:
     def __init__(self, data: DemoData, *, client_id: str, client_secret: str, api_version: str,
-                 page_size: int, token_ttl: float) -> None:
+                 page_size: int, token_ttl: float, jwt_bearer: JwtBearerSettings | None) -> None:
         self.store = SObjectStore(data.crm)
         self.client_id = client_id
         self.client_secret = client_secret
+        self.jwt_bearer = jwt_bearer
+        self.jwt_key = None if jwt_bearer is None else _public_key(jwt_bearer.public_key_pem)
         major = int(api_version.split(".")[0])
         self.versions = [f"{number}.0" for number in range(min(_OLDEST_VERSION, major), major + 1)]
         self.page_size = page_size
@@ -167,9 +211,20 @@ class _SalesforceServer:
     async def token(self, request: Request) -> _Outcome:
         body = (await request.body()).decode("utf-8", errors="replace")
         form = {key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()}
-        if form.get("grant_type") != "client_credentials":
+        grant_type = form.get("grant_type")
+        instance_url = f"{request.url.scheme}://{request.url.netloc}"
+        if grant_type == "client_credentials":
+            rejected = self.check_client_credentials(request, form)
+        elif grant_type == JWT_BEARER_GRANT and self.jwt_key is not None:
+            rejected = self.check_assertion(form.get("assertion", ""), instance_url)
+        else:
             return _Outcome(_oauth_error("unsupported_grant_type", "grant type not supported"))
+        if rejected is not None:
+            return _Outcome(rejected)
+        return _Outcome(JSONResponse(self.issue_token(instance_url, grant_type)))
 
+    def check_client_credentials(self, request: Request,
+                                 form: dict[str, str]) -> JSONResponse | None:
         client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
         authorization = request.headers.get("authorization", "")
         if authorization.lower().startswith("basic "):
@@ -180,27 +235,55 @@ class _SalesforceServer:
             client_id, _, client_secret = decoded.partition(":")
         valid = (hmac.compare_digest(client_id.encode(), self.client_id.encode())
                  and hmac.compare_digest(client_secret.encode(), self.client_secret.encode()))
-        if not valid:
-            return _Outcome(_oauth_error("invalid_client", "invalid client credentials"))
+        return None if valid else _oauth_error("invalid_client", "invalid client credentials")
 
+    def check_assertion(self, assertion: str, instance_url: str) -> JSONResponse | None:
+        """Verify a JWT bearer assertion (RFC 7523) as Salesforce does.
+
+        NOTE: "expired authorization code" and "audience is invalid" are
+        descriptions Salesforce is reported to return. The others are this
+        server's wording, chosen to contain the word the dialect looks for.
+        """
+        assert self.jwt_bearer is not None and self.jwt_key is not None
+        audiences = ([self.jwt_bearer.audience] if self.jwt_bearer.audience
+                     else [instance_url, *_SALESFORCE_AUDIENCES])
+        try:
+            claims = jwt.decode(assertion, self.jwt_key, algorithms=["RS256"],
+                                audience=audiences, leeway=_JWT_LEEWAY,
+                                options={"require": ["iss", "sub", "aud", "exp"]})
+        except jwt.ExpiredSignatureError:
+            return _oauth_error("invalid_grant", "expired authorization code")
+        except jwt.InvalidAudienceError:
+            return _oauth_error("invalid_grant", "audience is invalid")
+        except jwt.InvalidTokenError:
+            return _oauth_error("invalid_grant", "invalid assertion")
+        if claims["exp"] > time.time() + JWT_MAX_LIFETIME + _JWT_LEEWAY:
+            return _oauth_error("invalid_grant",
+                                "invalid assertion: exp is more than 3 minutes ahead")
+        if not hmac.compare_digest(str(claims["iss"]).encode(), self.client_id.encode()):
+            return _oauth_error("invalid_grant", "client identifier invalid")
+        if not hmac.compare_digest(str(claims["sub"]).encode(),
+                                   self.jwt_bearer.username.encode()):
+            return _oauth_error("invalid_grant", "user hasn't approved this consumer")
+        return None
+
+    def issue_token(self, instance_url: str, grant_type: str | None) -> dict[str, str]:
         now = time.monotonic()
         self.tokens = {token: deadline for token, deadline in self.tokens.items()
                        if deadline > now}
         access_token = f"{_ORG_ID[:15]}!{secrets.token_urlsafe(48)}"
         self.tokens[access_token] = now + self.token_ttl
-        instance_url = f"{request.url.scheme}://{request.url.netloc}"
         identity_url = f"{instance_url}/id/{_ORG_ID}/{_INTEGRATION_USER_ID}"
+        body = {"access_token": access_token, "instance_url": instance_url,
+                "id": identity_url, "token_type": "Bearer"}
+        if grant_type == JWT_BEARER_GRANT:
+            # Salesforce returns a scope and no signature for the JWT bearer grant.
+            return {**body, "scope": "api"}
         issued_at = str(int(time.time() * 1000))
         digest = hmac.new(self.client_secret.encode(), (identity_url + issued_at).encode(),
                           hashlib.sha256).digest()
-        return _Outcome(JSONResponse({
-            "access_token": access_token,
-            "instance_url": instance_url,
-            "id": identity_url,
-            "token_type": "Bearer",
-            "issued_at": issued_at,
-            "signature": base64.b64encode(digest).decode(),
-        }))
+        return {**body, "issued_at": issued_at,
+                "signature": base64.b64encode(digest).decode()}
 
     # --- REST data API -------------------------------------------------------------------
 
@@ -237,6 +320,26 @@ class _SalesforceServer:
         locator = _Locator(result.sobject, written_fields, records, self.batch_size(request))
         response = self.page(locator, 0, version, result.total_size)
         return _Outcome(response, entity=result.sobject, keys=keys, fields=written_fields)
+
+    async def retrieve_collection(self, request: Request) -> _Outcome:
+        rejected = self.check_session(request) or self.check_version(request)
+        if rejected is not None:
+            return _Outcome(rejected)
+        type_name = request.path_params["sobject"]
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        try:
+            parsed = parse_retrieve(self.store, type_name, body)
+        except CollectionError as error:
+            ids = body.get("ids") if isinstance(body, dict) else None
+            return _Outcome(salesforce_error(error.status, error.error_code, error.message),
+                            entity=type_name, keys=len(ids) if isinstance(ids, list) else 0,
+                            fields=_sent_fields(body))
+        records = retrieve(self.store, parsed, request.path_params["version"])
+        return _Outcome(JSONResponse(records), entity=parsed.sobject, keys=len(parsed.ids),
+                        fields=_sent_fields(body))
 
     async def query_more(self, request: Request) -> _Outcome:
         rejected = self.check_session(request) or self.check_version(request)
@@ -290,18 +393,21 @@ class _SalesforceServer:
 
 def create_salesforce_app(data: DemoData, *, client_id: str, client_secret: str,
                           api_version: str = "62.0", page_size: int = 2000,
-                          token_ttl: float = 7200.0) -> Starlette:
+                          token_ttl: float = 7200.0,
+                          jwt_bearer: JwtBearerSettings | None = None) -> Starlette:
     """Build the demo Salesforce server over ``data.crm``.
 
     ``page_size`` is the batch size when a query sends no ``Sforce-Query-Options``
-    header. Tokens expire ``token_ttl`` seconds after they are issued.
+    header. Tokens expire ``token_ttl`` seconds after they are issued. The
+    JWT bearer grant is accepted only when ``jwt_bearer`` is given.
     """
     if not re.fullmatch(r"\d+\.0", api_version):
         raise ValueError(f"api_version {api_version!r} is invalid. Use a form like '62.0'.")
     if page_size < 1:
         raise ValueError(f"page_size {page_size} is invalid. Use a positive number of records.")
     server = _SalesforceServer(data, client_id=client_id, client_secret=client_secret,
-                               api_version=api_version, page_size=page_size, token_ttl=token_ttl)
+                               api_version=api_version, page_size=page_size, token_ttl=token_ttl,
+                               jwt_bearer=jwt_bearer)
     vendor = server.vendor_route
     query = vendor(server.query, counts_usage=True)
     routes = [
@@ -314,6 +420,8 @@ def create_salesforce_app(data: DemoData, *, client_id: str, client_secret: str,
         Route("/services/data/{version}/query/", query),
         Route("/services/data/{version}/query/{locator}",
               vendor(server.query_more, counts_usage=True)),
+        Route("/services/data/{version}/composite/sobjects/{sobject}",
+              vendor(server.retrieve_collection, counts_usage=True), methods=["POST"]),
         *control_routes(server.control),
     ]
     app = Starlette(routes=routes)

@@ -1,10 +1,16 @@
-"""Salesforce REST dialect: SOQL queries with OAuth2 client credentials.
+"""Salesforce REST dialect: SOQL queries and sObject Collections retrieve.
 
-Reads go to ``GET /services/data/vNN.N/query?q=SOQL`` and follow
-``nextRecordsUrl`` until ``done``. Keys travel in ``WHERE field IN (...)``
-lists, split so no request URL passes 16,000 bytes (Salesforce rejects URI
-plus headers above 16,384 bytes with 414/431). The access token is cached;
-an ``INVALID_SESSION_ID`` answer triggers one refresh and one retry.
+Plain lookups by record id (``match`` is ``Id`` and nothing else narrows or
+orders the request) go to ``POST /services/data/vNN.N/composite/sobjects/{Type}``
+with at most 2,000 ids per request. Every other read goes to
+``GET /services/data/vNN.N/query?q=SOQL`` and follows ``nextRecordsUrl``
+until ``done``. There keys travel in ``WHERE field IN (...)`` lists, split so
+no request URL passes 16,000 bytes (Salesforce rejects URI plus headers above
+16,384 bytes with 414/431).
+
+The gateway signs in with the OAuth2 client-credentials flow or the JWT
+bearer flow (RFC 7523). The access token is cached, and an
+``INVALID_SESSION_ID`` response triggers one new token and one retry.
 """
 
 from __future__ import annotations
@@ -12,14 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, replace
-from typing import Any
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from gateway.catalog import Condition
 from gateway.errors import (
+    ConfigError,
     UpstreamAuthFailed,
     UpstreamError,
     UpstreamRejected,
@@ -31,24 +43,117 @@ from gateway.sources.http import json_body, send, status_error
 log = logging.getLogger("gateway.upstream")
 
 MAX_URL_BYTES = 16_000
-# Record ids are 15 case-sensitive or 18 case-insensitive alphanumerics.
-# OAuth2 error codes (RFC 6749 5.2) that mean the gateway's credentials are wrong.
-_AUTH_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client"})
+COLLECTION_MAX_IDS = 2_000
+"""Maximum ids per sObject Collections retrieve request, as Salesforce documents it."""
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+JWT_LIFETIME_SECONDS = 180
+"""Seconds from now to the assertion's ``exp``. Salesforce requires at most 3 minutes."""
+AuthFlow = Literal["client_credentials", "jwt_bearer"]
+_AUTH_FLOWS = ("client_credentials", "jwt_bearer")
+_JWT_ONLY_SETTINGS = ("username", "private_key_pem", "audience")
+# OAuth2 error codes (RFC 6749 5.2, plus Salesforce's invalid_client_id for an
+# unknown consumer key) that mean the gateway's credentials are wrong.
+_AUTH_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client",
+                          "invalid_client_id"})
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+# Record ids are 15 case-sensitive or 18 case-insensitive alphanumerics.
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
                  "\b": "\\b", "\f": "\\f"}
 
 
+# Words of Salesforce's invalid_grant descriptions for the JWT bearer flow,
+# and the setting each points to. The first match wins. An assertion with a
+# bad signature gets "invalid assertion" and so the fallback hint.
+_JWT_REJECTION_HINTS = (
+    ("audience", "audience setting (Salesforce accepts https://login.salesforce.com, "
+                 "https://test.salesforce.com or an Experience Cloud site URL)"),
+    ("exp", "gateway host's clock, because the assertion's exp claim was out of range"),
+    ("client", "client_id setting against the connected app's consumer key"),
+    ("user", "username setting and that the user is pre-authorized for the connected app"),
+)
+_JWT_FALLBACK_HINT = ("private_key_file or private_key_env setting against the certificate "
+                      "uploaded to the connected app")
+
+
 @dataclass(frozen=True)
 class SalesforceSettings:
-    """Connection settings of one Salesforce org."""
+    """Connection settings of one Salesforce org.
+
+    ``auth`` picks the OAuth2 flow. ``client_credentials`` needs
+    ``client_secret``. ``jwt_bearer`` needs ``username`` and
+    ``private_key_pem`` (an unencrypted RSA key in PEM form) and signs the
+    assertion for ``audience``, which defaults to ``login_url``. A My Domain
+    login URL is no valid audience for Salesforce, so such an org needs
+    ``audience = "https://login.salesforce.com"`` (or test.salesforce.com
+    for a sandbox). ``__post_init__`` raises ``ConfigError`` naming the
+    setting when a combination is invalid.
+    """
 
     login_url: str
     client_id: str
-    client_secret: str
+    client_secret: str = field(default="", repr=False)
     api_version: str = "62.0"
     timeout: float = 10.0
+    auth: AuthFlow = "client_credentials"
+    username: str | None = None
+    private_key_pem: str | None = field(default=None, repr=False)
+    audience: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.auth not in _AUTH_FLOWS:
+            raise ConfigError(f"auth = {self.auth!r} is not supported; use "
+                              "\"client_credentials\" or \"jwt_bearer\"")
+        if self.auth == "client_credentials":
+            self._check_client_credentials()
+        else:
+            self._check_jwt_bearer()
+
+    def _check_client_credentials(self) -> None:
+        if not self.client_secret:
+            raise ConfigError("client_secret is missing; auth = \"client_credentials\" needs "
+                              "the connected app's consumer secret")
+        for name in _JWT_ONLY_SETTINGS:
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{name} is only used with auth = \"jwt_bearer\"; remove it "
+                                  "or set auth = \"jwt_bearer\"")
+
+    def _check_jwt_bearer(self) -> None:
+        if self.client_secret:
+            raise ConfigError("client_secret is not used with auth = \"jwt_bearer\", which "
+                              "signs with the private key instead; remove it")
+        if not self.username:
+            raise ConfigError("username is missing; auth = \"jwt_bearer\" needs the username "
+                              "of the Salesforce user the gateway reads as")
+        if not self.private_key_pem:
+            raise ConfigError("private_key_pem is missing; auth = \"jwt_bearer\" needs the "
+                              "connected app's RSA private key (private_key_file or "
+                              "private_key_env in the settings file)")
+        load_private_key(self.private_key_pem)
+        if self.audience is not None and not self.audience.startswith(("https://", "http://")):
+            raise ConfigError(f"audience = {self.audience!r} is not a URL; set it to "
+                              "https://login.salesforce.com or https://test.salesforce.com")
+
+    @property
+    def jwt_audience(self) -> str:
+        """The ``aud`` claim of a JWT bearer assertion."""
+        return (self.audience or self.login_url).rstrip("/")
+
+
+def load_private_key(pem: str) -> RSAPrivateKey:
+    """Parse an unencrypted RSA private key in PEM form, or raise ``ConfigError``."""
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # TypeError: the key is encrypted. The message never quotes the key.
+        raise ConfigError("private_key_pem is not an unencrypted PEM private key; set "
+                          "private_key_file or private_key_env to the key whose certificate "
+                          "the connected app holds, decrypted "
+                          "(openssl pkey -in KEY -out PLAIN)") from exc
+    if not isinstance(key, RSAPrivateKey):
+        raise ConfigError(f"private_key_pem is a {type(key).__name__}, but Salesforce's JWT "
+                          "bearer flow signs with RS256 and needs an RSA private key")
+    return key
 
 
 def soql_literal(value: str | int | bool) -> str:
@@ -109,6 +214,8 @@ class SalesforceSource:
         self.name = name
         self._settings = settings
         self._client = client or httpx.AsyncClient(timeout=settings.timeout)
+        self._signing_key = (load_private_key(settings.private_key_pem)
+                             if settings.private_key_pem else None)
         self._token: tuple[str, str] | None = None  # (access token, instance URL)
         # (used, allowed) API requests from the last Sforce-Limit-Info header.
         self.api_usage: tuple[int, int] | None = None
@@ -121,9 +228,49 @@ class SalesforceSource:
         request = _drop_malformed_ids(request)
         if not request.visible or (request.match is not None and not request.keys):
             return []
+        if is_plain_id_lookup(request):
+            return await self._retrieve(request)
         chunks = self._chunks(request)
         pages = await asyncio.gather(*(self._query(request, chunk) for chunk in chunks))
         return [row for page in pages for row in page]
+
+    # --- sObject Collections retrieve ----------------------------------------------------
+
+    async def _retrieve(self, request: FetchRequest) -> list[Row]:
+        """Read records by id, 2,000 ids per request, in the order of ``request.keys``."""
+        ids = list(dict.fromkeys(str(key) for key in request.keys))
+        chunks = [ids[start:start + COLLECTION_MAX_IDS]
+                  for start in range(0, len(ids), COLLECTION_MAX_IDS)]
+        pages = await asyncio.gather(*(self._retrieve_chunk(request, chunk)
+                                       for chunk in chunks))
+        rows: list[Row] = []
+        seen: set[str] = set()
+        for record in (record for page in pages for record in page):
+            # A 15- and an 18-character form of one id return the same record twice.
+            url = record.get("attributes", {}).get("url")
+            if isinstance(url, str) and url in seen:
+                continue
+            if isinstance(url, str):
+                seen.add(url)
+            rows.append(_row(record))
+        return rows
+
+    async def _retrieve_chunk(self, request: FetchRequest,
+                              ids: list[str]) -> list[dict[str, Any]]:
+        what = f"{request.entity} retrieve of {len(ids)} ids"
+        path = (f"/services/data/v{self._settings.api_version}/composite/sobjects/"
+                f"{quote(request.entity, safe='')}")
+        body = await self._call("POST", path, what,
+                                json={"ids": ids, "fields": list(request.attributes)})
+        if (not isinstance(body, list) or len(body) != len(ids)
+                or not all(record is None or isinstance(record, dict) for record in body)):
+            raise UpstreamUnavailable(self.name, f"system {self.name!r} returned an unexpected "
+                                      f"JSON shape for {what}: expected one record or null "
+                                      "per id")
+        # Salesforce returns null for an id that does not exist or that the user cannot read.
+        return [record for record in body if record is not None]
+
+    # --- SOQL query ----------------------------------------------------------------------
 
     def _chunks(self, request: FetchRequest) -> list[tuple[str | int, ...]]:
         if request.match is None:
@@ -158,25 +305,31 @@ class SalesforceSource:
         return rows
 
     async def _get(self, path: str, params: dict[str, str] | None, what: str) -> dict[str, Any]:
-        token, instance = await self._access(refresh=False)
-        response = await self._send_query(instance + path, params, token, what)
-        if response.status_code == 401:
-            token, instance = await self._access(refresh=True, stale=token)
-            response = await self._send_query(instance + path, params, token, what)
-        self._read_usage(response)
-        if response.status_code != 200:
-            raise self._error(response, what)
-        body = json_body(response, self.name, what)
+        body = await self._call("GET", path, what, params=params)
         if not isinstance(body, dict) or not isinstance(body.get("records", []), list):
             raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} with "
                                       "an unexpected JSON shape")
         return body
 
-    async def _send_query(self, url: str, params: dict[str, str] | None, token: str,
-                          what: str) -> httpx.Response:
-        return await send(self._client, self.name, what, "GET", url, params=params,
+    # --- requests and tokens -------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        """Send one data API request, and resend it once with a new token after a 401."""
+        token, instance = await self._access(refresh=False)
+        response = await self._send_data(method, instance + path, token, what, **kwargs)
+        if response.status_code == 401:
+            token, instance = await self._access(refresh=True, stale=token)
+            response = await self._send_data(method, instance + path, token, what, **kwargs)
+        self._read_usage(response)
+        if response.status_code != 200:
+            raise self._error(response, what)
+        return json_body(response, self.name, what)
+
+    async def _send_data(self, method: str, url: str, token: str, what: str,
+                         **kwargs: Any) -> httpx.Response:
+        return await send(self._client, self.name, what, method, url,
                           headers={"Authorization": f"Bearer {token}",
-                                   "Accept": "application/json"})
+                                   "Accept": "application/json"}, **kwargs)
 
     async def _access(self, *, refresh: bool, stale: str | None = None) -> tuple[str, str]:
         async with self._token_lock:
@@ -189,17 +342,15 @@ class SalesforceSource:
     async def _request_token(self) -> tuple[str, str]:
         what = "OAuth2 token request"
         url = self._settings.login_url.rstrip("/") + "/services/oauth2/token"
-        response = await send(self._client, self.name, what, "POST", url, data={
-            "grant_type": "client_credentials", "client_id": self._settings.client_id,
-            "client_secret": self._settings.client_secret,
-        })
+        response = await send(self._client, self.name, what, "POST", url,
+                              data=self._grant_form())
         if response.status_code != 200:
             body = json_body(response, self.name, what) if response.content else {}
             code = body.get("error") if isinstance(body, dict) else None
             if response.status_code in (400, 401) and code in _AUTH_ERRORS:
-                raise UpstreamAuthFailed(self.name, f"system {self.name!r} rejected the "
-                                         f"gateway's OAuth2 client credentials ({code}); check "
-                                         "its client_id and client_secret settings")
+                description = body.get("error_description") if isinstance(body, dict) else None
+                raise UpstreamAuthFailed(self.name, self._rejection_message(
+                    str(code), description if isinstance(description, str) else ""))
             raise status_error(self.name, what, response, str(code) if code else None)
         body = json_body(response, self.name, what)
         token, instance = body.get("access_token"), body.get("instance_url")
@@ -208,6 +359,29 @@ class SalesforceSource:
                                       "request without access_token and instance_url")
         log.info("system %r: new access token obtained", self.name)
         return token, instance.rstrip("/")
+
+    def _grant_form(self) -> dict[str, str]:
+        settings = self._settings
+        if self._signing_key is None:
+            return {"grant_type": "client_credentials", "client_id": settings.client_id,
+                    "client_secret": settings.client_secret}
+        assert settings.username is not None  # checked by SalesforceSettings
+        claims = {"iss": settings.client_id, "sub": settings.username,
+                  "aud": settings.jwt_audience,
+                  "exp": int(time.time()) + JWT_LIFETIME_SECONDS}
+        assertion = jwt.encode(claims, self._signing_key, algorithm="RS256")
+        return {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+
+    def _rejection_message(self, code: str, description: str) -> str:
+        """Build the message naming the settings to check, without the vendor's description."""
+        if self._signing_key is None:
+            return (f"system {self.name!r} rejected the gateway's OAuth2 client credentials "
+                    f"({code}); check its client_id and client_secret settings")
+        lowered = description.lower()
+        hint = next((hint for word, hint in _JWT_REJECTION_HINTS if word in lowered),
+                    _JWT_FALLBACK_HINT)
+        return (f"system {self.name!r} rejected the gateway's JWT bearer assertion ({code}); "
+                f"check its {hint}")
 
     def _read_usage(self, response: httpx.Response) -> None:
         """Keep the org's API usage from ``Sforce-Limit-Info: api-usage=N/M``."""
@@ -228,6 +402,13 @@ class SalesforceSource:
             return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} ({code}); "
                                     "check the schema declaration's attribute names")
         return status_error(self.name, what, response, code)
+
+
+def is_plain_id_lookup(request: FetchRequest) -> bool:
+    """Return whether ``request`` only reads records by id, so Collections retrieve serves it."""
+    return (request.match == "Id" and not request.where and not request.any_of
+            and request.after is None and request.search is None and not request.order
+            and request.limit is None)
 
 
 def _is_id_attribute(name: str) -> bool:

@@ -552,6 +552,112 @@ def test_invalid_app_settings(data: DemoData) -> None:
         create_salesforce_app(data, client_id="a", client_secret="b", page_size=0)
 
 
+# --- sObject Collections retrieve ----------------------------------------------------------
+
+
+RETRIEVE_PATH = "/services/data/v62.0/composite/sobjects/"
+
+
+async def retrieve(client: httpx.AsyncClient, headers: dict[str, str], sobject: str,
+                   body: Any) -> httpx.Response:
+    return await client.post(RETRIEVE_PATH + sobject, json=body, headers=headers)
+
+
+async def test_retrieve_in_id_order_with_nulls(client: httpx.AsyncClient,
+                                               headers: dict[str, str], data: DemoData) -> None:
+    first, second = data.crm["Account"][:2]
+    unknown = "001000000000000AAA"
+    contact = data.crm["Contact"][0]["Id"]  # exists, but is no Account
+
+    response = await retrieve(client, headers, "Account", {
+        "ids": [second["Id"], unknown, first["Id"], contact, "bad"], "fields": ["id", "NAME"]})
+
+    assert response.status_code == 200
+    assert response.json() == [
+        {"attributes": {"type": "Account",
+                        "url": f"/services/data/v62.0/sobjects/Account/{second['Id']}"},
+         "Id": second["Id"], "Name": second["Name"]},
+        None,
+        {"attributes": {"type": "Account",
+                        "url": f"/services/data/v62.0/sobjects/Account/{first['Id']}"},
+         "Id": first["Id"], "Name": first["Name"]},
+        None,
+        None,
+    ]
+
+
+async def test_retrieve_fifteen_character_id(client: httpx.AsyncClient,
+                                             headers: dict[str, str], data: DemoData) -> None:
+    account_id = data.crm["Account"][0]["Id"]
+
+    response = await retrieve(client, headers, "account",
+                              {"ids": [account_id[:15]], "fields": ["Id"]})
+
+    assert response.status_code == 200
+    assert [record["Id"] for record in response.json()] == [account_id]
+
+
+@pytest.mark.parametrize(("sobject", "body", "status", "error_code"), [
+    ("Account", {"ids": ["001000000000000AAA"], "fields": ["Id", "Nope__c"]}, 400,
+     "INVALID_FIELD"),
+    ("Account", {"ids": ["001000000000000AAA"], "fields": ["Owner.Name"]}, 400,
+     "INVALID_FIELD"),
+    ("Account", {"ids": [], "fields": ["Id"]}, 400, "INVALID_FIELD"),
+    ("Account", {"ids": ["001000000000000AAA"]}, 400, "INVALID_FIELD"),
+    ("Account", ["001000000000000AAA"], 400, "JSON_PARSER_ERROR"),
+    ("Account", {"ids": ["001000000000000AAA"] * 2001, "fields": ["Id"]}, 400,
+     "LIMIT_EXCEEDED"),
+    ("Nope__c", {"ids": ["001000000000000AAA"], "fields": ["Id"]}, 404, "NOT_FOUND"),
+])
+async def test_retrieve_rejects(client: httpx.AsyncClient, headers: dict[str, str],
+                                sobject: str, body: Any, status: int, error_code: str) -> None:
+    response = await retrieve(client, headers, sobject, body)
+
+    assert response.status_code == status
+    assert response.json()[0]["errorCode"] == error_code
+
+
+async def test_retrieve_two_thousand_ids(client: httpx.AsyncClient,
+                                         headers: dict[str, str]) -> None:
+    response = await retrieve(client, headers, "Account",
+                              {"ids": ["001000000000000AAA"] * 2000, "fields": ["Id"]})
+
+    assert response.status_code == 200
+    assert response.json() == [None] * 2000
+
+
+async def test_retrieve_needs_session(client: httpx.AsyncClient) -> None:
+    response = await retrieve(client, {"Authorization": "Bearer expired"}, "Account",
+                              {"ids": ["001000000000000AAA"], "fields": ["Id"]})
+
+    assert response.status_code == 401
+    assert response.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+
+
+async def test_retrieve_injected_fault(client: httpx.AsyncClient,
+                                       headers: dict[str, str]) -> None:
+    await client.put("/__fonte/fault", json={"status": 503, "delay": 0})
+
+    response = await retrieve(client, headers, "Account",
+                              {"ids": ["001000000000000AAA"], "fields": ["Id"]})
+
+    assert response.status_code == 503
+    assert response.json()[0]["errorCode"] == "SERVER_UNAVAILABLE"
+
+
+async def test_retrieve_request_log(client: httpx.AsyncClient, headers: dict[str, str],
+                                    app: Starlette, data: DemoData) -> None:
+    account_ids = [a["Id"] for a in data.crm["Account"][:3]]
+    await retrieve(client, headers, "Account", {"ids": account_ids, "fields": ["id", "Name"]})
+    await retrieve(client, headers, "Account", {"ids": account_ids, "fields": ["Nope__c"]})
+
+    entries = [e for e in app.state.control.log if e.path.startswith(RETRIEVE_PATH)]
+    assert [(e.method, e.entity, e.keys, e.fields, e.status, e.filter) for e in entries] == [
+        ("POST", "Account", 3, ["id", "Name"], 200, None),
+        ("POST", "Account", 3, ["Nope__c"], 400, None),
+    ]
+
+
 # --- simple-salesforce over loopback HTTP --------------------------------------------------
 
 

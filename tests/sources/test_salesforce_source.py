@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -10,6 +12,7 @@ from starlette.applications import Starlette
 
 from gateway.catalog import Condition
 from gateway.demo.data import DemoData
+from gateway.demo.identifiers import case_safe_id
 from gateway.demo.salesforce import create_salesforce_app
 from gateway.errors import (
     UpstreamAuthFailed,
@@ -24,11 +27,13 @@ from gateway.sources.salesforce import (
     SalesforceSettings,
     SalesforceSource,
     build_soql,
+    is_plain_id_lookup,
     like_pattern,
     soql_literal,
 )
 
 SETTINGS = SalesforceSettings(login_url="http://crm.test", client_id="id", client_secret="s")
+RETRIEVE_ACCOUNT = "/services/data/v62.0/composite/sobjects/Account"
 
 
 def source_for(app: Starlette) -> SalesforceSource:
@@ -80,16 +85,16 @@ async def test_fetch_by_ids_returns_rows(crm: Starlette, demo_data: DemoData) ->
 
 
 async def test_many_keys_split_below_url_limit(crm: Starlette, demo_data: DemoData) -> None:
-    ids = tuple(c["Id"] for c in demo_data.crm["Contact"])
-    keys = (ids * 10)[:5000]
-    request = FetchRequest(entity="Contact", attributes=("Id",), match="Id", keys=keys)
+    account_ids = tuple(a["Id"] for a in demo_data.crm["Account"])
+    keys = (account_ids * (5000 // len(account_ids) + 1))[:5000]
+    request = FetchRequest(entity="Contact", attributes=("Id",), match="AccountId", keys=keys)
 
     rows = await source_for(crm).fetch(request)
 
     queries = [e for e in crm.state.control.log if e.entity == "Contact"]
-    assert len({row["Id"] for row in rows}) == len(set(keys))
+    assert {row["Id"] for row in rows} == {c["Id"] for c in demo_data.crm["Contact"]}
     assert len(queries) > 1
-    assert all(e.status == 200 for e in queries)
+    assert all(e.status == 200 and e.method == "GET" for e in queries)
     assert sum(e.keys for e in queries) == 5000
     assert MAX_URL_BYTES < 16_384
 
@@ -113,24 +118,35 @@ async def test_expired_session_refreshed_once(crm: Starlette, demo_data: DemoDat
 
     rows = await source.fetch(request)
 
-    tokens = [p for p in api_calls(crm) if p.endswith("/oauth2/token")]
+    statuses = [(e.path, e.status) for e in crm.state.control.log]
     assert rows == [{"Id": demo_data.crm["Account"][0]["Id"]}]
-    assert len(tokens) == 2
+    assert statuses == [("/services/oauth2/token", 200), (RETRIEVE_ACCOUNT, 200),
+                        (RETRIEVE_ACCOUNT, 401), ("/services/oauth2/token", 200),
+                        (RETRIEVE_ACCOUNT, 200)]
 
 
 async def test_unknown_field_rejected(crm: Starlette, demo_data: DemoData) -> None:
-    request = FetchRequest(entity="Account", attributes=("Id", "Nope__c"), match="Id",
-                           keys=(demo_data.crm["Account"][0]["Id"],))
+    request = FetchRequest(entity="Account", attributes=("Id", "Nope__c"), match="OwnerId",
+                           keys=(demo_data.crm["Account"][0]["OwnerId"],))
     with pytest.raises(UpstreamRejected, match=r"rejected Account query of 1 keys \(INVALID_"):
         await source_for(crm).fetch(request)
 
 
-async def test_server_fault_is_unavailable(crm: Starlette, demo_data: DemoData) -> None:
+@pytest.mark.parametrize(("request_changes", "what"), [
+    ({}, r"Account retrieve of 1 ids"),
+    ({"order": "Id"}, r"Account query of 1 keys"),
+])
+async def test_server_fault_is_unavailable(crm: Starlette, demo_data: DemoData,
+                                           request_changes: dict[str, Any], what: str) -> None:
+    source = source_for(crm)
+    request = replace(FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                                   keys=(demo_data.crm["Account"][0]["Id"],)), **request_changes)
+    await source.fetch(request)  # gets the token before the fault
     crm.state.control.fault_status = 503
-    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
-                           keys=(demo_data.crm["Account"][0]["Id"],))
-    with pytest.raises(UpstreamUnavailable, match=r"answered HTTP 503"):
-        await source_for(crm).fetch(request)
+
+    with pytest.raises(UpstreamUnavailable,
+                       match=rf"answered HTTP 503 \(SERVER_UNAVAILABLE\) for {what}"):
+        await source.fetch(request)
 
 
 def raising_client(make: Callable[[httpx.Request], Exception]) -> httpx.AsyncClient:
@@ -193,3 +209,89 @@ async def test_row_rule_on_id_with_claim(crm: Starlette, demo_data: DemoData) ->
 
     owned = sorted(a["Id"] for a in demo_data.crm["Account"] if a["OwnerId"] == owner)
     assert sorted(r["Id"] for r in rows) == owned
+
+
+# --- sObject Collections retrieve ---------------------------------------------------------
+
+
+def synthetic_accounts(count: int) -> DemoData:
+    """Build ``count`` accounts with distinct 18-character ids, in id order."""
+    accounts = [{"Id": case_safe_id(f"001{number:012d}"), "Name": f"Company {number}"}
+                for number in range(count)]
+    return DemoData(crm={"Account": accounts}, erp={})
+
+
+@pytest.mark.parametrize(("count", "posts"), [(1, [1]), (200, [200]),
+                                              (5000, [2000, 2000, 1000])])
+async def test_retrieve_batches_of_ids(count: int, posts: list[int]) -> None:
+    data = synthetic_accounts(count)
+    app = create_salesforce_app(data, client_id="id", client_secret="s")
+    accounts = list(reversed(data.crm["Account"]))  # not in id order, to check the order
+    request = FetchRequest(entity="Account", attributes=("Id", "Name"), match="Id",
+                           keys=tuple(a["Id"] for a in accounts))
+
+    rows = await source_for(app).fetch(request)
+
+    calls = [e for e in app.state.control.log if e.entity == "Account"]
+    assert rows == accounts
+    assert [e.keys for e in calls] == posts
+    assert all(e.method == "POST" and e.path == RETRIEVE_ACCOUNT for e in calls)
+    assert all(e.fields == ["Id", "Name"] and e.status == 200 for e in calls)
+
+
+async def test_retrieve_drops_unknown_ids(crm: Starlette, demo_data: DemoData) -> None:
+    known = [a["Id"] for a in demo_data.crm["Account"][:3]]
+    unknown = case_safe_id("001ZZZZZZZZZZZZ")
+    contact = demo_data.crm["Contact"][0]["Id"]  # an id of another object type
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                           keys=(unknown, known[0], contact, known[1], known[2]))
+
+    rows = await source_for(crm).fetch(request)
+
+    assert rows == [{"Id": record_id} for record_id in known]
+
+
+async def test_retrieve_accepts_short_ids(crm: Starlette, demo_data: DemoData) -> None:
+    full = [a["Id"] for a in demo_data.crm["Account"][:2]]
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                           keys=(full[0][:15], full[1], full[1][:15]))
+
+    rows = await source_for(crm).fetch(request)
+
+    assert rows == [{"Id": full[0]}, {"Id": full[1]}]
+
+
+async def test_retrieve_unknown_field_rejected(crm: Starlette, demo_data: DemoData) -> None:
+    request = FetchRequest(entity="Account", attributes=("Id", "Nope__c"), match="Id",
+                           keys=(demo_data.crm["Account"][0]["Id"],))
+    with pytest.raises(UpstreamRejected,
+                       match=r"rejected Account retrieve of 1 ids \(INVALID_FIELD\)"):
+        await source_for(crm).fetch(request)
+
+
+@pytest.mark.parametrize("changes", [
+    {"where": (Condition("Name", "!=", "x"),)},
+    {"any_of": (Condition("OwnerId", "=", "005000000000001AAA"),)},
+    {"after": ("Id", "001000000000000AAA")},
+    {"search": ("Name", "a")},
+    {"order": "Name"},
+    {"limit": 5},
+])
+async def test_conditions_fall_back_to_soql(crm: Starlette, demo_data: DemoData,
+                                            changes: dict[str, Any]) -> None:
+    ids = tuple(a["Id"] for a in demo_data.crm["Account"][:3])
+    request = replace(FetchRequest(entity="Account", attributes=("Id",), match="Id", keys=ids),
+                      **changes)
+
+    await source_for(crm).fetch(request)
+
+    calls = [e for e in crm.state.control.log if e.entity == "Account"]
+    assert not is_plain_id_lookup(request)
+    assert [(e.method, e.path) for e in calls] == [("GET", "/services/data/v62.0/query")]
+
+
+def test_plain_id_lookup_needs_id_match() -> None:
+    assert is_plain_id_lookup(FetchRequest(entity="Account", attributes=("Id",), match="Id"))
+    assert not is_plain_id_lookup(FetchRequest(entity="Contact", attributes=("Id",),
+                                               match="AccountId"))
+    assert not is_plain_id_lookup(FetchRequest(entity="Account", attributes=("Id",)))

@@ -31,7 +31,8 @@ class QueryGate(httpx.AsyncBaseTransport):
         self.open = asyncio.Event()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.armed and request.url.path.endswith("/query") and not self.open.is_set():
+        held = request.url.path.endswith(("/query", "/composite/sobjects/Account"))
+        if self.armed and held and not self.open.is_set():
             self.waiting += 1
             if self.waiting == self.expected:
                 self.open.set()
