@@ -51,6 +51,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.policy_reload import PolicyHolder, PolicySettings
 from gateway.policy_watch import PolicyWatchers, open_policy
+from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.sources import Source
 from gateway.sources.dataverse import DataverseSettings, DataverseSource
 from gateway.sources.mapping import MappedSource
@@ -83,6 +84,7 @@ class Gateway:
     lock: IO[str]
     watchers: PolicyWatchers | None = None
     metrics: GatewayMetrics | None = None
+    limiter: RateLimiter | None = None
 
     @classmethod
     async def start(cls, settings: Settings,
@@ -124,7 +126,8 @@ class Gateway:
         recorder = AuditRecorder(store, pseudonymizer, operation_key=operation_key,
                                  fail_open=settings.audit_fail_open)
         keys = PseudonymKeys(load_or_create_key(settings.mask_key_path))
-        executor = Executor(catalog, schema, policy, sources, recorder, keys)
+        executor = Executor(catalog, schema, policy, sources, recorder, keys,
+                            settings.operation_limits, settings.max_search_length)
         verifier = TokenVerifier(_token_settings(settings))
         log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),
                  policy.current.version, settings.audit_path.name)
@@ -132,7 +135,7 @@ class Gateway:
         if watchers is not None:
             watchers.start()
         return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers,
-                   GatewayMetrics(sources))
+                   GatewayMetrics(sources), RateLimiter(settings.rate_limit))
 
     async def close(self) -> None:
         if self.watchers is not None:
@@ -224,6 +227,13 @@ async def _graphql(request: Request) -> Response:
     except PurposeError as exc:
         _log_access(gateway, request_id, None, 403, started, None)
         return _json(403, _error_body(str(exc), "FORBIDDEN"), request_id)
+
+    wait = gateway.limiter.acquire(principal.user) if gateway.limiter else None
+    if wait is not None:
+        _log_access(gateway, request_id, principal.user, 429, started, None)
+        return _json(429, _error_body(
+            f"too many requests from this caller; retry in {retry_after_header(wait)} s",
+            "RATE_LIMITED"), request_id, {"Retry-After": retry_after_header(wait)})
 
     parsed = await _read_body(request, gateway.settings.max_body_bytes)
     if isinstance(parsed, GraphQLResponse):

@@ -49,8 +49,10 @@ from sqlalchemy.engine import make_url
 from gateway.catalog import default_schema_dir
 from gateway.errors import ConfigError
 from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
+from gateway.limits import OperationLimits
 from gateway.policy import default_policy_dir
 from gateway.policy_reload import PolicySettings, policy_settings_from_table
+from gateway.ratelimit import RateLimit
 from gateway.secrets import read_secret
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.mapping import entities_from_table
@@ -86,6 +88,11 @@ class Settings:
     audit_checkpoint_key_file: Path | None = None
     audit_anchors: tuple[str, ...] = ()
     max_body_bytes: int = 1_000_000
+    max_search_length: int = 100
+    operation_limits: OperationLimits = field(default_factory=OperationLimits)
+    # Off unless a settings file asks for it (fonte serve defaults to 20/s);
+    # the demo, the tests and the benchmarks send bursts from one user.
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(rate=0))
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
     # None: the policy is read once from policy_dir, with no reload watchers.
     policy: PolicySettings | None = None
@@ -137,6 +144,10 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"{path}: no [systems.<name>] section; declare the CRM and ERP the "
                           "schema reads from")
     resilience = _resilience(document, systems)
+    limits = _table(document, "limits")
+    _check_known("limits", limits, {"max_depth", "max_fields", "max_root_fields",
+                                    "max_body_bytes", "max_search_length",
+                                    "requests_per_second", "burst"})
     policy = _table(document, "policy")
     if "policy_dir" in gateway and "directory" not in policy:
         policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
@@ -170,6 +181,19 @@ def load_settings(path: Path) -> Settings:
                             for a in audit.get("anchors", ())),
         resilience=resilience,
         policy=policy_settings_from_table(policy, base),
+        max_body_bytes=_integer("limits", "max_body_bytes",
+                                limits.get("max_body_bytes", 1_000_000), 1_000, 100_000_000),
+        max_search_length=_integer("limits", "max_search_length",
+                                   limits.get("max_search_length", 100), 1, 10_000),
+        operation_limits=OperationLimits(
+            max_depth=_integer("limits", "max_depth", limits.get("max_depth", 10), 1, 100),
+            max_fields=_integer("limits", "max_fields", limits.get("max_fields", 1000), 1,
+                                1_000_000),
+            max_root_fields=_integer("limits", "max_root_fields",
+                                     limits.get("max_root_fields", 10), 1, 1000)),
+        rate_limit=RateLimit(
+            rate=_rate("limits", "requests_per_second", limits.get("requests_per_second", 20)),
+            burst=_integer("limits", "burst", limits.get("burst", 40), 1, 100_000)),
     )
 
 
@@ -204,6 +228,20 @@ def _integer(section: str, name: str, value: Any, low: int, high: int) -> int:
         raise ConfigError(f"[{section}] {name} = {value!r} must be a whole number from {low} to "
                           f"{high}")
     return value
+
+
+def _check_known(section: str, table: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"[{section}] {unknown[0]} is not a setting; use one of "
+                          f"{', '.join(sorted(known))}")
+
+
+def _rate(section: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"[{section}] {name} = {value!r} must be a number of requests per "
+                          "second, 0 to turn rate limiting off")
+    return float(value)
 
 
 def _number(section: str, name: str, value: Any) -> float:

@@ -86,7 +86,8 @@ class Executor:
 
     def __init__(self, catalog: Catalog, schema: GatewaySchema, policy: PolicyHolder,
                  sources: Mapping[str, Source], recorder: AuditRecorder,
-                 keys: PseudonymKeys, limits: OperationLimits | None = None) -> None:
+                 keys: PseudonymKeys, limits: OperationLimits | None = None,
+                 max_search_length: int = MAX_SEARCH_LENGTH) -> None:
         self._catalog = catalog
         self._schema = schema
         self._policy = policy
@@ -95,6 +96,7 @@ class Executor:
         self._recorder = recorder
         self._keys = keys
         self._limits = limits or OperationLimits()
+        self._max_search = max_search_length
         self._parse = lru_cache(maxsize=512)(self._parse_and_validate)
         self._visible: dict[tuple[frozenset[str], str | None, str], GraphQLSchema] = {}
 
@@ -231,9 +233,9 @@ class Executor:
             after = (type_decl.key, key)
         search = None
         text = pick.arguments.get("search")
-        if text is not None and len(str(text)) > MAX_SEARCH_LENGTH:
+        if text is not None and len(str(text)) > self._max_search:
             return client_error(f"search is {len(str(text))} characters long; the limit is "
-                                f"{MAX_SEARCH_LENGTH}.", "BAD_REQUEST")
+                                f"{self._max_search}.", "BAD_REQUEST")
         if text is not None and pick.decl.search:
             search_decl = type_decl.fields[pick.decl.search]
             # A masked field would still answer yes or no to a guessed name.
