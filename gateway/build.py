@@ -1,7 +1,7 @@
 """Assemble the response values from fetched rows, and the facts to audit.
 
 The result is a tree of plain dicts keyed by response key (alias or field
-name). A field that cannot be served holds a ``GraphQLError`` instance;
+name). A field that cannot be served contains a ``GraphQLError`` instance;
 graphql-core raises it at that field's path, which nulls the field and adds
 one error with its path and ``extensions.code``.
 """

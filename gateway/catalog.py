@@ -143,8 +143,8 @@ def load_catalog(directory: Path | None = None) -> Catalog:
     """Load and check every declaration file of ``directory``."""
     directory = directory or default_schema_dir()
     if not directory.is_dir():
-        raise SchemaError(f"schema folder {str(directory)!r} not found; pass the folder that holds "
-                          "taxonomy.toml and the type declarations")
+        raise SchemaError(f"schema folder {str(directory)!r} not found; pass the folder that "
+                          "contains taxonomy.toml and the type declarations")
     documents = _read_documents(directory)
     categories = _read_taxonomy(documents.pop("taxonomy.toml", None), directory)
 

@@ -90,7 +90,7 @@ class Settings:
     max_body_bytes: int = 1_000_000
     max_search_length: int = 100
     operation_limits: OperationLimits = field(default_factory=OperationLimits)
-    # Off unless a settings file asks for it (fonte serve defaults to 20/s);
+    # Off unless a settings file sets it (fonte serve defaults to 20/s), because
     # the demo, the tests and the benchmarks send bursts from one user.
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(rate=0))
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)

@@ -50,7 +50,7 @@ class PurposeError(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """A source system failed to answer a read.
+    """A source system failed to return the rows of a read.
 
     ``system`` is the configured system name (for example ``crm``); the
     message never contains the upstream's own error text, which may quote
@@ -65,11 +65,11 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    """The system could not be reached or answered with a server error."""
+    """The system could not be reached or responded with a server error."""
 
 
 class UpstreamTimeout(UpstreamError):
-    """The system did not answer within its configured timeout."""
+    """The system did not respond within its configured timeout."""
 
     code = "UPSTREAM_TIMEOUT"
 

@@ -66,7 +66,7 @@ class GraphQLResponse:
 
 
 class RequestError(Exception):
-    """The request cannot run at all; answered with HTTP 400."""
+    """The request cannot run at all, so the response is HTTP 400."""
 
     def __init__(self, errors: list[GraphQLError]) -> None:
         super().__init__(errors[0].message if errors else "invalid request")
@@ -238,7 +238,7 @@ class Executor:
                                 f"{self._max_search}.", "BAD_REQUEST")
         if text is not None and pick.decl.search:
             search_decl = type_decl.fields[pick.decl.search]
-            # A masked field would still answer yes or no to a guessed name.
+            # Searching a masked field would still confirm or deny a guessed name.
             if plan.judge(search_decl).effect != "allow":
                 return client_error(f"search needs read access to {search_decl.qualified_name}.",
                                     "FORBIDDEN")

@@ -1,7 +1,7 @@
 """Fetch every record a plan needs, one nesting level at a time.
 
-At each level the gateway knows the parent rows, so it knows every key the
-next level needs. Requests of one level that read the same entity the same
+At each level the parent rows are read, so every key the next level needs
+is known. Requests of one level that read the same entity the same
 way are merged, so each (system, entity) is read once per level whatever
 the number of parents, and requests to different systems run concurrently.
 """

@@ -137,7 +137,7 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
             raise ConfigError(f"{path} is not a PEM private key; delete it to create a new "
                               "development key") from exc
         if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"{path} holds a {type(key).__name__}; the gateway signs "
+            raise ConfigError(f"{path} contains a {type(key).__name__}; the gateway signs "
                               "development tokens with Ed25519")
         return key
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +158,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         raise ConfigError(f"cannot read the token public key {str(path)!r}: "
                           f"{type(exc).__name__}; give a PEM Ed25519 public key") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} holds a {type(key).__name__}; tokens are verified with an "
+        raise ConfigError(f"{path} contains a {type(key).__name__}; tokens are verified with an "
                           "Ed25519 public key")
     return key
 

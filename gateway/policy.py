@@ -1,6 +1,6 @@
 """Field access decisions: casbin behind one small typed facade.
 
-casbin holds the rules (``policies/model.conf`` and ``policy.csv``). The
+casbin evaluates the rules (``policies/model.conf`` and ``policy.csv``). The
 gateway never calls it per value or per row: ``PolicyEngine.view`` compiles
 every field's decision and every type's row rules for one (roles, purpose)
 pair once per policy version and caches the result, so a request costs one
@@ -114,7 +114,7 @@ def read_policy_dir(directory: Path) -> PolicyText:
     model, rules = directory / "model.conf", directory / "policy.csv"
     for path in (model, rules):
         if not path.is_file():
-            raise PolicyError(f"policy file {str(path)!r} not found; pass the folder that holds "
+            raise PolicyError(f"policy file {str(path)!r} not found; pass the folder that contains "
                               "model.conf and policy.csv")
     rows = []
     for number, line in enumerate(rules.read_text(encoding="utf-8").splitlines(), start=1):

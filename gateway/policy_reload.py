@@ -44,7 +44,7 @@ REDIS_CHANNEL = "fonte:policy"
 
 @dataclass(frozen=True)
 class PolicyStatus:
-    """What health reports about the policy."""
+    """The policy state that health reports."""
 
     version: str
     origin: str

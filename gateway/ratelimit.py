@@ -1,7 +1,7 @@
 """Requests per caller: a token bucket for each user id.
 
 Each caller may send ``burst`` requests at once and ``rate`` requests per
-second on average. A request over the limit is answered 429 with the
+second on average. A request over the limit gets a 429 response with the
 seconds to wait in ``Retry-After``, before any work is done for it. The
 buckets live in this process only: several workers each count on their own.
 """

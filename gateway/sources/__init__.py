@@ -9,6 +9,7 @@ Each dialect maps its own errors to ``gateway.errors.UpstreamError``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -97,3 +98,25 @@ def matches(row: Row, condition: Condition) -> bool:
         return text in {str(v) for v in condition.value}
     equal = text == str(condition.value)
     return equal if condition.operator == "=" else not equal
+
+
+def chunk_by_size(keys: tuple[str | int, ...], base: int, cost: Callable[[str | int], int],
+                  max_bytes: int) -> list[tuple[str | int, ...]]:
+    """Split ``keys`` so that ``base`` plus the cost of each chunk's keys stays under ``max_bytes``.
+
+    A single key that alone passes the limit still gets a chunk of its own:
+    the upstream then rejects that request, not the whole read.
+    """
+    chunks: list[tuple[str | int, ...]] = []
+    current: list[str | int] = []
+    size = base
+    for key in keys:
+        key_cost = cost(key)
+        if current and size + key_cost > max_bytes:
+            chunks.append(tuple(current))
+            current, size = [], base
+        current.append(key)
+        size += key_cost
+    if current:
+        chunks.append(tuple(current))
+    return chunks

@@ -29,7 +29,7 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from gateway.sources import FetchRequest, Row, order_terms
+from gateway.sources import FetchRequest, Row, chunk_by_size, order_terms
 from gateway.sources.http import json_body, retry_after, status_error
 from gateway.sources.odata_batch import batch_boundary, decode_batch, encode_batch, new_boundary
 
@@ -124,19 +124,9 @@ def chunk_keys(request: FetchRequest, max_bytes: int,
     if request.match is None:
         return [()]
     base = len(query_string(query_options(request, (), version))) + _PATH_BYTES
-    chunks: list[tuple[str | int, ...]] = []
-    current: list[str | int] = []
-    size = base
-    for key in request.keys:
-        cost = len(quote(f"{request.match} eq {literal(key)} or ", safe=""))
-        if current and size + cost > max_bytes:
-            chunks.append(tuple(current))
-            current, size = [], base
-        current.append(key)
-        size += cost
-    if current:
-        chunks.append(tuple(current))
-    return chunks
+    return chunk_by_size(
+        request.keys, base,
+        lambda key: len(quote(f"{request.match} eq {literal(key)} or ", safe="")), max_bytes)
 
 
 def project(record: dict[str, Any], attributes: tuple[str, ...]) -> Row:

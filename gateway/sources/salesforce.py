@@ -37,7 +37,7 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from gateway.sources import FetchRequest, Row, order_terms
+from gateway.sources import FetchRequest, Row, chunk_by_size, order_terms
 from gateway.sources.http import json_body, send, status_error
 
 log = logging.getLogger("gateway.upstream")
@@ -276,19 +276,8 @@ class SalesforceSource:
         if request.match is None:
             return [()]
         base = len(quote(build_soql(request, ()))) + 200  # path, host and headers margin
-        chunks: list[tuple[str | int, ...]] = []
-        current: list[str | int] = []
-        size = base
-        for key in request.keys:
-            cost = len(quote(soql_literal(key) + ", "))
-            if current and size + cost > MAX_URL_BYTES:
-                chunks.append(tuple(current))
-                current, size = [], base
-            current.append(key)
-            size += cost
-        if current:
-            chunks.append(tuple(current))
-        return chunks
+        return chunk_by_size(request.keys, base, lambda key: len(quote(soql_literal(key) + ", ")),
+                             MAX_URL_BYTES)
 
     async def _query(self, request: FetchRequest, keys: tuple[str | int, ...]) -> list[Row]:
         what = f"{request.entity} query of {len(keys)} keys"
