@@ -52,6 +52,9 @@ MAX_OPEN_CURSORS = 1000  # paging states kept; the oldest is dropped first
 API_KEY_HEADER = "X-API-Key"
 # Parameters with a meaning of their own; any other parameter filters by a field.
 CONTROL_PARAMETERS = frozenset({"ids", "fields", "limit", "cursor", "offset"})
+# Fields that hold the key of a parent record: the request log counts their
+# filter values as keys, like the values of ids.
+KEY_FIELDS = frozenset({"customer_id", "order_id", "order_number"})
 
 REST_RESOURCES = [
     EntitySetSpec("customers", "res.partner", {
@@ -137,7 +140,7 @@ class RestFake:
         for name, values in filters.items():
             _check_field(name, records, resource)
             rows = [r for r in rows if _text(r.get(name)) in values]
-        keys = sum(len(values) for values in filters.values())
+        keys = sum(len(values) for name, values in filters.items() if name in KEY_FIELDS)
         if "ids" in params:
             ids = _values(params, "ids")
             if len(ids) > MAX_IDS:
