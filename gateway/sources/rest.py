@@ -237,9 +237,10 @@ class RestSource:
                           keys: tuple[str | int, ...]) -> list[dict[str, Any]]:
         resource = plan.resource
         what = f"{request.entity} read of {len(keys)} keys"
-        params = list(plan.params)
+        params = []
         if plan.key_param is not None:
             params += _key_params(resource, plan.key_param, keys)
+        params += plan.params
         paging = resource.paging
         if paging.style != "none" and paging.size_param is not None:
             params.append((paging.size_param, str(paging.page_size)))
@@ -249,7 +250,11 @@ class RestSource:
 
     async def _read_pages(self, plan: _Plan, params: list[tuple[str, str]], what: str,
                           early_stop: int | None) -> list[dict[str, Any]]:
-        url = f"{plan.url}?{_query(params)}"
+        paging = plan.resource.paging
+        first = params
+        if paging.style == "page":
+            first = [*params, (paging.page_param, str(paging.first_page))]
+        url = f"{plan.url}?{_query(first)}"
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
         for number in range(MAX_PAGES):

@@ -40,7 +40,8 @@ _COUNTS = {"max_ids": (1, 100_000), "max_url_bytes": (256, 1_000_000),
            "page_size": (1, 100_000), "first_page": (0, 1)}
 _READ_SETTINGS = frozenset({*_TEXT, *_OPTIONAL_TEXT, *_COUNTS, "ids_repeat", "paging"})
 _SYSTEM_SETTINGS = frozenset({"dialect", "base_url", "timeout", "resilience", "entities",
-                              "auth", "token_env", "token_file", "api_key_env",
+                              "auth", "token", "token_env", "token_file", "api_key",
+                              "api_key_env",
                               "api_key_file", "api_key_header", "parallel_requests"})
 _ENTITY_SETTINGS = frozenset({"name", "attributes", "filters"})
 
