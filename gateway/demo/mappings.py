@@ -39,6 +39,7 @@ def demo_rest_settings(base_url: str, api_key: str) -> RestSettings:
     for spec in REST_RESOURCES:
         filters = {name: name for name in REST_FILTERS if name in spec.properties}
         resources[spec.name] = Resource(path=spec.name, max_ids=MAX_IDS, max_url_bytes=8000,
-                                        rows_path="data", filters=filters, paging=paging)
+                                        sort_param="sort", rows_path="data", filters=filters,
+                                        paging=paging)
     return RestSettings(base_url=f"{base_url}{API_PATH}", resources=resources,
                         entities=REST_ENTITIES, auth_header=("Authorization", f"Bearer {api_key}"))

@@ -9,6 +9,8 @@ Every resource is a collection at ``/api/v1/<resource>`` and an item at
   ``customer_id=1001,1002`` to read the orders of two customers;
 - ``fields=a,b``: the fields each record carries (``id`` always included);
   all fields when absent;
+- ``sort=-ordered_at,id``: the order of the records, ``-`` for descending,
+  with empty values last in ascending order; id order when absent;
 - ``limit`` (1 to ``MAX_PAGE_SIZE``, default ``DEFAULT_PAGE_SIZE``) and
   either ``cursor`` (the ``meta.next_cursor`` of the previous page) or
   ``offset``.
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +53,7 @@ RETRY_AFTER_SECONDS = 7
 MAX_OPEN_CURSORS = 1000  # paging states kept; the oldest is dropped first
 API_KEY_HEADER = "X-API-Key"
 # Parameters with a meaning of their own; any other parameter filters by a field.
-CONTROL_PARAMETERS = frozenset({"ids", "fields", "limit", "cursor", "offset"})
+CONTROL_PARAMETERS = frozenset({"ids", "fields", "sort", "limit", "cursor", "offset"})
 # Fields that hold the key of a parent record: the request log counts their
 # filter values as keys, like the values of ids.
 KEY_FIELDS = frozenset({"customer_id", "order_id", "order_number"})
@@ -149,6 +151,7 @@ class RestFake:
             keys = len(ids)
             rows = [r for r in rows if _text(r.get("id")) in ids]
         condition = "; ".join(_condition_text(n, v) for n, v in filters.items()) or None
+        rows = _sorted(rows, params, resource)
         rows = rows[_offset(params):]
         token = self._park(resource, rows[limit:], fields, condition)
         return Page([_shape(r, fields) for r in rows[:limit]], token, keys, fields, condition)
@@ -208,6 +211,24 @@ def _field_list(params: QueryParams, records: list[Record], resource: str) -> li
 def _check_field(name: str, records: list[Record], resource: str) -> None:
     if records and name not in records[0]:
         raise ApiError(400, "invalid_field", f"{resource} has no field {name!r}")
+
+
+def _sorted(records: list[Record], params: QueryParams, resource: str) -> list[Record]:
+    terms = [term for item in params.getlist("sort") for term in item.split(",") if term]
+    ordered = list(records)
+    # Stable sorts from the last term to the first.
+    for term in reversed(terms):
+        name = term.removeprefix("-")
+        _check_field(name, records, resource)
+        ordered.sort(key=_sort_key(name), reverse=term.startswith("-"))
+    return ordered
+
+
+def _sort_key(name: str) -> Callable[[Record], tuple[bool, Any]]:
+    def key(record: Record) -> tuple[bool, Any]:
+        value = record.get(name)
+        return (value is None, 0 if value is None else value)
+    return key
 
 
 def _page_size(params: QueryParams) -> int:

@@ -119,6 +119,11 @@ def _list_operation(resource: str, name: str, fields: list[str], max_ids: int,
          "description": f"Return only the records with these ids, at most {max_ids}.",
          "schema": {"type": "array", "maxItems": max_ids, "items": {"type": "integer"}}},
         _fields_parameter(fields),
+        {"name": "sort", "in": "query", "required": False, "style": "form", "explode": False,
+         "description": "Sort terms, comma-separated: a field, or -field for descending. "
+         "Empty values come last in ascending order. Id order when absent.",
+         "schema": {"type": "array", "items": {"type": "string", "enum": [
+             f"{prefix}{field}" for field in fields for prefix in ("", "-")]}}},
         {"name": "limit", "in": "query", "required": False, "description": "Page size.",
          "schema": {"type": "integer", "minimum": 1, "maximum": max_page_size,
                     "default": default_page_size}},

@@ -14,7 +14,9 @@ parameter, an offset, or a page number.
 
 What a plain REST API cannot express is done here after reading:
 conditions on attributes without a declared filter parameter, ``!=``
-conditions, the cursor and search of a root list, the order and the limit.
+conditions, the cursor and search of a root list, and the limit. The order
+is sent when the API has a sort parameter, and the rows are sorted here
+in any case.
 Row rules (``FetchRequest.any_of``) are left to the fetcher, which filters
 after reading. Rows keep exactly the requested attributes. A JSON ``null``
 or a missing attribute reads as None, and ``false`` stays ``False``,
@@ -89,8 +91,10 @@ class Resource:
     in place of joining the keys with ``ids_separator``. ``filters`` maps an
     attribute, in the system's names, to the query parameter that matches
     it with the same syntax as ``ids_param``. ``fields_param`` is None when
-    the API returns every field. ``rows_path`` is the dotted path of the
-    row list in a response body, empty when the body is the list itself.
+    the API returns every field. ``sort_param`` takes the order as
+    ``field,-field`` (``-`` for descending), or is None when the API cannot
+    sort. ``rows_path`` is the dotted path of the row list in a response
+    body, empty when the body is the list itself.
     """
 
     path: str
@@ -101,6 +105,7 @@ class Resource:
     max_ids: int = 100
     max_url_bytes: int = 8000
     fields_param: str | None = "fields"
+    sort_param: str | None = None
     rows_path: str = "data"
     filters: Mapping[str, str] = field(default_factory=dict)
     paging: Paging = field(default_factory=Paging)
@@ -139,6 +144,7 @@ class _Plan:
     key_param: str | None
     local: tuple[Condition, ...]
     fields: tuple[str, ...]
+    sorted_upstream: bool
 
 
 class RestSource:
@@ -198,8 +204,13 @@ class RestSource:
         params = list(pushed)
         if resource.fields_param is not None:
             params.append((resource.fields_param, ",".join(fields)))
+        terms = order_terms(request.order)
+        if resource.sort_param is not None and terms:
+            params.append((resource.sort_param, ",".join(
+                f"-{name}" if descending else name for name, descending in terms)))
         url = f"{self._settings.base_url.rstrip('/')}/{quote(resource.path.strip('/'))}"
-        return _Plan(resource, url, params, key_param, tuple(local), fields)
+        return _Plan(resource, url, params, key_param, tuple(local), fields,
+                     sorted_upstream=resource.sort_param is not None)
 
     def _key_param(self, request: FetchRequest, resource: Resource) -> str:
         assert request.match is not None
@@ -244,7 +255,7 @@ class RestSource:
         paging = resource.paging
         if paging.style != "none" and paging.size_param is not None:
             params.append((paging.size_param, str(paging.page_size)))
-        early_stop = request.limit if _unordered(request, plan) else None
+        early_stop = request.limit if _first_rows_suffice(request, plan) else None
         async with self._slots:
             return await self._read_pages(plan, params, what, early_stop)
 
@@ -393,10 +404,10 @@ def _error_code(response: httpx.Response) -> str | None:
     return error_code(body.get("code"))
 
 
-def _unordered(request: FetchRequest, plan: _Plan) -> bool:
+def _first_rows_suffice(request: FetchRequest, plan: _Plan) -> bool:
     """Return whether the first rows read are the rows to return, so paging may stop early."""
-    return (request.order is None and not plan.local and request.after is None
-            and request.search is None)
+    ordered = request.order is None or plan.sorted_upstream
+    return ordered and not plan.local and request.after is None and request.search is None
 
 
 def _finish(rows: list[dict[str, Any]], request: FetchRequest,

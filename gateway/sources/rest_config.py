@@ -35,7 +35,7 @@ from gateway.sources.rest import PAGING_STYLES, Paging, Resource, RestSettings
 # Settings of how an entity is read: in the system's table and in each entity's table.
 _TEXT = ("key", "ids_param", "ids_separator", "next_path", "cursor_param", "cursor_path",
          "offset_param", "page_param")
-_OPTIONAL_TEXT = ("fields_param", "size_param", "rows_path")  # "" turns the parameter off
+_OPTIONAL_TEXT = ("fields_param", "sort_param", "size_param", "rows_path")  # "" turns it off
 _COUNTS = {"max_ids": (1, 100_000), "max_url_bytes": (256, 1_000_000),
            "page_size": (1, 100_000), "first_page": (0, 1)}
 _READ_SETTINGS = frozenset({*_TEXT, *_OPTIONAL_TEXT, *_COUNTS, "ids_repeat", "paging"})
@@ -161,8 +161,9 @@ def _resource(section: str, mapping: EntityMap, settings: dict[str, Any],
     resource_options: dict[str, Any] = {
         item.name: settings[item.name] for item in dataclass_fields(Resource)
         if item.name in settings and item.name not in ("path", "filters", "paging")}
-    if "fields_param" in resource_options:
-        resource_options["fields_param"] = _off(resource_options["fields_param"])
+    for name in ("fields_param", "sort_param"):
+        if name in resource_options:
+            resource_options[name] = _off(resource_options[name])
     return Resource(path=mapping.name, filters=_filters(section, filters), paging=paging,
                     **resource_options)
 

@@ -161,6 +161,17 @@ async def test_cursor_paging_reads_all(client: httpx.AsyncClient,
     assert pages == -(-len(seen) // 150)
 
 
+async def test_sort_parameter_orders(client: httpx.AsyncClient,
+                                     demo_data: DemoData) -> None:
+    response = await client.get("/api/v1/shipments", params={"sort": "deadline,-id",
+                                                             "fields": "id", "limit": "500"},
+                                headers=KEY)
+
+    pickings = sorted(demo_data.erp["stock.picking"], key=lambda p: p["id"], reverse=True)
+    pickings.sort(key=lambda p: (p["date_deadline"] is None, p["date_deadline"] or ""))
+    assert [row["id"] for row in response.json()["data"]] == [p["id"] for p in pickings[:500]]
+
+
 async def test_offset_paging(client: httpx.AsyncClient, demo_data: DemoData) -> None:
     response = await client.get("/api/v1/orders", params={"offset": "10", "limit": "5",
                                                           "fields": "id"}, headers=KEY)
@@ -172,6 +183,7 @@ async def test_offset_paging(client: httpx.AsyncClient, demo_data: DemoData) -> 
 @pytest.mark.parametrize(("params", "code"), [
     ({"ids": ",".join(str(i) for i in range(MAX_IDS + 1))}, "too_many_ids"),
     ({"fields": "id,secret"}, "invalid_field"),
+    ({"sort": "-secret"}, "invalid_field"),
     ({"limit": "501"}, "invalid_parameter"),
     ({"limit": "0"}, "invalid_parameter"),
     ({"offset": "-1"}, "invalid_parameter"),

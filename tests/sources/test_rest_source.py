@@ -253,6 +253,33 @@ async def test_order_and_limit_applied(erp: Erp, demo_data: DemoData) -> None:
     assert [row["id"] for row in rows] == [o["id"] for o in orders[:2]]
 
 
+async def test_order_sent_as_sort(erp: Erp, demo_data: DemoData) -> None:
+    source = erp.build(paging=Paging(style="cursor", page_size=10))
+
+    rows = await source.fetch(FetchRequest("sale.order", ("id",),
+                                           order="date_order desc, id", limit=12))
+
+    orders = sorted(demo_data.erp["sale.order"], key=lambda o: o["id"])
+    orders.sort(key=lambda o: o["date_order"], reverse=True)
+    assert [row["id"] for row in rows] == [o["id"] for o in orders[:12]]
+    assert erp.recording is not None
+    assert "sort=-ordered_at,id" in erp.recording.urls[0]
+    assert len(erp.log) == 2
+
+
+async def test_order_without_sort_param(erp: Erp, demo_data: DemoData) -> None:
+    source = erp.build(sort_param=None, paging=Paging(style="cursor", page_size=500))
+
+    rows = await source.fetch(FetchRequest("sale.order", ("id",),
+                                           order="date_order desc, id", limit=12))
+
+    orders = sorted(demo_data.erp["sale.order"], key=lambda o: o["id"])
+    orders.sort(key=lambda o: o["date_order"], reverse=True)
+    assert [row["id"] for row in rows] == [o["id"] for o in orders[:12]]
+    assert erp.log[0].fields == ["id", "ordered_at"]
+    assert len(erp.log) == -(-len(orders) // 500)
+
+
 async def test_after_and_search_applied(erp: Erp, demo_data: DemoData) -> None:
     source = erp.build()
     partners = demo_data.erp["res.partner"]
@@ -630,6 +657,7 @@ filters = ["customer_id"]
 ids_repeat = true
 paging = "next_link"
 fields_param = ""
+sort_param = "order_by"
 rows_path = "result.items"
 """)
 
@@ -639,6 +667,7 @@ rows_path = "result.items"
     assert orders.max_ids == 250
     assert orders.paging.style == "next_link"
     assert orders.fields_param is None
+    assert orders.sort_param == "order_by"
     assert orders.rows_path == "result.items"
     assert settings.default.paging.style == "cursor"
     assert settings.entities["sale.order"].attribute("partner_id") == "customer_id"
