@@ -55,6 +55,8 @@ PAGING_STYLES: tuple[PagingStyle, ...] = ("none", "next_link", "cursor", "offset
 # ends, a page parameter it ignores), not a tuned limit.
 MAX_PAGES = 10_000
 # Room in a URL for the paging parameters that later pages add to the first URL.
+# NOTE: an estimate. A cursor longer than about 180 bytes can still push a
+# later page's URL past max_url_bytes, and a next-page link is used as sent.
 _PAGING_MARGIN = 200
 
 
@@ -62,9 +64,9 @@ _PAGING_MARGIN = 200
 class Paging:
     """How a collection read continues past its first page.
 
-    ``style`` is one of ``PAGING_STYLES``. ``next_link``: the body holds the
-    URL of the next page at the dotted ``next_path``. ``cursor``: the body
-    holds a cursor at ``cursor_path``, sent back in ``cursor_param``.
+    ``style`` is one of ``PAGING_STYLES``. ``next_link``: the body contains
+    the URL of the next page at the dotted ``next_path``. ``cursor``: the
+    body contains a cursor at ``cursor_path``, sent back in ``cursor_param``.
     ``offset``: ``offset_param`` counts the rows already read. ``page``:
     ``page_param`` counts pages from ``first_page``. ``page_size`` rows per
     page are asked for in ``size_param`` (None: not sent). Offset and page
@@ -84,7 +86,7 @@ class Paging:
 
 @dataclass(frozen=True)
 class Resource:
-    """How one entity is read: its collection path, key, parameters and envelope.
+    """Read settings of one entity: its collection path, key, parameters and envelope.
 
     ``path`` is relative to the system's base URL. ``key`` is the field that
     ``ids_param`` matches. ``ids_repeat`` repeats the parameter once per key
@@ -167,7 +169,7 @@ class RestSource:
         if not request.visible or (request.match is not None and not request.keys):
             return []
         if not request.attributes:
-            raise UpstreamRejected(self.name, f"refusing to read {request.entity} without "
+            raise UpstreamRejected(self.name, f"rejected a read of {request.entity} without "
                                    "attributes, because the API would return every field")
         plan = self._plan(request)
         chunks = self._chunks(request, plan)
@@ -184,27 +186,20 @@ class RestSource:
         key_param = None
         if request.match is not None:
             key_param = self._key_param(request, resource)
-        pushed: list[tuple[str, str]] = []
-        local: list[Condition] = []
-        for condition in request.where:
-            parameter = resource.filters.get(condition.attribute)
-            if parameter is None or condition.operator == "!=":
-                local.append(condition)
-            else:
-                values = condition.value if isinstance(condition.value, tuple) else (
-                    condition.value,)
-                pushed.extend(_key_params(resource, parameter, values))
+
+        params, local = _split_conditions(request.where, resource)
+
         # The gateway filters and sorts by these attributes after reading, so they
         # are read with the requested ones.
+        terms = order_terms(request.order)
         needed = [*request.attributes]
         needed += [condition.attribute for condition in local]
-        needed += [name for name, _descending in order_terms(request.order)]
+        needed += [name for name, _descending in terms]
         needed += [pair[0] for pair in (request.after, request.search) if pair is not None]
         fields = tuple(dict.fromkeys(needed))
-        params = list(pushed)
         if resource.fields_param is not None:
             params.append((resource.fields_param, ",".join(fields)))
-        terms = order_terms(request.order)
+
         if resource.sort_param is not None and terms:
             params.append((resource.sort_param, ",".join(
                 f"-{name}" if descending else name for name, descending in terms)))
@@ -352,6 +347,25 @@ class RestSource:
         return status_error(self.name, what, response, code)
 
 
+def _split_conditions(conditions: tuple[Condition, ...], resource: Resource
+                      ) -> tuple[list[tuple[str, str]], list[Condition]]:
+    """Return the query parameters of the conditions the API can filter by, and the others.
+
+    An ``=`` or ``in`` condition on an attribute with a declared filter
+    parameter is sent. The API has no syntax for ``!=``, so it stays local.
+    """
+    pushed: list[tuple[str, str]] = []
+    local: list[Condition] = []
+    for condition in conditions:
+        parameter = resource.filters.get(condition.attribute)
+        if parameter is None or condition.operator == "!=":
+            local.append(condition)
+            continue
+        values = condition.value if isinstance(condition.value, tuple) else (condition.value,)
+        pushed.extend(_key_params(resource, parameter, values))
+    return pushed, local
+
+
 def _key_params(resource: Resource, parameter: str,
                 values: tuple[str | int | bool, ...]) -> list[tuple[str, str]]:
     texts = [_text(value) for value in values]
@@ -412,7 +426,7 @@ def _first_rows_suffice(request: FetchRequest, plan: _Plan) -> bool:
 
 def _finish(rows: list[dict[str, Any]], request: FetchRequest,
             local: tuple[Condition, ...]) -> list[dict[str, Any]]:
-    """Apply the conditions, cursor, search, order and limit the API was not sent."""
+    """Apply the conditions, cursor, search, order and limit that the API did not receive."""
     kept = [row for row in rows if all(matches(row, c) for c in local)]
     if request.after is not None:
         attribute, after = request.after
@@ -431,7 +445,8 @@ def _finish(rows: list[dict[str, Any]], request: FetchRequest,
 def _sort_key(name: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
     """Return the sort key of attribute ``name``.
 
-    None sorts after every value in ascending order, as in PostgreSQL and Odoo.
+    None sorts after every value in ascending order and before every value in
+    descending order, as PostgreSQL sorts NULL by default.
     """
     def key(row: dict[str, Any]) -> tuple[bool, Any]:
         value = row.get(name)

@@ -69,6 +69,7 @@ def rest_settings(section: str, spec: dict[str, Any], base: Path,
         _check_known(where, entry, _ENTITY_SETTINGS | _READ_SETTINGS)
         resource = _resource(where, names[entity], _read_settings(where, entry, defaults),
                              entry.get("filters", {}))
+        _check_filter_names(where, resource, names[entity])
         known = resources.get(resource.path)
         if known is not None and known != resource:
             raise ConfigError(f"[{where}] reads path {resource.path!r} with other settings than "
@@ -181,6 +182,15 @@ def _filters(section: str, value: Any) -> dict[str, str]:
     raise ConfigError(f"[{section}] filters = {value!r} is invalid; list the attributes the "
                       "API filters by, such as [\"customer_id\"], or map each attribute to "
                       "its query parameter, such as { customer_id = \"customer\" }")
+
+
+def _check_filter_names(section: str, resource: Resource, mapping: EntityMap) -> None:
+    for name in resource.filters:
+        system_name = mapping.attribute(name)
+        if system_name != name:
+            raise ConfigError(f"[{section}] filters names {name!r}, a schema attribute; name "
+                              f"the API's attribute {system_name!r} instead, as attributes "
+                              "maps it")
 
 
 def _count(section: str, name: str, value: Any, low: int, high: int) -> int:

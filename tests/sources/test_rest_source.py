@@ -710,6 +710,10 @@ def test_auth_none_setting(tmp_path: Path) -> None:
     ('auth = "none"\nparallel_requests = 0\n', "parallel_requests = 0 is invalid"),
     ('auth = "none"\n[systems.erp.entities."sale.order"]\nfilters = "customer_id"\n',
      r'\[systems.erp.entities."sale.order"\] filters = \'customer_id\' is invalid'),
+    ('auth = "none"\n[systems.erp.entities."sale.order"]\n'
+     'attributes = { partner_id = "customer_id" }\nfilters = ["partner_id"]\n',
+     "filters names 'partner_id', a schema attribute; name the API's attribute "
+     "'customer_id' instead"),
     ('auth = "none"\n[systems.erp.entities."sale.order"]\npath = "orders"\n',
      "path is not a setting of dialect rest"),
     ('auth = "none"\n[systems.erp.entities."sale.order"]\nname = "orders"\n'
