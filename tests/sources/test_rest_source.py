@@ -234,8 +234,8 @@ async def test_where_pushed_or_applied(erp: Erp, demo_data: DemoData) -> None:
         where=(Condition("move_type", "in", ("out_invoice", "out_refund")),
                Condition("payment_state", "!=", "paid"))))
 
-    wanted = [{"id": m["id"]} for m in moves if m["payment_state"] != "paid"]
-    assert by_id(rows) == wanted
+    unpaid = [{"id": m["id"]} for m in moves if m["payment_state"] != "paid"]
+    assert by_id(rows) == unpaid
     assert erp.log[0].filter == "kind in (out_invoice,out_refund)"
     assert erp.log[0].fields == ["id", "payment_status"]
 
@@ -306,10 +306,10 @@ async def test_paging_reads_every_page(erp: Erp, demo_data: DemoData, style: str
     rows = await source.fetch(FetchRequest("sale.order", attributes, match="partner_id",
                                            keys=partners, order="id"))
 
-    wanted = expected(demo_data, "sale.order", attributes, lambda r: r["partner_id"] in partners)
-    assert len(wanted) > 120
-    assert rows == wanted
-    pages = -(-len(wanted) // 40) + (1 if style == "offset" and len(wanted) % 40 == 0 else 0)
+    orders = expected(demo_data, "sale.order", attributes, lambda r: r["partner_id"] in partners)
+    assert len(orders) > 120
+    assert rows == orders
+    pages = -(-len(orders) // 40) + (1 if style == "offset" and len(orders) % 40 == 0 else 0)
     assert len(erp.log) == pages
 
 
@@ -323,7 +323,7 @@ async def test_limit_stops_paging_early(erp: Erp, demo_data: DemoData) -> None:
 
 
 def replies(pages: dict[str, Any]) -> httpx.MockTransport:
-    """Return a transport that answers each URL query string with the JSON body for it."""
+    """Return a transport that returns the JSON body listed for each URL query string."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         body = pages.get(request.url.query.decode())
