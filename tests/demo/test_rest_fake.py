@@ -11,9 +11,13 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 from starlette.applications import Starlette
 
-from gateway.demo.data import DemoData
+from gateway.demo.data import DemoData, generate
+from gateway.demo.launch import start_demo_systems, stop_background
 from gateway.demo.rest import MAX_IDS, REST_RESOURCES, create_rest_app
 from gateway.demo.rest_openapi import schema_name
+from gateway.sources import FetchRequest
+from gateway.sources.mapping import MappedSource
+from gateway.sources.rest import RestSettings, RestSource
 
 KEY = {"Authorization": "Bearer test-key"}
 
@@ -254,3 +258,24 @@ async def test_open_without_key(demo_data: DemoData) -> None:
         response = await client.get("/api/v1/orders", params={"limit": "1"})
 
     assert response.status_code == 200
+
+
+async def test_demo_rest_erp_on_loopback() -> None:
+    data = generate(customers=20)
+    systems, servers = await start_demo_systems(data, "rest")
+    try:
+        assert isinstance(systems.erp, RestSettings)
+        source = MappedSource(RestSource("erp", systems.erp), systems.erp.entities)
+        partners = tuple(p["id"] for p in data.erp["res.partner"][:3])
+        rows = await source.fetch(FetchRequest("res.partner", ("id", "credit_limit"),
+                                               match="id", keys=partners))
+        await source.aclose()
+        async with httpx.AsyncClient(base_url=systems.erp_url) as client:
+            document = (await client.get("/openapi.json")).json()
+    finally:
+        for server in servers:
+            await stop_background(server)
+
+    assert rows == [{"id": p["id"], "credit_limit": p["credit_limit"]}
+                    for p in data.erp["res.partner"][:3]]
+    validate(document)
