@@ -25,7 +25,7 @@ FAULT_BODIES: tuple[str, ...] = get_args(FaultBody)
 
 # A JSON body cut off in the middle, as a proxy that times out mid-stream sends it.
 MALFORMED_JSON = b'{"result": [{"id": 1, "name": "trunc'
-# Bytes a dropped response promises in Content-Length; it sends fewer.
+# Bytes a dropped response promises in Content-Length, although it sends fewer.
 _DROPPED_LENGTH = 4096
 
 
@@ -104,7 +104,7 @@ class DemoControl:
 
 
 def body_fault(control: DemoControl) -> Response | None:
-    """Return the response that ``control.fault_body`` asks for, or None when it is unset."""
+    """Return the response that ``control.fault_body`` sets, or None when it is unset."""
     if control.fault_body == "malformed":
         return Response(MALFORMED_JSON, status_code=200, media_type="application/json")
     if control.fault_body == "drop":

@@ -286,7 +286,7 @@ class _Routes:
                 and secrets.compare_digest(password, self.fake.password))
 
     async def guard(self, request: Request) -> Response | None:
-        """Apply the fault delay, Basic auth, the fault status and body, the URL cap and JSON-only."""
+        """Apply the fault delay, Basic auth, the injected faults, the URL cap and JSON-only."""
         control = self.fake.control
         if control.fault_delay:
             await asyncio.sleep(control.fault_delay)
