@@ -211,6 +211,11 @@ class Adapter(ABC):
         """Return the upstream's name of ``attribute``, as its request log shows it."""
         return attribute
 
+    @property
+    def name(self) -> str:
+        """The dialect, and the database server where one dialect runs on several."""
+        return self.dialect
+
     def reason(self, case: Case) -> str | None:
         return self.not_applicable.get(case)
 
@@ -570,6 +575,11 @@ class SqlAdapter(Adapter):
         self.url = url
         self.statements = _Statements()
         self._sources: list[SqlSource] = []
+        self._ending: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"sql-{self.backend}"
 
     def reason(self, case: Case) -> str | None:
         if case == "drop" and self.backend == "sqlite":
@@ -580,6 +590,8 @@ class SqlAdapter(Adapter):
         return None
 
     async def stop(self) -> None:
+        if self._ending is not None:
+            await self._ending
         for source in self._sources:
             await source.aclose()
 
@@ -612,7 +624,7 @@ class SqlAdapter(Adapter):
         assert fault in ("slow", "drop"), f"fault {fault!r} does not apply to SQL"
         request = FetchRequest("slow_sale_order", ("id",), match="id", keys=(3001,))
         if fault == "drop":
-            asyncio.get_running_loop().create_task(self._end_session())
+            self._ending = asyncio.get_running_loop().create_task(self._end_session())
         return request
 
     async def _end_session(self) -> None:
@@ -629,6 +641,8 @@ class SqlAdapter(Adapter):
                     await asyncio.sleep(0.02)
         finally:
             await engine.dispose()
+        raise AssertionError("the slow read did not appear in the server's session list "
+                             "within 4 s, so its connection could not be ended")
 
 
 _READS_SALE_ORDER = re.compile(r"^\s*SELECT\s.*?\sFROM\s+[`\"]?sale_order[`\"]?(\s|$)",

@@ -94,7 +94,7 @@ def applies(adapter: Adapter, case: Case) -> None:
     """Skip the test, with the adapter's reason, when ``case`` cannot apply to its dialect."""
     reason = adapter.reason(case)
     if reason is not None:
-        pytest.skip(f"not applicable to {adapter.dialect}: {reason}")
+        pytest.skip(f"not applicable to {adapter.name}: {reason}")
 
 
 def one_key(adapter: Adapter, data: DemoData, attributes: tuple[str, ...] = ()) -> FetchRequest:
@@ -196,7 +196,7 @@ async def test_empty_value_reads_none(adapter: Adapter, demo_data: DemoData,
 
 async def test_documented_statuses_map(adapter: Adapter, demo_data: DemoData) -> None:
     applies(adapter, "status_error")
-    assert adapter.status_errors, f"{adapter.dialect} documents no error status"
+    assert adapter.status_errors, f"{adapter.name} documents no error status"
 
     for status, expected in adapter.status_errors.items():
         source = adapter.source()
