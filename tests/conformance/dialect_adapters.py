@@ -1,9 +1,9 @@
 """One adapter per source dialect for the conformance suite in ``test_conformance.py``.
 
-An adapter starts a dialect's demo fake (or loads a SQL database), builds the
-dialect's source against it and declares what the suite needs: the sample
-records to read, how many upstream requests a batch of keys costs, how to
-inject a fault, and which cases cannot apply, with the reason.
+An adapter starts a dialect's demo fake (or loads a SQL database) and builds
+the dialect's source against it. It also declares what the suite needs: the
+sample records to read, how many upstream requests a batch of keys costs,
+how to inject a fault, and which cases cannot apply, with the reason.
 
 HTTP fakes run in-process through ``httpx.ASGITransport``. Tests marked
 ``loopback`` get them on a loopback port instead, because they need a real
@@ -107,9 +107,9 @@ class Sample:
     def expected(self, data: DemoData, keys: tuple[str | int, ...],
                  attributes: tuple[str, ...]) -> list[Record]:
         """Return the demo records among ``keys`` projected on ``attributes``, sorted by key."""
-        wanted = set(keys)
+        requested = set(keys)
         rows = [{name: record[name] for name in attributes}
-                for record in self.records(data) if record[self.key] in wanted]
+                for record in self.records(data) if record[self.key] in requested]
         return sorted(rows, key=lambda row: row[self.key])
 
 
