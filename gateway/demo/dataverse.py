@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.demo.control import DemoControl, control_routes
+from gateway.demo.control import DemoControl, body_fault, control_routes
 from gateway.demo.data import DemoData, Record
 from gateway.demo.odata_fake import (
     EntitySet,
@@ -182,6 +182,7 @@ def create_dataverse_app(data: DemoData, *, client_id: str, client_secret: str) 
         *control_routes(fake.control),
     ])
     app.state.fake = fake
+    app.state.control = fake.control
     return app
 
 
@@ -204,7 +205,7 @@ class _Routes:
                                       "access_token": access}), media_type="application/json")
 
     async def guard(self, request: Request) -> Response | None:
-        """Apply the fault delay, the token check, the fault status and the URL cap."""
+        """Apply the fault delay, the token check, the fault status and body, and the URL cap."""
         control = self.fake.control
         if control.fault_delay:
             await asyncio.sleep(control.fault_delay)
@@ -216,6 +217,9 @@ class _Routes:
                           {"Retry-After": str(RETRY_AFTER_SECONDS)})
         if control.fault_status is not None:
             return _error(control.fault_status, "0x80040216", "An unexpected error occurred.")
+        faulty = body_fault(control)
+        if faulty is not None:
+            return faulty
         if len(str(request.url)) > MAX_URL_BYTES:
             return _error(414, "", "the request URL is too long")
         return None
@@ -248,8 +252,11 @@ class _Routes:
             log_read(self.fake.control, "POST", path, "$batch", None, exc.status)
             return _error(exc.status, exc.code, exc.message)
         log_read(self.fake.control, "POST", path, "$batch", None, 200)
+        first_part = len(self.fake.control.log)
         answers = [self.part(method, target, headers, _base(request))
                    for method, target, headers in parts]
+        for entry in self.fake.control.log[first_part:]:
+            entry.in_batch = True
         reply = f"batchresponse_{secrets.token_hex(8)}"
         return Response(encode_batch_response(reply, answers),
                         media_type=f"multipart/mixed; boundary={reply}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Record = Mapping[str, Any]
@@ -34,6 +35,47 @@ _COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
     "le": lambda a, b: a is not None and b is not None and bool(a <= b),
 }
 _KEYWORDS = {"and", "or", "not", "in", "true", "false", "null", *_COMPARISONS}
+
+
+@dataclass(frozen=True)
+class _Property:
+    name: str
+
+    def __call__(self, record: Record) -> Any:
+        return record.get(self.name)
+
+
+@dataclass(frozen=True)
+class _Literal:
+    value: str | int | float
+
+    def __call__(self, record: Record) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class _Equality:
+    """A ``property eq literal`` term. An ``or`` chain of them becomes one set lookup."""
+
+    name: str
+    value: str | int | float
+
+    def __call__(self, record: Record) -> bool:
+        return bool(record.get(self.name) == self.value)
+
+
+def _any_of(terms: list[Predicate]) -> Predicate:
+    """Return the ``or`` of ``terms``, in constant time per record for a chain of key equalities.
+
+    A key read of 5,000 keys is a chain of 5,000 ``key eq value`` terms, which
+    would otherwise cost 5,000 comparisons per record.
+    """
+    names = {term.name for term in terms if isinstance(term, _Equality)}
+    if len(names) == 1 and all(isinstance(term, _Equality) for term in terms):
+        name = names.pop()
+        values = frozenset(term.value for term in terms if isinstance(term, _Equality))
+        return lambda r: r.get(name) in values
+    return lambda r: any(t(r) for t in terms)
 
 
 def tokenize(text: str) -> list[tuple[str, str]]:
@@ -84,7 +126,7 @@ class _Parser:
         while self.peek() == "or":
             self.take()
             terms.append(self.conjunction())
-        return terms[0] if len(terms) == 1 else (lambda r: any(t(r) for t in terms))
+        return terms[0] if len(terms) == 1 else _any_of(terms)
 
     def conjunction(self) -> Predicate:
         terms = [self.negation()]
@@ -113,6 +155,8 @@ class _Parser:
         self.take()
         right, right_type = self.operand()
         _check_types(left_type, right_type, operator)
+        if operator == "eq" and isinstance(left, _Property) and isinstance(right, _Literal):
+            return _Equality(left.name, right.value)
         compare = _COMPARISONS[operator]
         return lambda r: compare(left(r), right(r))
 
@@ -123,8 +167,7 @@ class _Parser:
             self.take(")")
             return inner, "bool"
         if kind == "string":
-            value = text[1:-1].replace("''", "'")
-            return (lambda r: value), "str"
+            return _Literal(text[1:-1].replace("''", "'")), "str"
         if kind == "number":
             return _number(text, self.version)
         if text in ("true", "false"):
@@ -141,7 +184,7 @@ class _Parser:
     def property(self, name: str) -> tuple[Operand, str | None]:
         if name not in self.types:
             raise FilterError(f"could not find a property named {name!r}")
-        return (lambda r: r.get(name)), self.types[name]
+        return _Property(name), self.types[name]
 
     def function(self, name: str) -> tuple[Operand, str | None]:
         self.take("(")
@@ -171,7 +214,7 @@ def _number(text: str, version: str) -> tuple[Operand, str]:
             raise FilterError(f"invalid number literal {text!r}")
         text = text[:-1]
     value: int | float = float(text) if "." in text else int(text)
-    return (lambda r: value), "decimal" if isinstance(value, float) else "int"
+    return _Literal(value), "decimal" if isinstance(value, float) else "int"
 
 
 def _check_types(left: str | None, right: str | None, operator: str) -> None:

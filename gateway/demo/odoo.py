@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.demo.control import DemoControl, RequestLogEntry, control_routes
+from gateway.demo.control import DemoControl, RequestLogEntry, body_fault, control_routes
 from gateway.demo.data import DemoData
 from gateway.demo.odoo_domain import OdooFault, RecordStore
 from gateway.demo.odoo_json2 import Json2Api, json2_not_found, read_json2_call
@@ -375,7 +375,7 @@ class _OdooHttp:
             await asyncio.sleep(self.control.fault_delay)
         status = self.control.fault_status
         if status is None:
-            return None
+            return body_fault(self.control)
         # A reverse proxy in front of Odoo returns a short text page like this one.
         try:
             phrase = HTTPStatus(status).phrase

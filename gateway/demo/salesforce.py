@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.demo.control import DemoControl, RequestLogEntry, control_routes
+from gateway.demo.control import DemoControl, RequestLogEntry, body_fault, control_routes
 from gateway.demo.data import DemoData
 from gateway.demo.salesforce_composite import CollectionError, parse_retrieve, retrieve
 from gateway.demo.sobjects import QueryResult, SObjectStore
@@ -172,7 +172,7 @@ class _SalesforceServer:
         return endpoint
 
     async def guard(self, request: Request) -> _Outcome | None:
-        """Reject an over-long URI and apply the injected fault before the handler runs."""
+        """Reject an over-long URI and apply the injected faults before the handler runs."""
         raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
         query_string: bytes = request.scope.get("query_string", b"")
         uri_bytes = len(raw_path) + (len(query_string) + 1 if query_string else 0)
@@ -185,7 +185,8 @@ class _SalesforceServer:
             await asyncio.sleep(self.control.fault_delay)
         status = self.control.fault_status
         if status is None:
-            return None
+            faulty = body_fault(self.control)
+            return None if faulty is None else _Outcome(faulty)
         code = _FAULT_ERROR_CODES.get(status, "UNKNOWN_EXCEPTION")
         return _Outcome(salesforce_error(status, code,
                                          f"Injected fault: the demo server returns {status}."))

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.demo.control import DemoControl, control_routes
+from gateway.demo.control import DemoControl, body_fault, control_routes
 from gateway.demo.data import DemoData, Record
 from gateway.demo.odata_fake import (
     EntitySet,
@@ -266,6 +266,7 @@ def create_sap_app(data: DemoData, *, user: str, password: str) -> Starlette:
         *control_routes(fake.control),
     ])
     app.state.fake = fake
+    app.state.control = fake.control
     return app
 
 
@@ -285,7 +286,7 @@ class _Routes:
                 and secrets.compare_digest(password, self.fake.password))
 
     async def guard(self, request: Request) -> Response | None:
-        """Apply the fault delay, Basic auth, the fault status, the URL cap and JSON-only."""
+        """Apply the fault delay, Basic auth, the injected faults, the URL cap and JSON-only."""
         control = self.fake.control
         if control.fault_delay:
             await asyncio.sleep(control.fault_delay)
@@ -299,6 +300,9 @@ class _Routes:
         if control.fault_status is not None:
             return _error(control.fault_status, "/IWBEP/CM_MGW_RT/000",
                           "An unexpected exception occurred")
+        faulty = body_fault(control)
+        if faulty is not None:
+            return faulty
         if len(str(request.url)) > MAX_URL_BYTES:
             return _error(414, "/IWFND/CM_BEC/076", "Request URI too long")
         wants_json = (request.query_params.get("$format") == "json"
@@ -366,7 +370,10 @@ class _Routes:
             log_read(self.fake.control, "POST", path, "$batch", None, exc.status)
             return _error(exc.status, exc.code, exc.message)
         log_read(self.fake.control, "POST", path, "$batch", None, 200)
+        first_part = len(self.fake.control.log)
         answers = [self.part(method, target, _base(request)) for method, target, _h in parts]
+        for entry in self.fake.control.log[first_part:]:
+            entry.in_batch = True
         reply = f"batchresponse_{secrets.token_hex(8)}"
         return Response(encode_batch_response(reply, answers),
                         media_type=f"multipart/mixed; boundary={reply}")

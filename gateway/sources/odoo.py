@@ -139,6 +139,15 @@ def normalise(record: dict[str, Any]) -> Row:
     return row
 
 
+def project(row: Row, attributes: tuple[str, ...]) -> Row:
+    """Return ``row`` with exactly ``attributes``, as every source returns rows.
+
+    Odoo adds ``id`` to every record even when ``fields`` omits it, and a
+    field missing from a record reads as None, like ``false``.
+    """
+    return {name: row.get(name) for name in attributes}
+
+
 def is_request_error(name: str) -> bool:
     """Return whether the Odoo exception class ``name`` means the request itself is wrong."""
     return name.endswith(_REQUEST_ERROR_SUFFIXES)
@@ -181,7 +190,7 @@ class OdooSource(ABC):
         if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
             raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} with "
                                       "something other than a list of records")
-        return [normalise(record) for record in result]
+        return [project(normalise(record), request.attributes) for record in result]
 
 
 class OdooJsonRpcSource(OdooSource):

@@ -252,7 +252,7 @@ class SalesforceSource:
                 continue
             if isinstance(url, str):
                 seen.add(url)
-            rows.append(_row(record))
+            rows.append(_row(record, request.attributes))
         return rows
 
     async def _retrieve_chunk(self, request: FetchRequest,
@@ -283,14 +283,15 @@ class SalesforceSource:
         what = f"{request.entity} query of {len(keys)} keys"
         path = f"/services/data/v{self._settings.api_version}/query"
         body = await self._get(path, {"q": build_soql(request, keys)}, what)
-        rows = [_row(record) for record in body.get("records", [])]
+        rows = [_row(record, request.attributes) for record in body.get("records", [])]
         while not body.get("done", True):
             next_url = body.get("nextRecordsUrl")
             if not isinstance(next_url, str):
                 raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} "
                                           "with done=false and no nextRecordsUrl")
             body = await self._get(next_url, None, what)
-            rows.extend(_row(record) for record in body.get("records", []))
+            rows.extend(_row(record, request.attributes)
+                        for record in body.get("records", []))
         return rows
 
     async def _get(self, path: str, params: dict[str, str] | None, what: str) -> dict[str, Any]:
@@ -390,6 +391,11 @@ class SalesforceSource:
         if response.status_code == 400:
             return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} ({code}); "
                                     "check the schema declaration's attribute names")
+        if response.status_code == 404:
+            # NOT_FOUND: the sObject type or API version in the URL does not exist.
+            return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} (HTTP 404 "
+                                    f"{code}); check the schema declaration's entity names and "
+                                    "the api_version setting")
         return status_error(self.name, what, response, code)
 
 
@@ -435,5 +441,9 @@ def _error_code(response: httpx.Response) -> str | None:
     return None
 
 
-def _row(record: dict[str, Any]) -> Row:
-    return {key: value for key, value in record.items() if key != "attributes"}
+def _row(record: dict[str, Any], attributes: tuple[str, ...]) -> Row:
+    """Return a record without its ``attributes`` annotation. An omitted field reads as None."""
+    row = {key: value for key, value in record.items() if key != "attributes"}
+    for name in attributes:
+        row.setdefault(name, None)
+    return row

@@ -8,6 +8,7 @@ set, and one runs the real odoorpc client when it is installed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from starlette.applications import Starlette
 
 from gateway.demo.control import RequestLogEntry
 from gateway.demo.data import DemoData, generate
-from gateway.demo.odoo import create_odoo_app
+from gateway.demo.odoo import SERVER_VERSION, create_odoo_app
 
 DB = "fonte_demo"
 LOGIN = "gateway"
@@ -635,6 +636,28 @@ async def test_fault_status_answers_text(app: Starlette, client: httpx.AsyncClie
         (None, 0, 503),
         (None, 0, 200),
     ]
+
+
+async def test_fault_body_malformed_json(client: httpx.AsyncClient) -> None:
+    set_fault = await client.put("/__fonte/fault", json={"status": None, "body": "malformed"})
+    failed = await rpc(client, "common", "version", [])
+    await client.put("/__fonte/fault", json={"status": None})
+    recovered = await rpc(client, "common", "version", [])
+
+    assert set_fault.json() == {"status": None, "delay": 0.0, "body": "malformed"}
+    assert failed.status_code == 200
+    assert failed.headers["content-type"] == "application/json"
+    with pytest.raises(json.JSONDecodeError):
+        failed.json()
+    assert recovered.json()["result"]["server_version"] == SERVER_VERSION
+
+
+async def test_fault_body_invalid_rejected(client: httpx.AsyncClient) -> None:
+    response = await client.put("/__fonte/fault", json={"status": None, "body": "garbled"})
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "fault body 'garbled' is invalid. Use 'malformed' or "
+                                        "'drop' or null"}
 
 
 async def test_fault_delay_holds_answer(client: httpx.AsyncClient) -> None:

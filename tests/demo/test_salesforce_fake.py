@@ -501,7 +501,9 @@ async def test_request_log_contents(client: httpx.AsyncClient, headers: dict[str
 
     logged = (await client.get("/__fonte/requests")).json()["requests"]
     filters = [entry.pop("filter") for entry in logged]
+    in_batch = [entry.pop("in_batch") for entry in logged]
     entries = logged
+    assert not any(in_batch)
     assert filters[1] == (f"Industry != null AND (Id IN ('{first}', '{second}') OR "
                           f"Id NOT IN ('{first}'))")
     assert entries == [
