@@ -40,13 +40,13 @@ CLIENTS = 20
 # are committed and others are in flight at the kill.
 KILL_AFTER_RESPONSES = 300
 MAX_REQUESTS = 2000
-LOAD_SECONDS = 10.0
+# The kill normally comes within a few seconds; the deadline only ends a load that
+# cannot reach it, and is long enough for a machine busy with other work.
+LOAD_SECONDS = 45.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 START_SECONDS = 20.0
 STOP_SECONDS = 15.0
 RESTART_REQUESTS = 10
-# The whole test, both gateway runs and both verifier runs included.
-TEST_SECONDS = 60.0
 CUSTOMERS = 200
 
 # ``vatNumber`` and the contacts' e-mail addresses are personal fields, so each
@@ -256,7 +256,6 @@ def check_one_record_each(records: list[dict[str, Any]], request_ids: list[str])
 
 
 def test_audit_log_survives_sigkill(tmp_path: Path) -> None:
-    started = time.monotonic()
     data_dir = tmp_path / "data"
     gateways: list[GatewayProcess] = []
     try:
@@ -308,5 +307,4 @@ def test_audit_log_survives_sigkill(tmp_path: Path) -> None:
         for gateway in gateways:
             gateway.kill_group()
             gateway.process.wait(timeout=STOP_SECONDS)
-    assert time.monotonic() - started < TEST_SECONDS
 
