@@ -1,0 +1,121 @@
+"""HTTP transport settings: cross-origin callers and the proxies trusted to name a client.
+
+CORS: a browser page from another origin may call the gateway only when its
+origin is in ``cors_origins``; the default allows none. Credentials
+(cookies) are never allowed, because the gateway reads only the bearer
+token of the ``Authorization`` header.
+
+Client address: ``X-Forwarded-For`` is read only when the TCP peer is in
+``trusted_proxies``. The header is walked from the right, through entries
+that are themselves trusted proxies, and the first other address is the
+client; a client cannot forge its address by sending the header itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from gateway.errors import ConfigError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "Fonte-Purpose")
+CORS_MAX_AGE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The ``[http]`` section: allowed browser origins and trusted reverse proxies."""
+
+    cors_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+def http_settings_from_table(table: Mapping[str, Any]) -> HttpSettings:
+    """Read the ``[http]`` section of the settings file."""
+    unknown = sorted(set(table) - {"cors_origins", "trusted_proxies"})
+    if unknown:
+        raise ConfigError(f"[http] {unknown[0]} is not a setting; use cors_origins or "
+                          "trusted_proxies")
+    origins = _string_list("cors_origins", table.get("cors_origins", []),
+                           '["https://crm.example.com"]')
+    proxies = _string_list("trusted_proxies", table.get("trusted_proxies", []),
+                           '["10.0.0.0/8", "192.0.2.7"]')
+    return HttpSettings(cors_origins=tuple(_origin(o) for o in origins),
+                        trusted_proxies=tuple(_network(p) for p in proxies))
+
+
+def cors_middleware(settings: HttpSettings) -> list[Middleware]:
+    """Return the CORS middleware for the allowed origins; none when no origin is allowed."""
+    if not settings.cors_origins:
+        return []
+    return [Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                       allow_methods=["POST"], allow_headers=list(CORS_ALLOWED_HEADERS),
+                       allow_credentials=False, expose_headers=["X-Request-ID", "Retry-After"],
+                       max_age=CORS_MAX_AGE_SECONDS)]
+
+
+def client_address(peer: str | None, forwarded_for: Sequence[str],
+                   trusted: Sequence[Network]) -> str | None:
+    """Return the client's IP address from the TCP peer and its ``X-Forwarded-For`` headers.
+
+    ``forwarded_for`` holds every ``X-Forwarded-For`` header value in the
+    order received. An entry that is not an IP address ends the walk, and the
+    last trusted hop before it is returned.
+    """
+    current = _address(peer)
+    if current is None:
+        return None
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    while _is_trusted(current, trusted) and hops:
+        previous = _address(hops.pop())
+        if previous is None:
+            break
+        current = previous
+    return str(current)
+
+
+def _is_trusted(address: IPAddress, trusted: Sequence[Network]) -> bool:
+    return any(address in network for network in trusted)
+
+
+def _address(text: str | None) -> IPAddress | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _string_list(name: str, value: Any, example: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"[http] {name} = {value!r} must be a list of strings, such as "
+                          f"{example}")
+    return value
+
+
+def _origin(value: str) -> str:
+    parts = urlsplit(value)
+    if value == "*" or parts.scheme not in ("http", "https") or not parts.hostname or (
+            parts.path not in ("", "/") or parts.query or parts.fragment or "*" in value):
+        raise ConfigError(f"[http] cors_origins entry {value!r} is not an origin; write each "
+                          "allowed origin in full as scheme://host[:port], such as "
+                          "https://crm.example.com (wildcards are not accepted)")
+    return value.rstrip("/").lower()
+
+
+def _network(value: str) -> Network:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"[http] trusted_proxies entry {value!r} is not an IP address or "
+                          "CIDR network, such as 10.0.0.0/8 or 192.0.2.7") from exc
