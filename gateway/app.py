@@ -247,10 +247,10 @@ async def _graphql(request: Request) -> Response:
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
     address = _client_address(request, gateway)
-    refused = _check_transport(request)
-    if refused is not None:
-        _log_access(gateway, request_id, None, refused.status, started, None)
-        return _json(refused.status, refused.body, request_id)
+    rejection = _check_transport(request)
+    if rejection is not None:
+        _log_access(gateway, request_id, None, rejection.status, started, None)
+        return _json(rejection.status, rejection.body, request_id)
     media_type = _response_media_type(request)
 
     caller = await _authenticate(request, gateway, address, request_id, started)

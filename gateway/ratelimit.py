@@ -48,7 +48,7 @@ class RateLimiter:
         return (1.0 - tokens) / self._limit.rate
 
     def peek(self, caller: str) -> float | None:
-        """Return None when ``caller`` has a request left, else the seconds to wait; takes none."""
+        """Return the seconds ``caller`` must wait, or None, without taking a request."""
         if self._limit.rate <= 0 or caller not in self._buckets:
             return None
         tokens, updated = self._buckets[caller]

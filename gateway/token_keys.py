@@ -1,4 +1,4 @@
-"""Public keys that verify bearer tokens: a PEM file, or a JWKS URL fetched over HTTPS.
+"""Public keys that verify bearer tokens: one from a PEM file, or a JWK set fetched from a URL.
 
 Each key carries the JWS algorithms its type allows (RFC 7518 section 3.1):
 RSA keys RS256-RS512 and PS256-PS512, EC keys the ES algorithm of their
@@ -40,8 +40,8 @@ _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 # A key id is only a lookup key in the JWK set, never a path or a query, but
-# one outside base64 and base64url characters is refused before any lookup so
-# that it reaches no log line and no fetch. 128 characters hold a SHA-512
+# one outside base64 and base64url characters is rejected before any lookup,
+# so that it reaches no log line and causes no fetch. 128 characters hold a SHA-512
 # thumbprint in base64 with room to spare.
 _KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-+/=.]{1,128}")
 MAX_JWKS_BYTES = 512 * 1024
@@ -119,7 +119,7 @@ def load_public_key(path: Path) -> PublicKey:
 
 @dataclass(frozen=True)
 class JwksSettings:
-    """Where the identity provider publishes its keys, and how often to fetch them."""
+    """The identity provider's JWK set URL, with the fetch timeout and cache intervals."""
 
     url: str
     timeout: float = 3.0  # seconds for one whole fetch, connect to last byte

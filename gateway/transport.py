@@ -6,9 +6,9 @@ origin is in ``cors_origins``; the default allows none. Credentials
 token of the ``Authorization`` header.
 
 Client address: ``X-Forwarded-For`` is read only when the TCP peer is in
-``trusted_proxies``. The header is walked from the right, through entries
-that are themselves trusted proxies, and the first other address is the
-client; a client cannot forge its address by sending the header itself.
+``trusted_proxies``. The header is walked from the right, past entries that
+are themselves trusted proxies, and the first other address is the client.
+So a client cannot forge its address by sending the header itself.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def client_address(peer: str | None, forwarded_for: Sequence[str],
                    trusted: Sequence[Network]) -> str | None:
     """Return the client's IP address from the TCP peer and its ``X-Forwarded-For`` headers.
 
-    ``forwarded_for`` holds every ``X-Forwarded-For`` header value in the
+    ``forwarded_for`` contains every ``X-Forwarded-For`` header value in the
     order received. An entry that is not an IP address ends the walk, and the
     last trusted hop before it is returned.
     """

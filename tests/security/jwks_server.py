@@ -2,7 +2,7 @@
 
 ``JwksServer`` serves ``GET /jwks`` from ``http.server`` in a thread on
 127.0.0.1 and a free port, so the gateway's JWKS client goes through real
-TCP and HTTP. Its ``mode`` selects the answer: the key set, a delay longer
+TCP and HTTP. Its ``mode`` selects the response: the key set, a delay longer
 than the client's timeout, HTTP 500, or a body that is not JSON. ``fetches``
 counts every request it received, so a test can bound the gateway's fetches.
 """

@@ -1,8 +1,8 @@
 """Transport attacks: cross-site requests, content-type tricks, tokens in URLs, spoofed hops.
 
 Every rejected request carries a valid bearer token, so the rejection comes
-from the transport check itself; each test checks that no upstream was
-called and no audit record written.
+from the transport check itself. Each test also checks that no upstream was
+called and no audit record was written.
 """
 
 from __future__ import annotations
