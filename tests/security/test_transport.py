@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from conftest import Harness, read_audit_records, start_harness
+from typer.testing import CliRunner
 
+from gateway import cli
 from gateway.config import load_settings
 from gateway.demo.data import DemoData
 from gateway.errors import ConfigError
@@ -240,8 +243,8 @@ async def test_graphiql_enabled_in_demo(harness: Harness) -> None:
     assert response.headers["content-type"].startswith("text/html")
 
 
-def test_serve_graphiql_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FONTE_TEST_ID", "FONTE_TEST_SECRET", "FONTE_TEST_KEY"):
+def write_serve_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("FONTE_TEST_ID", "FONTE_TEST_SECRET"):
         monkeypatch.setenv(name, "x")
     path = tmp_path / "fonte.toml"
     path.write_text("""
@@ -254,11 +257,28 @@ login_url = "https://crm.example.com"
 client_id_env = "FONTE_TEST_ID"
 client_secret_env = "FONTE_TEST_SECRET"
 """, encoding="utf-8")
+    return path
 
-    settings = load_settings(path)
+
+def test_serve_graphiql_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(write_serve_settings(tmp_path, monkeypatch))
 
     assert settings.graphiql is False
     assert settings.http == HttpSettings()
+
+
+def test_serve_ignores_uvicorn_proxy_headers(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    # basicConfig on CliRunner's stream would outlive the test.
+    monkeypatch.setattr(cli, "_configure_logging", lambda level: None)
+
+    result = CliRunner().invoke(cli.app, ["serve", "--config",
+                                          str(write_serve_settings(tmp_path, monkeypatch))])
+
+    assert result.exit_code == 0, result.output
+    assert calls[0]["proxy_headers"] is False
 
 
 # --- X-Forwarded-For ----------------------------------------------------------------------
