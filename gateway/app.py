@@ -76,13 +76,18 @@ from gateway.sources.salesforce import SalesforceSource
 from gateway.sources.sap import SapSettings, SapSource
 from gateway.sources.sql import SqlSettings, SqlSource
 from gateway.token_keys import JwksKeys, KeyResolver, StaticKey, load_public_key
-from gateway.transport import client_address, cors_middleware
+from gateway.transport import (
+    GRAPHQL_RESPONSE_TYPE,
+    TOKEN_IN_URL_MESSAGE,
+    acceptable,
+    client_address,
+    content_charset,
+    cors_middleware,
+    response_media_type,
+    token_in_url,
+)
 
 PURPOSE_HEADER = "fonte-purpose"
-# Media types a client may ask for in Accept (GraphQL over HTTP, 2024 draft).
-GRAPHQL_RESPONSE_TYPE = "application/graphql-response+json"
-_ACCEPTED_RESPONSE_TYPES = frozenset({"application/json", GRAPHQL_RESPONSE_TYPE,
-                                      "application/*", "*/*"})
 access_log = logging.getLogger("gateway.access")
 log = logging.getLogger("gateway.app")
 
@@ -251,7 +256,7 @@ async def _graphql(request: Request) -> Response:
     if rejection is not None:
         _log_access(gateway, request_id, None, rejection.status, started, None)
         return _json(rejection.status, rejection.body, request_id)
-    media_type = _response_media_type(request)
+    media_type = response_media_type(request.headers.get("accept"))
 
     caller = await _authenticate(request, gateway, address, request_id, started)
     if isinstance(caller, Response):
@@ -328,32 +333,14 @@ def _client_address(request: Request, gateway: Gateway) -> str | None:
 
 def _check_transport(request: Request) -> GraphQLResponse | None:
     """Return the 400 or 406 response for a token in the URL or an unacceptable Accept."""
-    if _token_in_url(request):
-        return GraphQLResponse(400, _error_body(
-            "a token in the URL is not accepted, because URLs are logged and kept in browser "
-            "history; send it in the header 'Authorization: Bearer <JWT>'", "TOKEN_IN_URL"))
+    if token_in_url(request.query_params.keys()):
+        return GraphQLResponse(400, _error_body(TOKEN_IN_URL_MESSAGE, "TOKEN_IN_URL"))
     accept = request.headers.get("accept")
-    if accept is not None and not _accepted_types(accept) & _ACCEPTED_RESPONSE_TYPES:
+    if accept is not None and not acceptable(accept):
         return GraphQLResponse(406, _error_body(
             f"Accept {accept[:100]!r} names no type this gateway sends; accept "
             f"application/json or {GRAPHQL_RESPONSE_TYPE}", "NOT_ACCEPTABLE"))
     return None
-
-
-def _token_in_url(request: Request) -> bool:
-    names = {name.lower() for name in request.query_params}
-    return bool(names & {"access_token", "token", "id_token", "authorization", "jwt"})
-
-
-def _accepted_types(accept: str) -> set[str]:
-    return {part.split(";")[0].strip().lower() for part in accept.split(",")}
-
-
-def _response_media_type(request: Request) -> str:
-    accept = request.headers.get("accept")
-    if accept is not None and GRAPHQL_RESPONSE_TYPE in _accepted_types(accept):
-        return GRAPHQL_RESPONSE_TYPE
-    return "application/json"
 
 
 async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLResponse:
@@ -363,7 +350,7 @@ async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLRe
         return GraphQLResponse(415, _error_body(
             f"Content-Type {content_type[:100] or 'missing'!r} is not supported; send the "
             "request as application/json", "BAD_REQUEST"))
-    charset = _charset(parameters)
+    charset = content_charset(parameters)
     if charset not in (None, "utf-8", "utf8"):
         return GraphQLResponse(415, _error_body(
             f"charset {charset[:40]!r} is not supported; send the JSON body as UTF-8",
@@ -390,14 +377,6 @@ async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLRe
     return _graphql_request(payload)
 
 
-def _charset(parameters: str) -> str | None:
-    for parameter in parameters.split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
-
-
 def _graphql_request(payload: Any) -> GraphQLRequest | GraphQLResponse:
     if not isinstance(payload, dict):
         return GraphQLResponse(400, _error_body(
@@ -419,11 +398,8 @@ def _graphql_request(payload: Any) -> GraphQLRequest | GraphQLResponse:
 
 async def _graphiql(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    if _token_in_url(request):
-        return _json(400, _error_body(
-            "a token in the URL is not accepted, because URLs are logged and kept in browser "
-            "history; send it in the header 'Authorization: Bearer <JWT>'", "TOKEN_IN_URL"),
-            uuid.uuid4().hex)
+    if token_in_url(request.query_params.keys()):
+        return _json(400, _error_body(TOKEN_IN_URL_MESSAGE, "TOKEN_IN_URL"), uuid.uuid4().hex)
     if "query" in request.query_params:
         return _json(405, _error_body(
             "GraphQL operations run only by POST with a JSON body, so that a link or an "

@@ -1,4 +1,4 @@
-"""HTTP transport settings: cross-origin callers and the proxies trusted to name a client.
+"""HTTP transport: cross-origin callers, trusted proxies, media types and tokens in URLs.
 
 CORS: a browser page from another origin may call the gateway only when its
 origin is in ``cors_origins``; the default allows none. Credentials
@@ -14,7 +14,7 @@ So a client cannot forge its address by sending the header itself.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +26,15 @@ from gateway.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Media type of GraphQL responses in the GraphQL over HTTP working draft.
+GRAPHQL_RESPONSE_TYPE = "application/graphql-response+json"
+_ACCEPTED_RESPONSE_TYPES = frozenset({"application/json", GRAPHQL_RESPONSE_TYPE,
+                                      "application/*", "*/*"})
+# Query parameters that would put a bearer token into the URL.
+_TOKEN_PARAMETERS = frozenset({"access_token", "token", "id_token", "authorization", "jwt"})
+TOKEN_IN_URL_MESSAGE = ("a token in the URL is not accepted, because URLs are logged and kept "
+                        "in browser history; send it in the header 'Authorization: Bearer <JWT>'")
 
 CORS_ALLOWED_HEADERS = ("Authorization", "Content-Type", "Fonte-Purpose")
 CORS_MAX_AGE_SECONDS = 600
@@ -81,6 +90,36 @@ def client_address(peer: str | None, forwarded_for: Sequence[str],
             break
         current = previous
     return str(current)
+
+
+def token_in_url(parameter_names: Iterable[str]) -> bool:
+    """Return whether a query parameter name is one that carries a token."""
+    return any(name.lower() in _TOKEN_PARAMETERS for name in parameter_names)
+
+
+def acceptable(accept: str) -> bool:
+    """Return whether an ``Accept`` header admits a JSON response."""
+    return bool(_media_types(accept) & _ACCEPTED_RESPONSE_TYPES)
+
+
+def response_media_type(accept: str | None) -> str:
+    """Return the GraphQL response media type when ``accept`` names it, else JSON."""
+    if accept is not None and GRAPHQL_RESPONSE_TYPE in _media_types(accept):
+        return GRAPHQL_RESPONSE_TYPE
+    return "application/json"
+
+
+def content_charset(parameters: str) -> str | None:
+    """Return the lowercase ``charset`` of the parameters after a Content-Type's media type."""
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def _media_types(accept: str) -> set[str]:
+    return {part.split(";")[0].strip().lower() for part in accept.split(",")}
 
 
 def _is_trusted(address: IPAddress, trusted: Sequence[Network]) -> bool:
