@@ -202,7 +202,7 @@ class JwksKeys:
         except TimeoutError as exc:
             log.error("JWKS fetch from %s timed out after %g s", url, self._settings.timeout)
             raise IdentityUnavailable(f"JWKS fetch from {url} timed out") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             log.error("JWKS fetch from %s failed: %s", url, type(exc).__name__)
             raise IdentityUnavailable(f"JWKS fetch from {url} failed") from exc
         keys = _parse_jwk_set(body, url)
@@ -229,7 +229,7 @@ class JwksKeys:
 def _parse_jwk_set(body: bytes, url: str) -> dict[str, VerificationKey]:
     try:
         document = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError includes invalid UTF-8
         log.error("JWKS at %s is not valid JSON", url)
         raise IdentityUnavailable(f"JWKS at {url} is not valid JSON") from exc
     entries = document.get("keys") if isinstance(document, dict) else None

@@ -3,8 +3,9 @@
 ``JwksServer`` serves ``GET /jwks`` from ``http.server`` in a thread on
 127.0.0.1 and a free port, so the gateway's JWKS client goes through real
 TCP and HTTP. Its ``mode`` selects the response: the key set, a delay longer
-than the client's timeout, HTTP 500, or a body that is not JSON. ``fetches``
-counts every request it received, so a test can bound the gateway's fetches.
+than the client's timeout, HTTP 500, a body that is not JSON, or JSON nested
+deeper than a recursive parser can go. ``fetches`` counts every request it
+received, so a test can bound the gateway's fetches.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-Mode = Literal["ok", "slow", "error", "malformed"]
+Mode = Literal["ok", "slow", "error", "malformed", "nested"]
 
 ISSUER = "https://idp.test/realms/acme"
 AUDIENCE = "fonte"
@@ -106,6 +107,8 @@ class JwksServer:
             return 500, b'{"error": "internal"}'
         if self.mode == "malformed":
             return 200, b'{"keys": [ {"kty": "RSA",'
+        if self.mode == "nested":
+            return 200, b"[" * 100_000 + b"]" * 100_000
         published = [k.public_jwk() for k in self.keys] + self.extra_jwks
         return 200, json.dumps({"keys": published}).encode()
 

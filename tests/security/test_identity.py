@@ -121,7 +121,7 @@ async def test_old_key_refused_once_refetched(idp: Harness, jwks: JwksServer) ->
     assert "does not publish" in body["errors"][0]["message"]
 
 
-@pytest.mark.parametrize("mode", ["slow", "error", "malformed"])
+@pytest.mark.parametrize("mode", ["slow", "error", "malformed", "nested"])
 async def test_jwks_failure_503(idp: Harness, jwks: JwksServer, mode: Mode,
                                 caplog: pytest.LogCaptureFixture) -> None:
     jwks.mode = mode
@@ -411,6 +411,14 @@ async def test_unusable_keys_skipped(jwks: JwksServer, caplog: pytest.LogCapture
     assert "key enc-1 is not an asymmetric signing key; skipped" in caplog.text
     assert "key broken cannot be read (InvalidKeyError); skipped" in caplog.text
     assert jwks.fetches == 1
+    await keys.aclose()
+
+
+async def test_invalid_jwks_url_unavailable() -> None:
+    keys = JwksKeys(JwksSettings(url="http://idp .test/certs"), clock=FakeClock())
+
+    with pytest.raises(IdentityUnavailable, match="could not be fetched"):
+        await keys.resolve("key-1")
     await keys.aclose()
 
 
