@@ -89,7 +89,7 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"the bearer token is invalid: {_reason(exc)}") from exc
         algorithm = header.get("alg")
-        if algorithm not in _ASYMMETRIC_ALGORITHMS:
+        if not isinstance(algorithm, str) or algorithm not in _ASYMMETRIC_ALGORITHMS:
             raise AuthenticationError("the bearer token's 'alg' header is not an accepted "
                                       "signature algorithm; use one of "
                                       f"{', '.join(sorted(_ASYMMETRIC_ALGORITHMS))}")

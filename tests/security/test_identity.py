@@ -214,13 +214,23 @@ def forged_tokens(jwks: JwksServer) -> dict[str, str]:
                                 key.private_key, algorithm="RS256", headers={"kid": key.kid}),
         "eddsa_header_rsa_key": jwt.encode(token_claims(), Ed25519PrivateKey.generate(),
                                            algorithm="EdDSA", headers={"kid": key.kid}),
+        # The gateway never follows a key URL that the token itself names.
+        "jku_header": jwks.sign(key=new_key(key.kid),
+                                headers={"jku": "http://127.0.0.1:9/jwks"}),
+        "alg_list": raw_token({"alg": ["RS256"], "kid": key.kid}, token_claims(),
+                              key.private_key),
+        "alg_object": raw_token({"alg": {"name": "RS256"}, "kid": key.kid}, token_claims(),
+                                key.private_key),
+        "crit_header": raw_token({"alg": "RS256", "kid": key.kid, "crit": ["exp"]},
+                                 token_claims(), key.private_key),
     }
 
 
 @pytest.mark.parametrize("kind", ["alg_none", "hs256_with_public_key", "alg_not_declared_for_key",
                                   "other_key_same_kid", "expired", "not_yet_valid",
                                   "wrong_issuer", "wrong_audience", "no_issuer", "no_audience",
-                                  "no_expiry", "eddsa_header_rsa_key"])
+                                  "no_expiry", "eddsa_header_rsa_key", "jku_header", "alg_list",
+                                  "alg_object", "crit_header"])
 async def test_forged_token_401(idp: Harness, jwks: JwksServer, kind: str,
                                 caplog: pytest.LogCaptureFixture) -> None:
     token = forged_tokens(jwks)[kind]
