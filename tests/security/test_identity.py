@@ -19,6 +19,8 @@ from typing import Any
 import jwt
 import pytest
 from conftest import Harness, read_audit_records, start_harness
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwks_server import (
     AUDIENCE,
@@ -37,7 +39,7 @@ from gateway.config import load_settings
 from gateway.demo.data import DemoData
 from gateway.errors import AuthenticationError, ConfigError, IdentityUnavailable, NoRoleError
 from gateway.role_claims import RoleMapping
-from gateway.token_keys import JwksKeys, JwksSettings, check_key_id
+from gateway.token_keys import JwksKeys, JwksSettings, check_key_id, load_public_key
 
 CUSTOMER_QUERY = "{ customers(first: 1) { edges { node { id email } } } }"
 AZURE_SALES_GROUP = "3f2a8c1e-5b7d-4e9a-8c6f-1d2e3f4a5b6c"
@@ -308,6 +310,35 @@ def test_kid_check_accepts_provider_formats() -> None:
     assert check_key_id(cognito) == cognito
     assert check_key_id(azure) == azure
     assert check_key_id(None) is None
+
+
+# --- a static key file ---------------------------------------------------------------------
+
+
+async def test_static_rsa_key_file(jwks: JwksServer, demo_data: DemoData,
+                                   tmp_path: Path) -> None:
+    key_file = tmp_path / "idp-public.pem"
+    key_file.write_bytes(jwks.current.public_pem())
+    changes = {"development_tokens": False, "token_public_key_file": key_file,
+               "token_issuer": ISSUER, "token_audiences": (AUDIENCE,)}
+    confused = hmac_token(token_claims(), jwks.current.public_pem(), jwks.current.kid)
+    async with start_harness(demo_data, tmp_path / "data", settings_changes=changes) as harness:
+        accepted = await send(harness, jwks.sign())
+        rejected = await send(harness, confused)
+
+    assert accepted[0] == 200
+    assert rejected[:2] == (401, "UNAUTHENTICATED")
+    assert jwks.fetches == 0
+
+
+def test_weak_rsa_key_file_rejected(tmp_path: Path) -> None:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    path = tmp_path / "weak.pem"
+    path.write_bytes(weak.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    with pytest.raises(ConfigError, match="RSA key of 2048 bits or more"):
+        load_public_key(path)
 
 
 # --- JwksKeys cache, with a fake clock ----------------------------------------------------

@@ -171,14 +171,19 @@ async def test_token_in_url_400(harness: Harness, method: str, name: str,
     ("application/json; charset=utf-16", BODY.decode().encode("utf-16")),
     ("application/json; charset=latin-1", BODY),
 ])
-async def test_content_type_trick_415(harness: Harness, content_type: str, body: bytes) -> None:
-    response = await harness.client.post("/graphql", content=body,
-                                         headers={"Content-Type": content_type,
-                                                  **bearer(harness)})
+async def test_content_type_trick_415(harness: Harness, content_type: str, body: bytes,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    headers = bearer(harness)
+
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        response = await harness.client.post("/graphql", content=body,
+                                             headers={"Content-Type": content_type, **headers})
 
     assert response.status_code == 415
     assert error_code(response.json()) == "BAD_REQUEST"
     await assert_nothing_read(harness)
+    assert headers["Authorization"].removeprefix("Bearer ") not in caplog.text
+    assert "status=415" in caplog.text
 
 
 async def test_utf16_body_message(harness: Harness) -> None:
