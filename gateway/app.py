@@ -3,7 +3,15 @@
 Requests follow the GraphQL-over-HTTP conventions: a JSON body with
 ``query``, ``variables`` and ``operationName``; HTTP 200 when the operation
 ran, with field errors in ``errors``; 400 when the document or the body is
-invalid; 401 without a valid bearer token.
+invalid; 401 without a valid bearer token; 503 when the token keys cannot
+be fetched.
+
+Only ``POST`` with ``Content-Type: application/json`` runs an operation.
+A form post or a ``text/plain`` body, which a page on another site can send
+without a CORS preflight, gets 415. ``GET /graphql`` serves GraphiQL when it
+is enabled and never runs a query, and a token in the URL
+(``?access_token=``) is rejected, because URLs end up in proxy logs and
+browser history.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 import httpx
@@ -37,20 +45,22 @@ from gateway.audit_events import AuditRecorder
 from gateway.catalog import load_catalog
 from gateway.config import Settings
 from gateway.datadir import claim_data_dir
-from gateway.errors import AuthenticationError, ConfigError, PurposeError
+from gateway.errors import (
+    AuthenticationError,
+    ConfigError,
+    IdentityUnavailable,
+    NoRoleError,
+    PurposeError,
+)
 from gateway.execute import Executor, GraphQLRequest, GraphQLResponse
 from gateway.graphql_schema import build_schema
-from gateway.identity import (
-    TokenSettings,
-    TokenVerifier,
-    load_or_create_signing_key,
-    load_public_key,
-)
+from gateway.identity import TokenSettings, TokenVerifier, load_or_create_signing_key
 from gateway.masks import PseudonymKeys
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewayMetrics
 from gateway.policy_reload import PolicyHolder, PolicySettings
 from gateway.policy_watch import PolicyWatchers, open_policy
+from gateway.principal import Principal
 from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.sources import Source
 from gateway.sources.dataverse import DataverseSettings, DataverseSource
@@ -66,6 +76,17 @@ from gateway.sources.rest import RestSettings, RestSource
 from gateway.sources.salesforce import SalesforceSource
 from gateway.sources.sap import SapSettings, SapSource
 from gateway.sources.sql import SqlSettings, SqlSource
+from gateway.token_keys import JwksKeys, KeyResolver, StaticKey, load_public_key
+from gateway.transport import (
+    GRAPHQL_RESPONSE_TYPE,
+    TOKEN_IN_URL_MESSAGE,
+    acceptable,
+    client_address,
+    content_charset,
+    cors_middleware,
+    response_media_type,
+    token_in_url,
+)
 
 PURPOSE_HEADER = "fonte-purpose"
 access_log = logging.getLogger("gateway.access")
@@ -86,6 +107,9 @@ class Gateway:
     watchers: PolicyWatchers | None = None
     metrics: GatewayMetrics | None = None
     limiter: RateLimiter | None = None
+    # Counts requests with a rejected token per client address, so that token
+    # guessing from one address gets 429 before any verification work.
+    auth_failures: RateLimiter | None = None
 
     @classmethod
     async def start(cls, settings: Settings,
@@ -136,7 +160,8 @@ class Gateway:
         if watchers is not None:
             watchers.start()
         return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers,
-                   GatewayMetrics(sources), RateLimiter(settings.rate_limit))
+                   GatewayMetrics(sources), RateLimiter(settings.rate_limit),
+                   RateLimiter(settings.rate_limit))
 
     async def close(self) -> None:
         if self.watchers is not None:
@@ -145,6 +170,7 @@ class Gateway:
         for source in self.sources.values():
             await source.aclose()
         await self.recorder.close()
+        await self.verifier.aclose()
         self.lock.close()
 
 
@@ -168,15 +194,21 @@ def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
 
 
 def _token_settings(settings: Settings) -> TokenSettings:
-    if settings.token_public_key_file is not None:
-        public_key = load_public_key(settings.token_public_key_file)
+    keys: KeyResolver
+    if settings.jwks is not None:
+        log.info("accepting tokens signed by the keys at %s", settings.jwks.url)
+        keys = JwksKeys(settings.jwks)
+    elif settings.token_public_key_file is not None:
+        keys = StaticKey(load_public_key(settings.token_public_key_file))
     elif settings.development_tokens:
         log.info("accepting development tokens signed by %s", settings.signing_key_path)
-        public_key = load_or_create_signing_key(settings.signing_key_path).public_key()
+        keys = StaticKey(load_or_create_signing_key(settings.signing_key_path).public_key())
     else:
-        raise ConfigError("no token public key configured; set [auth] public_key_file")
-    return TokenSettings(public_key=public_key, issuer=settings.token_issuer,
-                         audience=settings.token_audience)
+        raise ConfigError("no token key configured; set [auth] jwks_url or public_key_file")
+    return TokenSettings(keys=keys, issuer=settings.token_issuer,
+                         audiences=settings.token_audiences,
+                         leeway_seconds=settings.token_leeway_seconds,
+                         roles=settings.role_mapping)
 
 
 def create_app(settings: Settings,
@@ -198,15 +230,17 @@ def create_app(settings: Settings,
         Route("/healthz", _health, methods=["GET"]),
         Route("/metrics", _metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=cors_middleware(settings.http))
 
 
 def _json(status: int, body: Mapping[str, Any], request_id: str,
-          headers: dict[str, str] | None = None) -> Response:
+          headers: dict[str, str] | None = None,
+          media_type: str = "application/json") -> Response:
     all_headers = {"X-Request-ID": request_id, **(headers or {})}
     return Response(orjson.dumps(body, option=orjson.OPT_PASSTHROUGH_DATETIME,
                                  default=_json_default),
-                    status_code=status, media_type="application/json", headers=all_headers)
+                    status_code=status, media_type=media_type, headers=all_headers)
 
 
 def _json_default(value: Any) -> Any:
@@ -221,16 +255,17 @@ async def _graphql(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     request_id = uuid.uuid4().hex
     started = time.perf_counter()
-    try:
-        principal = gateway.verifier.verify(request.headers.get("authorization"),
-                                            request.headers.get(PURPOSE_HEADER))
-    except AuthenticationError as exc:
-        _log_access(gateway, request_id, None, 401, started, None)
-        return _json(401, _error_body(str(exc), "UNAUTHENTICATED"), request_id,
-                     {"WWW-Authenticate": 'Bearer realm="fonte"'})
-    except PurposeError as exc:
-        _log_access(gateway, request_id, None, 403, started, None)
-        return _json(403, _error_body(str(exc), "FORBIDDEN"), request_id)
+    address = _client_address(request, gateway)
+    rejection = _check_transport(request)
+    if rejection is not None:
+        _log_access(gateway, request_id, None, rejection.status, started, None)
+        return _json(rejection.status, rejection.body, request_id)
+    media_type = response_media_type(request.headers.get("accept"))
+
+    caller = await _authenticate(request, gateway, address, request_id, started)
+    if isinstance(caller, Response):
+        return caller
+    principal = replace(caller, address=address)
 
     wait = gateway.limiter.acquire(principal.user) if gateway.limiter else None
     if wait is not None:
@@ -242,7 +277,7 @@ async def _graphql(request: Request) -> Response:
     parsed = await _read_body(request, gateway.settings.max_body_bytes)
     if isinstance(parsed, GraphQLResponse):
         _log_access(gateway, request_id, principal.user, parsed.status, started, None)
-        return _json(parsed.status, parsed.body, request_id)
+        return _json(parsed.status, parsed.body, request_id, media_type=media_type)
 
     try:
         response = await gateway.executor.run(parsed, principal, request_id)
@@ -257,15 +292,73 @@ async def _graphql(request: Request) -> Response:
             "INTERNAL_SERVER_ERROR"))
     _log_access(gateway, request_id, principal.user, response.status, started,
                 parsed.operation_name)
-    return _json(response.status, response.body, request_id)
+    return _json(response.status, response.body, request_id, media_type=media_type)
+
+
+async def _authenticate(request: Request, gateway: Gateway, address: str | None,
+                        request_id: str, started: float) -> Principal | Response:
+    """Return the verified caller, or the 401, 403, 429 or 503 response that rejects it."""
+    failures = gateway.auth_failures
+    wait = failures.peek(address or "-") if failures else None
+    if wait is not None:
+        _log_access(gateway, request_id, None, 429, started, None)
+        return _json(429, _error_body(
+            f"too many requests with an invalid token from this address; retry in "
+            f"{retry_after_header(wait)} s", "RATE_LIMITED"), request_id,
+            {"Retry-After": retry_after_header(wait)})
+    try:
+        return await gateway.verifier.verify(request.headers.get("authorization"),
+                                             request.headers.get(PURPOSE_HEADER))
+    except AuthenticationError as exc:
+        if failures is not None:
+            failures.acquire(address or "-")
+        _log_access(gateway, request_id, None, 401, started, None)
+        return _json(401, _error_body(str(exc), "UNAUTHENTICATED"), request_id,
+                     {"WWW-Authenticate": 'Bearer realm="fonte"'})
+    except IdentityUnavailable as exc:
+        log.warning("request %s not authenticated: %s", request_id, exc)
+        _log_access(gateway, request_id, None, 503, started, None)
+        return _json(503, _error_body(
+            "the identity provider's keys are unavailable, so the token cannot be checked; "
+            "retry later", "AUTH_UNAVAILABLE"), request_id, {"Retry-After": "5"})
+    except NoRoleError as exc:
+        _log_access(gateway, request_id, None, 403, started, None)
+        return _json(403, _error_body(str(exc), "NO_ROLE"), request_id)
+    except PurposeError as exc:
+        _log_access(gateway, request_id, None, 403, started, None)
+        return _json(403, _error_body(str(exc), "FORBIDDEN"), request_id)
+
+
+def _client_address(request: Request, gateway: Gateway) -> str | None:
+    peer = request.client.host if request.client else None
+    return client_address(peer, request.headers.getlist("x-forwarded-for"),
+                          gateway.settings.http.trusted_proxies)
+
+
+def _check_transport(request: Request) -> GraphQLResponse | None:
+    """Return the 400 or 406 response for a token in the URL or an unacceptable Accept."""
+    if token_in_url(request.query_params.keys()):
+        return GraphQLResponse(400, _error_body(TOKEN_IN_URL_MESSAGE, "TOKEN_IN_URL"))
+    accept = request.headers.get("accept")
+    if accept is not None and not acceptable(accept):
+        return GraphQLResponse(406, _error_body(
+            f"Accept {accept[:100]!r} names no type this gateway sends; accept "
+            f"application/json or {GRAPHQL_RESPONSE_TYPE}", "NOT_ACCEPTABLE"))
+    return None
 
 
 async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLResponse:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
+    content_type = media_type.strip().lower()
     if content_type != "application/json":
         return GraphQLResponse(415, _error_body(
-            f"Content-Type {content_type or 'missing'!r} is not supported; send the request "
-            "as application/json", "BAD_REQUEST"))
+            f"Content-Type {content_type[:100] or 'missing'!r} is not supported; send the "
+            "request as application/json", "BAD_REQUEST"))
+    charset = content_charset(parameters)
+    if charset not in (None, "utf-8", "utf8"):
+        return GraphQLResponse(415, _error_body(
+            f"charset {charset[:40]!r} is not supported; send the JSON body as UTF-8",
+            "BAD_REQUEST"))
     too_large = GraphQLResponse(413, _error_body(
         f"request body exceeds the limit of {limit} bytes; send a smaller document or "
         "fewer variables", "BAD_REQUEST"))
@@ -309,6 +402,13 @@ def _graphql_request(payload: Any) -> GraphQLRequest | GraphQLResponse:
 
 async def _graphiql(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    if token_in_url(request.query_params.keys()):
+        return _json(400, _error_body(TOKEN_IN_URL_MESSAGE, "TOKEN_IN_URL"), uuid.uuid4().hex)
+    if "query" in request.query_params:
+        return _json(405, _error_body(
+            "GraphQL operations run only by POST with a JSON body, so that a link or an "
+            "image on another site cannot run one", "METHOD_NOT_ALLOWED"), uuid.uuid4().hex,
+            {"Allow": "POST"})
     if not gateway.settings.graphiql:
         return Response("GraphiQL is disabled; POST GraphQL requests to this address.\n",
                         status_code=404, media_type="text/plain")

@@ -72,6 +72,7 @@ class AuditRecorder:
             "roles": sorted(principal.roles),
             "purpose": principal.purpose,
             "client": principal.client,
+            "client_address": principal.address,
             "operation_name": operation_name,
             "operation_hash": self.operation_hash(query),
             "subjects": subjects,

@@ -126,8 +126,10 @@ def serve(
         settings = load_settings(config)
     except GatewayError as exc:
         raise _fail(exc) from exc
+    # proxy_headers off: the gateway reads X-Forwarded-For itself, and only
+    # from [http] trusted_proxies.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=log_level.lower(), access_log=False)
+                log_level=log_level.lower(), access_log=False, proxy_headers=False)
 
 
 @app.command()

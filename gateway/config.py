@@ -11,10 +11,19 @@ Example::
     data_dir = "/var/lib/fonte"
 
     [auth]
+    # or public_key_file = "/etc/fonte/token-public.pem" (RSA, EC or Ed25519 PEM),
     # or development_tokens = true, to accept `fonte token` tokens
-    public_key_file = "/etc/fonte/token-public.pem"
-    issuer = "https://login.example.com"
+    jwks_url = "https://login.example.com/realms/acme/protocol/openid-connect/certs"
+    issuer = "https://login.example.com/realms/acme"
     audience = "fonte"
+    role_claims = ["realm_access.roles"]
+
+    [auth.role_map]            # optional; without it claim values are Fonte roles
+    "fonte-sales" = "sales"
+
+    [http]                     # optional; these are the defaults
+    cors_origins = []          # e.g. ["https://crm.example.com"]
+    trusted_proxies = []       # e.g. ["10.0.0.0/8"]; X-Forwarded-For is read only from these
 
     [systems.crm]
     dialect = "salesforce"
@@ -48,11 +57,12 @@ from sqlalchemy.engine import make_url
 
 from gateway.catalog import default_schema_dir
 from gateway.errors import ConfigError
-from gateway.identity import DEV_AUDIENCE, DEV_ISSUER
+from gateway.identity import DEFAULT_LEEWAY_SECONDS, DEV_AUDIENCE, DEV_ISSUER
 from gateway.limits import OperationLimits
 from gateway.policy import default_policy_dir
 from gateway.policy_reload import PolicySettings, policy_settings_from_table
 from gateway.ratelimit import RateLimit
+from gateway.role_claims import RoleMapping, role_mapping_from_table
 from gateway.secrets import read_secret
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.mapping import entities_from_table
@@ -63,6 +73,8 @@ from gateway.sources.rest_config import rest_settings
 from gateway.sources.salesforce import SalesforceSettings
 from gateway.sources.sap import SapSettings
 from gateway.sources.sql import SqlSettings
+from gateway.token_keys import JwksSettings
+from gateway.transport import HttpSettings, http_settings_from_table
 
 SystemSettings = (SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
                   | DataverseSettings | SapSettings | RestSettings)
@@ -84,7 +96,13 @@ class Settings:
     token_public_key_file: Path | None = None
     development_tokens: bool = False
     token_issuer: str = DEV_ISSUER
-    token_audience: str = DEV_AUDIENCE
+    # A token must name at least one of these in its aud claim.
+    token_audiences: tuple[str, ...] = (DEV_AUDIENCE,)
+    token_leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
+    # None: keys come from token_public_key_file or the development key.
+    jwks: JwksSettings | None = None
+    role_mapping: RoleMapping = field(default_factory=RoleMapping)
+    http: HttpSettings = field(default_factory=HttpSettings)
     audit_fail_open: bool = False
     audit_checkpoint_interval: float = 60.0
     audit_checkpoint_key_name: str = "fonte-audit-1"
@@ -154,12 +172,14 @@ def load_settings(path: Path) -> Settings:
     policy = _table(document, "policy")
     if "policy_dir" in gateway and "directory" not in policy:
         policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
+    _check_known("auth", auth, _AUTH_SETTINGS)
     key_file = auth.get("public_key_file")
     development_tokens = bool(auth.get("development_tokens", False))
-    if not key_file and not development_tokens:
-        raise ConfigError(f"{path}: [auth] public_key_file is missing; set it to the PEM "
-                          "Ed25519 public key of your token issuer, or set "
-                          "development_tokens = true to accept tokens from `fonte token`")
+    jwks = _jwks(auth)
+    if sum(1 for source in (key_file, development_tokens, jwks) if source) != 1:
+        raise ConfigError(f"{path}: [auth] needs exactly one token key source: jwks_url (the "
+                          "identity provider's JWK set), public_key_file (a PEM public key), "
+                          "or development_tokens = true to accept tokens from `fonte token`")
     return Settings(
         systems=systems,
         data_dir=_path(base, gateway.get("data_dir", "data")),
@@ -173,7 +193,12 @@ def load_settings(path: Path) -> Settings:
         token_public_key_file=_path(base, key_file) if key_file else None,
         development_tokens=development_tokens,
         token_issuer=str(auth.get("issuer", DEV_ISSUER)),
-        token_audience=str(auth.get("audience", DEV_AUDIENCE)),
+        token_audiences=_audiences(auth.get("audience", DEV_AUDIENCE)),
+        token_leeway_seconds=_integer("auth", "leeway_seconds",
+                                      auth.get("leeway_seconds", DEFAULT_LEEWAY_SECONDS), 0, 300),
+        jwks=jwks,
+        role_mapping=role_mapping_from_table(auth),
+        http=http_settings_from_table(_table(document, "http")),
         audit_fail_open=bool(audit.get("fail_open", False)),
         audit_checkpoint_interval=_number("audit", "checkpoint_interval",
                                           audit.get("checkpoint_interval", 60)),
@@ -198,6 +223,40 @@ def load_settings(path: Path) -> Settings:
             rate=_rate("limits", "requests_per_second", limits.get("requests_per_second", 20)),
             burst=_integer("limits", "burst", limits.get("burst", 40), 1, 100_000)),
     )
+
+
+_AUTH_SETTINGS = {"public_key_file", "development_tokens", "jwks_url", "jwks_timeout",
+                  "jwks_cache_seconds", "jwks_min_refetch_seconds", "issuer", "audience",
+                  "leeway_seconds", "role_claims", "role_map"}
+
+
+def _jwks(auth: dict[str, Any]) -> JwksSettings | None:
+    url = auth.get("jwks_url")
+    if url is None:
+        return None
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise ConfigError(f"[auth] jwks_url = {url!r} must be the http(s) URL of the identity "
+                          "provider's JWK set")
+    jwks = JwksSettings(
+        url=url,
+        timeout=_number("auth", "jwks_timeout", auth.get("jwks_timeout", 3.0)),
+        cache_seconds=_number("auth", "jwks_cache_seconds", auth.get("jwks_cache_seconds", 300)),
+        min_refetch_seconds=_number("auth", "jwks_min_refetch_seconds",
+                                    auth.get("jwks_min_refetch_seconds", 30)))
+    if jwks.cache_seconds < jwks.min_refetch_seconds:
+        raise ConfigError(f"[auth] jwks_cache_seconds = {jwks.cache_seconds:g} is shorter than "
+                          f"jwks_min_refetch_seconds = {jwks.min_refetch_seconds:g}; raise it, "
+                          "or keys would expire before they may be fetched again")
+    return jwks
+
+
+def _audiences(value: Any) -> tuple[str, ...]:
+    audiences = [value] if isinstance(value, str) else value
+    if not isinstance(audiences, list) or not audiences or not all(
+            isinstance(a, str) and a for a in audiences):
+        raise ConfigError(f"[auth] audience = {value!r} must be a string or a list of strings "
+                          "naming this gateway in the tokens' aud claim")
+    return tuple(audiences)
 
 
 def _resilience(document: dict[str, Any], systems: dict[str, SystemSettings]

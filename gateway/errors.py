@@ -11,6 +11,8 @@ client-facing message::
     ├── SchemaError            a declaration in schema/ is inconsistent
     ├── PolicyError            the policy files cannot be loaded or evaluated
     ├── AuthenticationError    a request carries no valid bearer token (HTTP 401)
+    ├── IdentityUnavailable    the token keys cannot be fetched (HTTP 503)
+    ├── NoRoleError            a valid token maps to no gateway role (HTTP 403)
     ├── PurposeError           the requested purpose is not one the token allows (HTTP 403)
     ├── UpstreamError          a source system failed; carries the system name
     │   ├── UpstreamUnavailable    connection failed, 5xx, or an error envelope
@@ -43,6 +45,14 @@ class PolicyError(GatewayError):
 
 class AuthenticationError(GatewayError):
     """The request has no valid bearer token."""
+
+
+class IdentityUnavailable(GatewayError):
+    """The JWKS endpoint failed or timed out, so the token's key is unknown."""
+
+
+class NoRoleError(GatewayError):
+    """A valid token carries no claim value that maps to a gateway role."""
 
 
 class PurposeError(GatewayError):

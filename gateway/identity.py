@@ -1,56 +1,75 @@
 """Bearer tokens: verify incoming JWTs and issue development ones.
 
-A token names the user (``sub``), the roles (``roles``), the purpose of
-processing (``purpose``, or a list ``purposes`` from which the request's
-``Fonte-Purpose`` header picks one) and optionally the client application
-(``client``). Other string claims (``region``, ``team``) become attributes
-that row rules compare with record fields. The gateway accepts only the algorithm and key it is
-configured with, and requires ``exp``, ``iss`` and ``aud``.
+A token names the user (``sub``), the purpose of processing (``purpose``,
+or a list ``purposes`` from which the request's ``Fonte-Purpose`` header
+picks one) and optionally the client application (``client``). Its roles
+come from the claims a ``RoleMapping`` names (``roles`` by default). Other
+string claims (``region``, ``team``) become attributes that row rules
+compare with record fields.
+
+A token is accepted only when it is signed with an asymmetric algorithm
+allowed for its key (see ``gateway.token_keys``), and carries ``exp``,
+``sub`` and the configured ``iss`` and ``aud``. ``exp`` and ``nbf`` are
+checked with a configurable leeway for clock differences.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.errors import AuthenticationError, ConfigError, PurposeError
 from gateway.principal import Principal
+from gateway.role_claims import RoleMapping
+from gateway.token_keys import KeyResolver, check_key_id
 
 DEV_ISSUER = "fonte-dev"
 DEV_AUDIENCE = "fonte"
 ALGORITHM = "EdDSA"
-_LEEWAY_SECONDS = 30
+DEFAULT_LEEWAY_SECONDS = 30
+
+# Every algorithm any supported key type allows; a header naming another one
+# (none, HS256 ...) is rejected before a key is looked up or fetched.
+_ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                                    "ES256", "ES384", "ES512", "EdDSA"})
 
 
 @dataclass(frozen=True)
 class TokenSettings:
-    """The key, issuer and audience a valid token must have."""
+    """The keys, issuer, audience and role claims a valid token must match."""
 
-    public_key: Ed25519PublicKey
+    keys: KeyResolver
     issuer: str = DEV_ISSUER
-    audience: str = DEV_AUDIENCE
+    # A token is accepted when its aud contains any one of these.
+    audiences: tuple[str, ...] = (DEV_AUDIENCE,)
+    leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
+    roles: RoleMapping = field(default_factory=RoleMapping)
 
 
 class TokenVerifier:
-    """Turns an ``Authorization`` header into a ``Principal`` or raises."""
+    """Turns an ``Authorization`` header into a ``Principal`` or raises.
+
+    Raises ``AuthenticationError`` (401) for a missing or invalid token,
+    ``IdentityUnavailable`` (503) when its key cannot be fetched,
+    ``NoRoleError`` (403) when it maps to no role and ``PurposeError`` (403)
+    when the purpose header names a purpose the token does not allow.
+    """
 
     def __init__(self, settings: TokenSettings) -> None:
         self._settings = settings
 
-    def verify(self, authorization: str | None, purpose: str | None = None) -> Principal:
+    async def verify(self, authorization: str | None,
+                     purpose: str | None = None) -> Principal:
         """Return the caller; ``purpose`` is the purpose header, one the token must allow."""
-        claims = self._claims(authorization)
-        principal = _principal(claims)
+        claims = await self._claims(authorization)
+        principal = _principal(claims, self._settings.roles)
         allowed = token_purposes(claims)
         if purpose is None:
             chosen = allowed[0] if len(allowed) == 1 else None
@@ -60,23 +79,46 @@ class TokenVerifier:
                                f"({', '.join(allowed) or 'none'}); request a token for it")
         return replace(principal, purpose=purpose)
 
-    def _claims(self, authorization: str | None) -> dict[str, Any]:
-        if not authorization:
-            raise AuthenticationError("missing bearer token; send 'Authorization: Bearer <JWT>'")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationError("the Authorization header must be 'Bearer <JWT>'")
+    async def aclose(self) -> None:
+        await self._settings.keys.aclose()
+
+    async def _claims(self, authorization: str | None) -> dict[str, Any]:
+        token = _bearer_token(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"the bearer token is invalid: {_reason(exc)}") from exc
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in _ASYMMETRIC_ALGORITHMS:
+            raise AuthenticationError("the bearer token's 'alg' header is not an accepted "
+                                      "signature algorithm; use one of "
+                                      f"{', '.join(sorted(_ASYMMETRIC_ALGORITHMS))}")
+        key = await self._settings.keys.resolve(check_key_id(header.get("kid")))
+        if algorithm not in key.algorithms:
+            raise AuthenticationError(f"the bearer token is signed with {algorithm}, but its key "
+                                      f"accepts only {', '.join(key.algorithms)}")
+        settings = self._settings
         try:
             claims = jwt.decode(
-                token.strip(), self._settings.public_key, algorithms=[ALGORITHM],
-                audience=self._settings.audience, issuer=self._settings.issuer,
-                leeway=_LEEWAY_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]},
+                token, key.key, algorithms=list(key.algorithms),
+                audience=list(settings.audiences), issuer=settings.issuer,
+                leeway=settings.leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthenticationError("the bearer token has expired; request a new one") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"the bearer token is invalid: {_reason(exc)}") from exc
         return dict(claims)
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationError("missing bearer token; send 'Authorization: Bearer <JWT>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("the Authorization header must be 'Bearer <JWT>'")
+    return token.strip()
 
 
 def _reason(exc: Exception) -> str:
@@ -88,19 +130,18 @@ _RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "
                               "purpose", "purposes", "client", "user"})
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
+def _principal(claims: dict[str, Any], mapping: RoleMapping) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip() or not subject.isprintable():
         raise AuthenticationError("the token's 'sub' claim must be a non-empty user id of "
                                   "printable characters")
-    roles = claims.get("roles", [])
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise AuthenticationError("the token's 'roles' claim must be a list of role names")
+    roles = mapping.roles(claims)
     purpose = claims.get("purpose")
     client = claims.get("client")
+    reserved = _RESERVED_CLAIMS | mapping.top_level_claims()
     attributes = {name: value for name, value in claims.items()
-                  if name not in _RESERVED_CLAIMS and isinstance(value, str)}
-    return Principal(user=subject, roles=frozenset(roles),
+                  if name not in reserved and isinstance(value, str)}
+    return Principal(user=subject, roles=roles,
                      purpose=purpose if isinstance(purpose, str) else None,
                      client=client if isinstance(client, str) else None,
                      attributes=attributes)
@@ -147,19 +188,6 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(pem)
-    return key
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Return the Ed25519 public key in the PEM file at ``path``."""
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the token public key {str(path)!r}: "
-                          f"{type(exc).__name__}; give a PEM Ed25519 public key") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} contains a {type(key).__name__}; tokens are verified with an "
-                          "Ed25519 public key")
     return key
 
 

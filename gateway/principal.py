@@ -13,6 +13,8 @@ class Principal:
     roles: frozenset[str]
     purpose: str | None
     client: str | None = None
+    # IP address of the caller, after trusted proxies' X-Forwarded-For; None when unknown.
+    address: str | None = None
     # String claims of the token beyond the registered ones (region, team ...),
     # which row rules compare with record fields.
     attributes: dict[str, str] = field(default_factory=dict, compare=False)

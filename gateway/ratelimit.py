@@ -47,6 +47,16 @@ class RateLimiter:
         self._store(caller, tokens, now)
         return (1.0 - tokens) / self._limit.rate
 
+    def peek(self, caller: str) -> float | None:
+        """Return the seconds ``caller`` must wait, or None, without taking a request."""
+        if self._limit.rate <= 0 or caller not in self._buckets:
+            return None
+        tokens, updated = self._buckets[caller]
+        refilled = tokens + (self._clock() - updated) * self._limit.rate
+        if refilled >= 1.0:
+            return None
+        return (1.0 - refilled) / self._limit.rate
+
     def _store(self, caller: str, tokens: float, now: float) -> None:
         self._buckets[caller] = (tokens, now)
         while len(self._buckets) > MAX_TRACKED_CALLERS:

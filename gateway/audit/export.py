@@ -24,6 +24,7 @@ CSV_COLUMNS = (
     "roles",
     "purpose",
     "client",
+    "client_address",
     "operation_name",
     "operation_hash",
     "subjects",

@@ -7,6 +7,7 @@ does not have the token format.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -41,7 +42,14 @@ class FieldDecision(TypedDict):
     mask: str | None
 
 
-class AuditEvent(TypedDict):
+class _OptionalEventKeys(TypedDict, total=False):
+    # IP address of the caller. Records written before it was added have no such
+    # key. A separate class, because Python 3.11 does not see NotRequired in
+    # postponed annotations.
+    client_address: str | None
+
+
+class AuditEvent(_OptionalEventKeys):
     """One GraphQL request that read or was denied a personal field."""
 
     time: str  # RFC 3339 UTC with milliseconds, "2026-12-04T20:17:39.123Z"
@@ -106,7 +114,8 @@ def validate_event(event: object) -> None:
     or not, reaches the log. Messages name the key and never quote a value that could be
     personal.
     """
-    record = _require_keys("audit event", event, AuditEvent.__required_keys__)
+    record = _require_keys("audit event", event, AuditEvent.__required_keys__,
+                           AuditEvent.__optional_keys__)
 
     for key in ("request_id", "actor", "policy_version"):
         _require_text(key, record[key])
@@ -116,6 +125,7 @@ def validate_event(event: object) -> None:
     for key in ("roles", "systems"):
         _require_text_list(key, record[key])
 
+    _validate_client_address(record.get("client_address"))
     _validate_time(record["time"])
     _validate_operation_hash(record["operation_hash"])
     _validate_records(record["records"])
@@ -126,7 +136,8 @@ def validate_event(event: object) -> None:
     _validate_fields(record["fields"])
 
 
-def _require_keys(label: str, value: object, keys: frozenset[str]) -> Mapping[str, object]:
+def _require_keys(label: str, value: object, keys: frozenset[str],
+                  optional: frozenset[str] = frozenset()) -> Mapping[str, object]:
     if not isinstance(value, Mapping):
         raise ValueError(f"{label} must be a dict, not {type(value).__name__}")
 
@@ -134,7 +145,7 @@ def _require_keys(label: str, value: object, keys: frozenset[str]) -> Mapping[st
     if missing:
         raise ValueError(f"{label} is missing keys {missing}")
 
-    unknown = sorted(str(key) for key in value.keys() - keys)
+    unknown = sorted(str(key) for key in value.keys() - keys - optional)
     if unknown:
         raise ValueError(f"{label} has unknown keys {unknown}; remove them")
     return value
@@ -150,6 +161,17 @@ def _require_text_list(key: str, value: object) -> None:
         raise ValueError(f"{key} must be a list of strings")
     for item in value:
         _require_text(f"{key} item", item)
+
+
+def _validate_client_address(value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ValueError("client_address must be a string")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError("client_address must be an IPv4 or IPv6 address") from exc
 
 
 def _validate_time(value: object) -> None:

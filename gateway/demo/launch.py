@@ -289,8 +289,11 @@ async def _serve_demo(data: DemoData, *, port: int, data_dir: Path, erp: str, sc
     settings = Settings(systems={"crm": systems.crm, "erp": systems.erp}, data_dir=data_dir,
                         host=LOOPBACK, port=port, graphiql=True, development_tokens=True)
     tokens = demo_tokens(data_dir, data)
+    # proxy_headers off, as in `fonte serve`: uvicorn would otherwise take the
+    # client address from X-Forwarded-For of any local caller.
     config = uvicorn.Config(create_app(settings), host=LOOPBACK, port=port,
-                            log_level="warning", access_log=False, lifespan="on")
+                            log_level="warning", access_log=False, lifespan="on",
+                            proxy_headers=False)
     server = _ForegroundServer(config)
     task = asyncio.create_task(server.serve())
     try:

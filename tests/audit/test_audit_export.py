@@ -174,14 +174,15 @@ async def test_csv_export_is_exact(store_path: Path) -> None:
 
     assert count == 3
     assert output.split("\n") == [
-        "seq,time,request_id,actor,roles,purpose,client,operation_name,operation_hash,"
+        "seq,time,request_id,actor,roles,purpose,client,client_address,operation_name,"
+        "operation_hash,"
         "subjects,fields,systems,records,outcome,policy_version,hash",
-        f"1,2026-12-04T10:00:00.000Z,req-1,emp-1,sales;support,support,crm-web,CustomerCard,"
+        f"1,2026-12-04T10:00:00.000Z,req-1,emp-1,sales;support,support,crm-web,,CustomerCard,"
         f"{OPERATION_HASH},{CUSTOMER_REF},Customer.email=allow;Customer.phone=mask,crm,1,"
         f"success,7,{HASH_1}",
-        f"2,2026-12-04T11:00:00.000Z,req-2,emp-2,finance,,,,{OPERATION_HASH},"
+        f"2,2026-12-04T11:00:00.000Z,req-2,emp-2,finance,,,,,{OPERATION_HASH},"
         f"{CUSTOMER_REF};{CONTACT_REF},Customer.iban=deny,crm;erp,2,partial,7,{HASH_2}",
-        f"3,2026-12-04T12:00:00.000Z,req-3,emp-1,,marketing,crm-web,"
+        f"3,2026-12-04T12:00:00.000Z,req-3,emp-1,,marketing,crm-web,,"
         f'"\'=HYPERLINK(""x"")",{OPERATION_HASH},{CONTACT_REF},,,0,denied,7,{HASH_3}',
         "",
     ]
@@ -192,7 +193,8 @@ async def test_csv_export_of_no_records_has_header(store_path: Path) -> None:
 
     assert count == 0
     assert output == (
-        "seq,time,request_id,actor,roles,purpose,client,operation_name,operation_hash,"
+        "seq,time,request_id,actor,roles,purpose,client,client_address,operation_name,"
+        "operation_hash,"
         "subjects,fields,systems,records,outcome,policy_version,hash\n"
     )
 

@@ -99,7 +99,7 @@ def test_bad_timeout_named(tmp_path: Path) -> None:
 
 def test_token_key_required(tmp_path: Path) -> None:
     text = VALID.replace("development_tokens = true", "")
-    with pytest.raises(ConfigError, match=r"\[auth\] public_key_file is missing"):
+    with pytest.raises(ConfigError, match=r"\[auth\] needs exactly one token key source"):
         load_settings(write(tmp_path, text))
 
 
