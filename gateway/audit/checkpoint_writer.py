@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -27,7 +26,9 @@ from gateway.errors import AuditError, AuditIntegrityError
 logger = logging.getLogger(__name__)
 
 
-async def check_newest_checkpoint(connection: AsyncConnection, head_seq: int, path: Path) -> int:
+async def check_newest_checkpoint(
+    connection: AsyncConnection, head_seq: int, location: str
+) -> int:
     """Return the size of the newest stored checkpoint, or 0 if there is none.
 
     Raises AuditIntegrityError if the log is shorter than that checkpoint or its record
@@ -47,7 +48,7 @@ async def check_newest_checkpoint(connection: AsyncConnection, head_seq: int, pa
     checkpoint_id, size, head_hash = int(newest.id), int(newest.size), str(newest.head_hash)
     if size > head_seq:
         raise AuditIntegrityError(
-            f"audit store {path} has {head_seq} records but checkpoint {checkpoint_id} "
+            f"audit store {location} has {head_seq} records but checkpoint {checkpoint_id} "
             f"signed {size}; run the audit verifier and investigate before appending"
         )
     stored_hash = (
@@ -55,7 +56,7 @@ async def check_newest_checkpoint(connection: AsyncConnection, head_seq: int, pa
     ).scalar()
     if stored_hash != head_hash:
         raise AuditIntegrityError(
-            f"record {size} in audit store {path} does not have the hash that checkpoint "
+            f"record {size} in audit store {location} does not have the hash that checkpoint "
             f"{checkpoint_id} signed; run the audit verifier and investigate before appending"
         )
     return size
