@@ -123,7 +123,9 @@ def _head_verifies(seq: int, body: str, prev_hash: str, stored_hash: str) -> boo
 
 
 @dataclass
-class _Pending:
+class PendingAppend:
+    """An event in the writer's queue and the future that receives its seq."""
+
     event: dict[str, Any]
     future: asyncio.Future[int]
 
@@ -181,7 +183,7 @@ class GroupCommitStore:
         self._healthy = True
         self._closed = False
         self._engine_disposed = False
-        self._queue: asyncio.Queue[_Pending | _Control] = asyncio.Queue()
+        self._queue: asyncio.Queue[PendingAppend | _Control] = asyncio.Queue()
         self._checkpoints = checkpoints
         self._checkpoint_interval = checkpoint_interval
         self._loop = asyncio.get_running_loop()
@@ -209,7 +211,7 @@ class GroupCommitStore:
             raise AuditError(f"invalid audit event: {exc}") from exc
 
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(snapshot, future))
+        self._queue.put_nowait(PendingAppend(snapshot, future))
         return await future
 
     async def checkpoint(self) -> Checkpoint | None:
@@ -254,7 +256,7 @@ class GroupCommitStore:
                 logger.info("closed audit store %s at seq %d", self._location, self._head_seq)
 
     async def _run_writer(self) -> None:
-        batch: list[_Pending] = []
+        batch: list[PendingAppend] = []
         try:
             while True:
                 batch, control = await self._next_batch()
@@ -274,22 +276,22 @@ class GroupCommitStore:
             # when the event loop shut down without close().
             self._fail_pending(batch)
 
-    async def _next_batch(self) -> tuple[list[_Pending], _Control | None]:
+    async def _next_batch(self) -> tuple[list[PendingAppend], _Control | None]:
         """Wait for one item, then take the events already queued, up to max_batch.
 
         Returns the batch and the control item that ended it, if any.
         """
-        batch: list[_Pending] = []
+        batch: list[PendingAppend] = []
         item = await self._queue.get()
         while True:
-            if not isinstance(item, _Pending):
+            if not isinstance(item, PendingAppend):
                 return batch, item
             batch.append(item)
             if len(batch) >= self._max_batch or self._queue.empty():
                 return batch, None
             item = self._queue.get_nowait()
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:
             if self._head_stale:
                 await self._reload_head()
@@ -311,7 +313,7 @@ class GroupCommitStore:
                 pending.future.set_result(first_seq + offset)
         self._schedule_tick()
 
-    async def _insert_batch(self, batch: list[_Pending]) -> tuple[int, str]:
+    async def _insert_batch(self, batch: list[PendingAppend]) -> tuple[int, str]:
         """Chain ``batch`` onto the head in memory and commit it.
 
         Returns the first seq and the last hash. Correct only while this object is the
@@ -379,7 +381,7 @@ class GroupCommitStore:
                 request.future.set_result(result)
         self._schedule_tick()
 
-    async def _fail_batch(self, batch: list[_Pending], exc: Exception) -> None:
+    async def _fail_batch(self, batch: list[PendingAppend], exc: Exception) -> None:
         self._healthy = False
         first_seq = self._head_seq + 1
         last_seq = self._head_seq + len(batch)
@@ -415,11 +417,11 @@ class GroupCommitStore:
             raise AuditError(message) from exc
         self._head_stale = False
 
-    def _fail_pending(self, batch: list[_Pending]) -> None:
+    def _fail_pending(self, batch: list[PendingAppend]) -> None:
         pending_items = list(batch)
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Pending):
+            if isinstance(item, PendingAppend):
                 pending_items.append(item)
             elif isinstance(item, _CheckpointRequest) and not item.future.done():
                 item.future.set_exception(AuditError(
@@ -490,7 +492,7 @@ class SQLiteAuditStore(GroupCommitStore):
 
 
 def build_rows(
-    batch: Sequence[_Pending], head_seq: int, head_hash: str
+    batch: Sequence[PendingAppend], head_seq: int, head_hash: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
     """Chain ``batch`` onto the head. Returns record rows, subject rows and the last hash."""
     records: list[dict[str, Any]] = []
