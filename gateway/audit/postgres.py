@@ -140,7 +140,9 @@ class PostgresAuditStore(GroupCommitStore):
         async with self._engine.begin() as connection:
             await connection.run_sync(lock_postgres)
             head_seq, head_hash = await read_head(connection, self._location)
-            records, subjects, last_hash = build_rows(batch, head_seq, head_hash)
+            records, subjects, last_hash = build_rows(
+                [pending.event for pending in batch], head_seq, head_hash
+            )
             await insert_rows(connection, records, subjects)
         return head_seq + 1, last_hash
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -193,6 +193,11 @@ class GroupCommitStore:
         # Records left unchecked by a previous run get their checkpoint after one interval.
         self._schedule_tick()
 
+    @property
+    def location(self) -> str:
+        """The file path or URL of the store, with any password hidden."""
+        return self._location
+
     async def append(self, event: AuditEvent) -> int:
         """Store ``event`` as the next record and return its seq once the commit is durable.
 
@@ -319,7 +324,9 @@ class GroupCommitStore:
         Returns the first seq and the last hash. Correct only while this object is the
         only writer of the store.
         """
-        records, subjects, last_hash = build_rows(batch, self._head_seq, self._head_hash)
+        records, subjects, last_hash = build_rows(
+            [pending.event for pending in batch], self._head_seq, self._head_hash
+        )
         async with self._engine.begin() as connection:
             await insert_rows(connection, records, subjects)
         return self._head_seq + 1, last_hash
@@ -492,16 +499,18 @@ class SQLiteAuditStore(GroupCommitStore):
 
 
 def build_rows(
-    batch: Sequence[PendingAppend], head_seq: int, head_hash: str
+    events: Sequence[Mapping[str, Any]], head_seq: int, head_hash: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Chain ``batch`` onto the head. Returns record rows, subject rows and the last hash."""
+    """Chain validated ``events`` onto the head.
+
+    Returns the record rows, the subject rows and the hash of the last record.
+    """
     records: list[dict[str, Any]] = []
     subjects: list[dict[str, Any]] = []
     seq = head_seq
     prev_hash = head_hash
-    for pending in batch:
+    for event_copy in events:
         seq += 1
-        event_copy = pending.event
         body = canonical_json({**event_copy, "seq": seq, "prev_hash": prev_hash})
         record_hash = chain_hash(prev_hash, seq, body)
         records.append(
