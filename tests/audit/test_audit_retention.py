@@ -11,6 +11,7 @@ from typing import cast
 
 import pytest
 from checkpoint_support import delete_records, make_event, new_key, publish, run_sql
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from typer.testing import CliRunner
 
 from gateway.audit.keys import CheckpointKey
@@ -44,7 +45,7 @@ async def write_log(path: Path, key: CheckpointKey) -> None:
     await store.close()
 
 
-def public_keys(key: CheckpointKey) -> dict[str, object]:
+def public_keys(key: CheckpointKey) -> dict[str, Ed25519PublicKey]:
     return {key.name: key.private_key.public_key()}
 
 
@@ -87,7 +88,7 @@ async def test_purged_log_verifies_from_checkpoint(tmp_path: Path) -> None:
     await write_log(path, key)
     await purge_records(path, CUTOFF)
 
-    report = await verify_store(path, public_keys=public_keys(key))  # type: ignore[arg-type]
+    report = await verify_store(path, public_keys=public_keys(key))
 
     assert report.ok, report.reason
     assert report.first_seq == 8
@@ -133,7 +134,7 @@ async def test_edit_after_purge_is_detected(tmp_path: Path) -> None:
     await purge_records(path, CUTOFF)
     run_sql(path, "UPDATE audit_record SET body = replace(body, 'emp-17', 'emp-18') WHERE seq = 8")
 
-    report = await verify_store(path, public_keys=public_keys(key))  # type: ignore[arg-type]
+    report = await verify_store(path, public_keys=public_keys(key))
 
     assert not report.ok
     assert report.first_bad_seq == 8
@@ -146,7 +147,7 @@ async def test_delete_after_purge_is_detected(tmp_path: Path) -> None:
     await purge_records(path, CUTOFF)
     delete_records(path, 8)
 
-    report = await verify_store(path, public_keys=public_keys(key))  # type: ignore[arg-type]
+    report = await verify_store(path, public_keys=public_keys(key))
 
     assert not report.ok
     assert report.first_bad_seq == 1
@@ -173,7 +174,7 @@ async def test_first_record_relinked_after_purge_is_detected(tmp_path: Path) -> 
         parameters=(new_body, other_prev, new_hash),
     )
 
-    report = await verify_store(path, public_keys=public_keys(key))  # type: ignore[arg-type]
+    report = await verify_store(path, public_keys=public_keys(key))
 
     assert not report.ok
     assert report.first_bad_seq == 8
