@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -126,7 +126,7 @@ def _head_verifies(seq: int, body: str, prev_hash: str, stored_hash: str) -> boo
 class PendingAppend:
     """An event in the writer's queue and the future that receives its seq."""
 
-    event: dict[str, Any]
+    event: PreparedEvent
     future: asyncio.Future[int]
 
 
@@ -209,14 +209,14 @@ class GroupCommitStore:
             raise AuditError(f"audit store {self._location} is closed; open it again to append")
         try:
             validate_event(event)
-            # A decoded copy, so that a caller changing the event later cannot change
-            # the record.
-            snapshot = json.loads(canonical_json(event))
+            # Encoded now, so that a caller changing the event later cannot change the
+            # record.
+            prepared = prepare_event(event)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"invalid audit event: {exc}") from exc
 
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(PendingAppend(snapshot, future))
+        self._queue.put_nowait(PendingAppend(prepared, future))
         return await future
 
     async def checkpoint(self) -> Checkpoint | None:
@@ -498,10 +498,61 @@ class SQLiteAuditStore(GroupCommitStore):
         return cls(engine, str(path), head, max_batch, writer, checkpoint_interval)
 
 
+@dataclass(frozen=True)
+class PreparedEvent:
+    """A validated event, encoded once, with the values that the other columns copy.
+
+    The record body is the canonical JSON of the event plus ``prev_hash`` and ``seq``.
+    With sorted keys, the event's keys fall into three runs: before ``prev_hash``,
+    between it and ``seq``, and after ``seq``. Each run is encoded here, outside the
+    writer's commit (and outside the PostgreSQL lock), and `body` joins the runs
+    around the two values that are known only at commit.
+    """
+
+    columns: dict[str, Any]
+    refs: tuple[str, ...]
+    runs: tuple[bytes, bytes, bytes]
+
+    def body(self, seq: int, prev_hash: str) -> bytes:
+        """Return ``canonical_json({**event, "seq": seq, "prev_hash": prev_hash})``."""
+        before, between, after = self.runs
+        parts = [
+            before,
+            b'"prev_hash":"' + prev_hash.encode("ascii") + b'"',
+            between,
+            b'"seq":' + str(seq).encode("ascii"),
+            after,
+        ]
+        return b"{" + b",".join(part for part in parts if part) + b"}"
+
+
+def prepare_event(event: AuditEvent) -> PreparedEvent:
+    """Encode a validated event for `build_rows`.
+
+    Raises ValueError if the event has a ``seq`` or ``prev_hash`` key of its own, and
+    TypeError or ValueError if JSON cannot represent a value.
+    """
+    if "seq" in event or "prev_hash" in event:
+        raise ValueError("audit event must not contain seq or prev_hash; the store sets them")
+    runs: list[dict[str, Any]] = [{}, {}, {}]
+    for key, value in event.items():
+        run = 0 if key < "prev_hash" else 1 if key < "seq" else 2
+        runs[run][key] = value
+    # canonical_json of each run without its braces; an empty run gives b"".
+    encoded = tuple(canonical_json(run)[1:-1] for run in runs)
+    columns = {name: event[name] for name in _COPIED_COLUMNS}  # type: ignore[literal-required]
+    refs = tuple(sorted({subject["ref"] for subject in event["subjects"]}))
+    return PreparedEvent(columns, refs, (encoded[0], encoded[1], encoded[2]))
+
+
+# Columns of audit_record that copy body values, so that exports can filter in SQL.
+_COPIED_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
+
+
 def build_rows(
-    events: Sequence[Mapping[str, Any]], head_seq: int, head_hash: str
+    events: Sequence[PreparedEvent], head_seq: int, head_hash: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Chain validated ``events`` onto the head.
+    """Chain ``events`` onto the head.
 
     Returns the record rows, the subject rows and the hash of the last record.
     """
@@ -509,25 +560,20 @@ def build_rows(
     subjects: list[dict[str, Any]] = []
     seq = head_seq
     prev_hash = head_hash
-    for event_copy in events:
+    for prepared in events:
         seq += 1
-        body = canonical_json({**event_copy, "seq": seq, "prev_hash": prev_hash})
+        body = prepared.body(seq, prev_hash)
         record_hash = chain_hash(prev_hash, seq, body)
         records.append(
             {
                 "seq": seq,
-                "time": event_copy["time"],
-                "request_id": event_copy["request_id"],
-                "actor": event_copy["actor"],
-                "purpose": event_copy["purpose"],
-                "outcome": event_copy["outcome"],
+                **prepared.columns,
                 "body": body.decode("utf-8"),
                 "prev_hash": prev_hash,
                 "hash": record_hash,
             }
         )
-        refs = sorted({subject["ref"] for subject in event_copy["subjects"]})
-        subjects.extend({"seq": seq, "ref": ref} for ref in refs)
+        subjects.extend({"seq": seq, "ref": ref} for ref in prepared.refs)
         prev_hash = record_hash
     return records, subjects, prev_hash
 

@@ -13,7 +13,7 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, Text, creat
 from gateway.audit.chain import GENESIS_HASH
 from gateway.audit.migrate import head_revision
 from gateway.audit.schema import metadata
-from gateway.audit.store import SQLiteAuditStore, build_rows
+from gateway.audit.store import SQLiteAuditStore, build_rows, prepare_event
 from gateway.audit.verify import verify_store
 
 
@@ -60,7 +60,7 @@ def write_first_release_store(path: Path, count: int) -> None:
     engine = create_engine(f"sqlite:///{path}")
     old.create_all(engine)
     events = [make_event(index) for index in range(1, count + 1)]
-    records, subjects, _ = build_rows(events, 0, GENESIS_HASH)
+    records, subjects, _ = build_rows([prepare_event(e) for e in events], 0, GENESIS_HASH)
     with engine.begin() as connection:
         connection.execute(insert(old.tables["audit_record"]), records)
         connection.execute(insert(old.tables["audit_subject"]), subjects)
