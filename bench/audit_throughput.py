@@ -8,6 +8,10 @@ longest writer's window. The writers open their stores before the window starts.
 After the run the store is verified: seq 1 to N with no gap, N equal to the counted
 appends, and every checkpoint valid.
 
+The writers' CPU time (``time.process_time``, all threads of each writer process) is
+recorded too. Records per writer CPU second do not depend on how many other programs
+share the cores, but leave out the database server's own work.
+
 SQLite runs with one writer, because one gateway process owns an SQLite store.
 PostgreSQL runs with ``--writers`` processes (4 by default) on one throwaway database
 on the server at ``--postgres-server``, dropped at the end.
@@ -97,6 +101,7 @@ async def run_writer(writer: int, target: str, key_bytes: bytes, args: argparse.
     ready.put(writer)
     await asyncio.to_thread(go.wait)
     started = time.monotonic()
+    cpu_started = time.process_time()
     stop_at = started + args.seconds
 
     async def append_loop(task: int) -> None:
@@ -109,10 +114,11 @@ async def run_writer(writer: int, target: str, key_bytes: bytes, args: argparse.
     await asyncio.gather(*(append_loop(task) for task in range(args.concurrency)))
     # The appends in flight at stop_at finish after it, so the window is a little longer.
     elapsed = time.monotonic() - started
+    cpu_seconds = time.process_time() - cpu_started
     commits = store.commits
     await store.close()
     return {"writer": writer, "records": sum(counts), "commits": commits,
-            "elapsed_seconds": round(elapsed, 3)}
+            "elapsed_seconds": round(elapsed, 3), "cpu_seconds": round(cpu_seconds, 3)}
 
 
 def writer_process(writer: int, target: str, key_bytes: bytes, args: argparse.Namespace,
@@ -178,8 +184,11 @@ def summarise(backend: str, rows: list[dict[str, Any]], check: dict[str, Any]) -
     records = sum(int(row["records"]) for row in rows)
     commits = sum(int(row["commits"]) for row in rows)
     seconds = max(float(row["elapsed_seconds"]) for row in rows)
+    cpu_seconds = sum(float(row["cpu_seconds"]) for row in rows)
     return {"backend": backend, "writers": len(rows), "seconds": seconds,
             "records": records, "records_per_second": round(records / seconds),
+            "writer_cpu_seconds": round(cpu_seconds, 3),
+            "records_per_writer_cpu_second": round(records / cpu_seconds) if cpu_seconds else None,
             "records_per_commit": round(records / commits, 1) if commits else None,
             "per_writer": rows, "check": check}
 
@@ -248,7 +257,8 @@ def main() -> int:
         ok = check["verified"] and check["records_equal_counted"]
         failed = failed or not ok
         print(f"{run['backend']}: {run['writers']} writer(s), {run['records']} records in "
-              f"{run['seconds']:g} s = {run['records_per_second']} records/s, "
+              f"{run['seconds']:g} s = {run['records_per_second']} records/s "
+              f"({run['records_per_writer_cpu_second']} per writer CPU second), "
               f"{run['records_per_commit']} records per commit; verify "
               f"{'passed' if ok else 'FAILED: ' + str(check['reason'])}")
     print(f"results written to {args.output}")
