@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -26,6 +27,7 @@ from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.migrate import lock_postgres, upgrade_schema
+from gateway.audit.schema import audit_record, audit_subject
 from gateway.audit.sqlite import describe_error, open_reader_engine
 from gateway.audit.store import (
     DEFAULT_CHECKPOINT_INTERVAL,
@@ -33,7 +35,6 @@ from gateway.audit.store import (
     PendingAppend,
     build_rows,
     check_open_arguments,
-    insert_rows,
     read_head,
 )
 from gateway.errors import AuditError
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 # a round trip to read the head.
 DEFAULT_MAX_BATCH = 1024
 _DRIVER = "postgresql+asyncpg"
+_RECORD_COLUMNS = tuple(column.name for column in audit_record.columns)
 
 
 def postgres_url(value: str) -> URL:
@@ -87,6 +89,33 @@ async def check_durable_commits(connection: AsyncConnection, location: str) -> N
         raise AuditError(
             f"audit store {location} runs with synchronous_commit = off, so a commit can "
             "be lost in a crash; set it to on for the audit database or its role"
+        )
+
+
+async def copy_rows(
+    connection: AsyncConnection, records: list[dict[str, Any]], subjects: list[dict[str, Any]]
+) -> None:
+    """Insert the rows that `build_rows` returned with COPY, in the caller's transaction.
+
+    Every writer waits for the lock while another inserts, so the insert time limits
+    all writers together. For a batch of 512 records, COPY took about 30 ms where
+    INSERT through SQLAlchemy's executemany took about 80 ms (PostgreSQL 15 on the
+    loaded 2-vCPU machine that bench/README.md describes).
+    """
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None:
+        raise AuditError("the PostgreSQL connection of the audit store is closed")
+    await driver.copy_records_to_table(
+        audit_record.name,
+        records=[tuple(row[name] for name in _RECORD_COLUMNS) for row in records],
+        columns=_RECORD_COLUMNS,
+    )
+    if subjects:
+        await driver.copy_records_to_table(
+            audit_subject.name,
+            records=[(row["seq"], row["ref"]) for row in subjects],
+            columns=("seq", "ref"),
         )
 
 
@@ -143,7 +172,7 @@ class PostgresAuditStore(GroupCommitStore):
             records, subjects, last_hash = build_rows(
                 [pending.event for pending in batch], head_seq, head_hash
             )
-            await insert_rows(connection, records, subjects)
+            await copy_rows(connection, records, subjects)
         return head_seq + 1, last_hash
 
     async def _write_checkpoint(self) -> Checkpoint | None:

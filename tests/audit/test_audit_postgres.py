@@ -156,3 +156,33 @@ async def test_purged_postgres_log_verifies(database: str) -> None:
     assert report.ok, report.reason
     assert report.first_seq == 6
     assert report.records == 3
+
+
+async def execute(url: str, statement: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def test_failed_commit_fails_batch_then_recovers(database: str) -> None:
+    store = await PostgresAuditStore.open(database)
+    assert await store.append(make_event(1)) == 1
+    await execute(database, "ALTER TABLE audit_record ADD CONSTRAINT stop_at_one "
+                  "CHECK (seq < 2) NOT VALID")
+
+    with pytest.raises(AuditError) as caught:
+        await store.append(make_event(2))
+    healthy_after_failure = await store.healthy()
+    await execute(database, "ALTER TABLE audit_record DROP CONSTRAINT stop_at_one")
+    seq = await store.append(make_event(3))
+    healthy_after_recovery = await store.healthy()
+    await store.close()
+
+    assert str(caught.value).startswith("audit commit to postgresql+asyncpg://")
+    assert "stop_at_one" in str(caught.value)
+    assert healthy_after_failure is False
+    assert seq == 2
+    assert healthy_after_recovery is True
