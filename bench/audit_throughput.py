@@ -63,7 +63,7 @@ OPERATION_HASH = hashlib.sha256(b"query CustomerCard { customer { email iban } }
 
 
 def make_event(writer: int, task: int, index: int) -> AuditEvent:
-    """An event of the size the gateway writes for one customer card: 2 fields, 1 subject."""
+    """Build an event of the size the gateway writes for one customer card: 2 fields, 1 subject."""
     return cast(AuditEvent, {
         "time": utc_timestamp(),
         "request_id": f"w{writer}-t{task}-{index}",

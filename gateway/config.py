@@ -94,8 +94,8 @@ class Settings:
     audit_checkpoint_key_name: str = "fonte-audit-1"
     audit_checkpoint_key_file: Path | None = None
     audit_anchors: tuple[str, ...] = ()
-    # PostgreSQL URL of the audit store, password included; None for the SQLite file
-    # in data_dir.
+    # PostgreSQL URL of the audit store, password included, or None for the SQLite
+    # file in data_dir.
     audit_store_url: str | None = None
     audit_retention_months: int = DEFAULT_RETENTION_MONTHS
     max_body_bytes: int = 1_000_000

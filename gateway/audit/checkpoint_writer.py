@@ -102,9 +102,9 @@ class CheckpointWriter:
     ) -> Checkpoint | None:
         """Checkpoint ``head_seq`` in the caller's transaction, unless a saved one covers it.
 
-        For a store that several processes write: the caller holds the store's lock and
-        read the head in this transaction, and the newest saved checkpoint, whichever
-        process saved it, is read here. Raises as `write` does.
+        For a store that several processes write. The caller must hold the store's lock
+        and have read the head in this transaction. The size of the newest saved
+        checkpoint, whichever process saved it, is read here. Raises as `write` does.
         """
         newest = (await connection.execute(select(func.max(audit_checkpoint.c.size)))).scalar()
         self.size = max(self.size, int(newest or 0))
@@ -175,6 +175,6 @@ async def read_origin(connection: AsyncConnection) -> str:
     ).scalar()
     if note is None:
         raise AuditIntegrityError(
-            "audit record 1 and every checkpoint not found; run the audit verifier"
+            "neither audit record 1 nor a checkpoint found; run the audit verifier"
         )
     return str(note).split("\n", 1)[0]

@@ -21,7 +21,7 @@ from gateway.errors import AuditError, AuditIntegrityError
 
 
 async def migrate_store(target: Path | str) -> tuple[str | None, str]:
-    """Create or upgrade the store's tables; return the revision before and after.
+    """Create or upgrade the store's tables. Returns the revision before and after.
 
     ``target`` is the path of an SQLite store, created if missing in an existing
     folder, or the URL of a PostgreSQL store. Raises AuditError if it cannot be

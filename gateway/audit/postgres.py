@@ -62,14 +62,14 @@ def postgres_url(value: str) -> URL:
             "postgresql+asyncpg://USER@HOST:PORT/DATABASE"
         ) from exc
     if url.drivername not in ("postgresql", _DRIVER):
-        shown = url.render_as_string(hide_password=True)
+        masked_url = url.render_as_string(hide_password=True)
         raise ValueError(
-            f"audit store URL {shown} is not a PostgreSQL URL; use "
+            f"audit store URL {masked_url} is not a PostgreSQL URL; use "
             "postgresql+asyncpg://USER@HOST:PORT/DATABASE"
         )
     if not url.database:
-        shown = url.render_as_string(hide_password=True)
-        raise ValueError(f"audit store URL {shown} names no database; add /DATABASE")
+        masked_url = url.render_as_string(hide_password=True)
+        raise ValueError(f"audit store URL {masked_url} names no database; add /DATABASE")
     return url.set(drivername=_DRIVER)
 
 
@@ -137,9 +137,9 @@ class PostgresAuditStore(GroupCommitStore):
 
         The database must exist. The other arguments are those of
         `SQLiteAuditStore.open`. Raises ValueError for a URL that is not PostgreSQL,
-        AuditError if the database cannot be reached or does not flush commits, and
-        AuditIntegrityError if the last record does not verify or the log is shorter
-        than, or differs from, its newest checkpoint.
+        and AuditError if the database cannot be reached or does not flush commits.
+        Raises AuditIntegrityError if the last record does not verify, or if the log is
+        shorter than, or differs from, its newest checkpoint.
         """
         check_open_arguments(max_batch, checkpoint_interval)
         parsed = postgres_url(url)

@@ -35,7 +35,11 @@ PURGE_OPERATION = "AuditPurge"
 
 @dataclass(frozen=True)
 class PurgeResult:
-    """What a purge deleted. ``through_seq`` is 0 and ``checkpoint_id`` None if nothing."""
+    """The outcome of a purge: records 1 to ``through_seq`` deleted up to a checkpoint.
+
+    ``through_seq`` and ``records`` are 0, and ``checkpoint_id`` is None, when nothing
+    was deleted.
+    """
 
     cutoff: str
     through_seq: int
@@ -147,7 +151,7 @@ async def _purge(connection: AsyncConnection, location: str, cutoff: str) -> Pur
         await connection.execute(select(audit_record.c.hash).where(audit_record.c.seq == size))
     ).scalar()
     if stored_hash is None:
-        # Purged before: the records up to the checkpoint are gone already.
+        # An earlier purge deleted the records up to this checkpoint.
         return nothing
     if stored_hash != checkpoint.head_hash:
         raise AuditIntegrityError(

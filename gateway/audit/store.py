@@ -536,8 +536,12 @@ def prepare_event(event: AuditEvent) -> PreparedEvent:
         raise ValueError("audit event must not contain seq or prev_hash; the store sets them")
     runs: list[dict[str, Any]] = [{}, {}, {}]
     for key, value in event.items():
-        run = 0 if key < "prev_hash" else 1 if key < "seq" else 2
-        runs[run][key] = value
+        if key < "prev_hash":
+            runs[0][key] = value
+        elif key < "seq":
+            runs[1][key] = value
+        else:
+            runs[2][key] = value
     # canonical_json of each run without its braces; an empty run gives b"".
     encoded = tuple(canonical_json(run)[1:-1] for run in runs)
     columns = {name: event[name] for name in _COPIED_COLUMNS}  # type: ignore[literal-required]

@@ -194,7 +194,7 @@ async def write_old_log(path: Path, key: CheckpointKey) -> None:
     await store.close()
 
 
-def test_cli_purge_records_purge_and_verifies(tmp_path: Path) -> None:
+def test_cli_purge_then_verify(tmp_path: Path) -> None:
     data_dir, key = tmp_path / "data", new_key()
     data_dir.mkdir()
     publish(data_dir / "keys" / "audit-checkpoint-public", key)

@@ -83,7 +83,7 @@ class Process:
         return "\n".join(parts)
 
     def stop(self) -> int:
-        """Stop with SIGINT, as Ctrl+C does; SIGKILL the group after STOP_SECONDS."""
+        """Stop with SIGINT, as Ctrl+C does. SIGKILL the group after STOP_SECONDS."""
         if self.process.poll() is not None:
             return self.process.returncode
         self.process.send_signal(signal.SIGINT)
