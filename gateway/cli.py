@@ -291,8 +291,13 @@ def audit_migrate(data_dir: DataDir = DEFAULT_DATA_DIR, store: AuditStoreUrl = N
 
 @audit_app.command("purge")
 def audit_purge(
-    retention_months: Annotated[int, typer.Option(
-        help="Keep records younger than this many months; at least 6.")] = 24,
+    retention_months: Annotated[int | None, typer.Option(
+        help="Keep records younger than this many months, at least 6; default: [audit] "
+        "retention_months of --config, else 24.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", exists=True, dir_okay=False,
+        help="Gateway settings file: its data_dir, [audit] store and retention_months "
+        "apply unless the options here are given.")] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     store: AuditStoreUrl = None,
 ) -> None:
@@ -302,8 +307,19 @@ def audit_purge(
     store can be purged only while no gateway uses its data dir.
     """
     from gateway.audit.maintenance import purge_store
-    from gateway.config import MIN_RETENTION_MONTHS
+    from gateway.config import DEFAULT_RETENTION_MONTHS, MIN_RETENTION_MONTHS, load_settings
 
+    if config is not None:
+        try:
+            settings = load_settings(config)
+        except GatewayError as exc:
+            raise _fail(exc) from exc
+        data_dir = settings.data_dir if data_dir == DEFAULT_DATA_DIR else data_dir
+        store = store if store is not None else settings.audit_store_url
+        if retention_months is None:
+            retention_months = settings.audit_retention_months
+    if retention_months is None:
+        retention_months = DEFAULT_RETENTION_MONTHS
     if retention_months < MIN_RETENTION_MONTHS:
         errors.print(f"--retention-months {retention_months} is below the minimum of "
                      f"{MIN_RETENTION_MONTHS} months that access logs must be kept; pass "

@@ -232,3 +232,29 @@ def test_cli_purge_rejects_short_retention(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--retention-months 5 is below the minimum of 6 months" in result.output
 
+
+
+def test_cli_purge_reads_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir, key = tmp_path / "data", new_key()
+    data_dir.mkdir()
+    publish(data_dir / "keys" / "audit-checkpoint-public", key)
+    asyncio.run(write_old_log(data_dir / "audit.sqlite3", key))
+    monkeypatch.setenv("TEST_CRM_ID", "crm-client")
+    monkeypatch.setenv("TEST_CRM_SECRET", "crm-secret")
+    settings = tmp_path / "fonte.toml"
+    settings.write_text(
+        '[gateway]\ndata_dir = "data"\n[auth]\ndevelopment_tokens = true\n'
+        "[audit]\nretention_months = 6\n"
+        '[systems.crm]\ndialect = "salesforce"\nlogin_url = "https://crm.example"\n'
+        'client_id_env = "TEST_CRM_ID"\nclient_secret_env = "TEST_CRM_SECRET"\n',
+        encoding="utf-8",
+    )
+
+    result = CliRunner().invoke(app, ["audit", "purge", "--config", str(settings)])
+
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    # The cutoff in between is 6 months before the current time.
+    assert output.startswith("purged 4 records through seq 4, older than ")
+    assert output.endswith(", up to checkpoint 1")
+    assert record_seqs(data_dir / "audit.sqlite3") == [5, 6, 7]
