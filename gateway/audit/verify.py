@@ -27,6 +27,10 @@ A log purged for retention starts at a record N after 1. It verifies only if a s
 checkpoint of size N - 1 exists, and record N links to that checkpoint's head hash.
 Without one, the report is ``records 1-M missing``.
 
+NOTE: the verifier does not look for the record that ``fonte audit purge`` appends, so
+someone with write access can delete the oldest records up to any stored checkpoint
+and the log still verifies. Only the missing purge record shows it.
+
 NOTE: records appended after the newest checkpoint are verified by the chain only.
 Until the next checkpoint, which the gateway signs within its checkpoint interval
 (60 seconds by default) or at shutdown, they can be removed from the end, or edited
