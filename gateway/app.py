@@ -36,11 +36,12 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from strawberry.http.ides import get_graphql_ide_html
 
-from gateway.audit.anchor import anchor_from_setting
+from gateway.audit.anchor import CheckpointAnchor, anchor_from_setting
+from gateway.audit.keys import CheckpointKey, publish_public_key
 from gateway.audit.keys import load_or_create_signing_key as load_or_create_checkpoint_key
-from gateway.audit.keys import publish_public_key
+from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
 from gateway.catalog import load_catalog
 from gateway.config import Settings
@@ -142,9 +143,7 @@ class Gateway:
             settings.checkpoint_key_path, name=settings.audit_checkpoint_key_name)
         publish_public_key(checkpoint_key, settings.checkpoint_public_key_dir)
         anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
-        store = await SQLiteAuditStore.open(
-            settings.audit_path, checkpoint_key=checkpoint_key, anchors=anchors,
-            checkpoint_interval=settings.audit_checkpoint_interval)
+        store = await _open_audit_store(settings, checkpoint_key, anchors)
         audit_key = load_or_create_key(settings.pseudonym_key_path)
         pseudonymizer = Pseudonymizer(audit_key)
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()
@@ -155,7 +154,7 @@ class Gateway:
                             settings.operation_limits, settings.max_search_length)
         verifier = TokenVerifier(_token_settings(settings))
         log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),
-                 policy.current.version, settings.audit_path.name)
+                 policy.current.version, store.location)
         watchers = PolicyWatchers(policy, settings.policy) if settings.policy else None
         if watchers is not None:
             watchers.start()
@@ -172,6 +171,18 @@ class Gateway:
         await self.recorder.close()
         await self.verifier.aclose()
         self.lock.close()
+
+
+async def _open_audit_store(settings: Settings, checkpoint_key: CheckpointKey,
+                            anchors: list[CheckpointAnchor]) -> GroupCommitStore:
+    """Open the PostgreSQL store of ``[audit] store``, or else the SQLite file in data_dir."""
+    if settings.audit_store_url is not None:
+        return await PostgresAuditStore.open(
+            settings.audit_store_url, checkpoint_key=checkpoint_key, anchors=anchors,
+            checkpoint_interval=settings.audit_checkpoint_interval)
+    return await SQLiteAuditStore.open(
+        settings.audit_path, checkpoint_key=checkpoint_key, anchors=anchors,
+        checkpoint_interval=settings.audit_checkpoint_interval)
 
 
 def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:

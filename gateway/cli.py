@@ -28,6 +28,9 @@ app.add_typer(policy_app, name="policy")
 
 DEFAULT_DATA_DIR = Path(".fonte")
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder of the audit log and keys.")]
+AuditStoreUrl = Annotated[str | None, typer.Option(
+    "--store", help="PostgreSQL URL of the audit store, as in [audit] store, with the "
+    "password if it needs one; default: the SQLite file in --data-dir.")]
 # Messages quote settings such as "[systems.crm]", which rich markup would
 # take for style tags, so markup and highlighting are off.
 console = Console(markup=False, highlight=False)
@@ -177,26 +180,39 @@ def token(
                            purpose=purpose, ttl_seconds=hours * 3600, extra=extra))
 
 
+def _audit_target(data_dir: Path, store: str | None) -> Path | str:
+    """Return the audit store's URL, or the path of its SQLite file, which must exist."""
+    if store is not None:
+        return store
+    path = data_dir / "audit.sqlite3"
+    if not path.is_file():
+        errors.print(f"no audit log at {path}; pass the gateway's --data-dir, or --store "
+                     "for a PostgreSQL store", highlight=False)
+        raise typer.Exit(2)
+    return path
+
+
 @audit_app.command("verify")
 def audit_verify(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     anchor: Annotated[list[Path] | None, typer.Option(
         "--anchor", help="File of checkpoint notes kept outside the gateway to compare with "
         "the log; repeat for several.")] = None,
+    store: AuditStoreUrl = None,
 ) -> None:
     """Check the audit log's hash chain and signed checkpoints; exit 1 naming the first fault."""
     from gateway.audit.keys import load_public_keys
     from gateway.audit.verify import verify_store
 
-    path = data_dir / "audit.sqlite3"
-    if not path.is_file():
-        errors.print(f"no audit log at {path}; pass the gateway's --data-dir", highlight=False)
-        raise typer.Exit(2)
+    target = _audit_target(data_dir, store)
     try:
         public_keys = load_public_keys(data_dir / "keys" / "audit-checkpoint-public")
-        report = asyncio.run(verify_store(path, public_keys=public_keys, anchors=anchor or []))
+        report = asyncio.run(verify_store(target, public_keys=public_keys, anchors=anchor or []))
     except GatewayError as exc:
         raise _fail(exc) from exc
+    except ValueError as exc:
+        errors.print(f"error: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     if report.ok:
         console.print(f"audit log intact: {report.summary()}")
         return
@@ -250,6 +266,82 @@ def audit_export(
     except GatewayError as exc:
         raise _fail(exc) from exc
     errors.print(f"{_count(count, 'record')} exported")
+
+
+@audit_app.command("migrate")
+def audit_migrate(data_dir: DataDir = DEFAULT_DATA_DIR, store: AuditStoreUrl = None) -> None:
+    """Create the audit tables or upgrade them to this release's schema revision."""
+    from gateway.audit.maintenance import migrate_store
+
+    if store is None and not data_dir.is_dir():
+        errors.print(f"data dir {data_dir} not found; pass the gateway's --data-dir",
+                     highlight=False)
+        raise typer.Exit(2)
+    target: Path | str = store if store is not None else data_dir / "audit.sqlite3"
+    try:
+        before, after = asyncio.run(migrate_store(target))
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    except ValueError as exc:
+        errors.print(f"error: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if before == after:
+        console.print(f"audit store already at schema revision {after}")
+    else:
+        console.print(f"audit store migrated from schema revision {before or 'none'} to {after}")
+
+
+@audit_app.command("purge")
+def audit_purge(
+    retention_months: Annotated[int | None, typer.Option(
+        help="Keep records younger than this many months, at least 6; default: [audit] "
+        "retention_months of --config, else 24.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", exists=True, dir_okay=False,
+        help="Gateway settings file: its data_dir, [audit] store and retention_months "
+        "apply unless the options here are given.")] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    store: AuditStoreUrl = None,
+) -> None:
+    """Delete records older than the retention period, up to a signed checkpoint.
+
+    The log is verified first, and the purge is recorded as an audit record. An SQLite
+    store can be purged only while no gateway uses its data dir.
+    """
+    from gateway.audit.maintenance import purge_store
+    from gateway.config import DEFAULT_RETENTION_MONTHS, MIN_RETENTION_MONTHS, load_settings
+
+    if config is not None:
+        try:
+            settings = load_settings(config)
+        except GatewayError as exc:
+            raise _fail(exc) from exc
+        data_dir = settings.data_dir if data_dir == DEFAULT_DATA_DIR else data_dir
+        store = store if store is not None else settings.audit_store_url
+        if retention_months is None:
+            retention_months = settings.audit_retention_months
+    if retention_months is None:
+        retention_months = DEFAULT_RETENTION_MONTHS
+    if retention_months < MIN_RETENTION_MONTHS:
+        errors.print(f"--retention-months {retention_months} is below the minimum of "
+                     f"{MIN_RETENTION_MONTHS} months that access logs must be kept; pass "
+                     f"{MIN_RETENTION_MONTHS} or more")
+        raise typer.Exit(2)
+    target = _audit_target(data_dir, store)
+    try:
+        result = asyncio.run(purge_store(target, data_dir, retention_months))
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    except ValueError as exc:
+        errors.print(f"error: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if result.through_seq == 0:
+        console.print(f"no records to purge: no signed checkpoint covers only records older "
+                      f"than {result.cutoff}")
+        return
+    console.print(f"purged {_count(result.records, 'record')} through seq "
+                  f"{result.through_seq}, older than {result.cutoff}, up to checkpoint "
+                  f"{result.checkpoint_id}")
 
 
 @policy_app.command("matrix")

@@ -76,6 +76,13 @@ from gateway.sources.sql import SqlSettings
 from gateway.token_keys import JwksSettings
 from gateway.transport import HttpSettings, http_settings_from_table
 
+# The Italian Garante's provision of 27 November 2008 on system administrators
+# requires access logs to be kept at least 6 months, so a shorter retention is
+# rejected. The default follows its provision 192 of 12 May 2011 for bank access
+# logs: at least 24 months.
+MIN_RETENTION_MONTHS = 6
+DEFAULT_RETENTION_MONTHS = 24
+
 SystemSettings = (SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
                   | DataverseSettings | SapSettings | RestSettings)
 DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql", "dataverse", "sap-odata-v2",
@@ -108,6 +115,10 @@ class Settings:
     audit_checkpoint_key_name: str = "fonte-audit-1"
     audit_checkpoint_key_file: Path | None = None
     audit_anchors: tuple[str, ...] = ()
+    # PostgreSQL URL of the audit store, password included, or None for the SQLite
+    # file in data_dir.
+    audit_store_url: str | None = None
+    audit_retention_months: int = DEFAULT_RETENTION_MONTHS
     max_body_bytes: int = 1_000_000
     max_search_length: int = 100
     operation_limits: OperationLimits = field(default_factory=OperationLimits)
@@ -207,6 +218,9 @@ def load_settings(path: Path) -> Settings:
         if "checkpoint_key_file" in audit else None,
         audit_anchors=tuple(a if a == "stdout" else str(_path(base, a))
                             for a in audit.get("anchors", ())),
+        audit_store_url=_audit_store(audit, base),
+        audit_retention_months=_retention_months(audit.get("retention_months",
+                                                           DEFAULT_RETENTION_MONTHS)),
         resilience=resilience,
         policy=policy_settings_from_table(policy, base),
         max_body_bytes=_integer("limits", "max_body_bytes",
@@ -356,6 +370,38 @@ def _odoo_json2(section: str, spec: dict[str, Any], base: Path,
                           "because the API key alone identifies the user")
     return OdooJson2Settings(base_url=_text(section, spec, "base_url"), database=database,
                              api_key=_secret(section, spec, "api_key", base), timeout=timeout)
+
+
+def _audit_store(audit: dict[str, Any], base: Path) -> str | None:
+    """Return the PostgreSQL URL of ``[audit] store`` with its password, or None."""
+    if "store" not in audit:
+        return None
+    try:
+        url = make_url(_text("audit", audit, "store"))
+    except sqlalchemy_exc.ArgumentError as exc:
+        raise ConfigError("[audit] store is not a valid URL; write it as "
+                          "postgresql+asyncpg://user@host:port/database") from exc
+    if url.drivername not in ("postgresql", "postgresql+asyncpg"):
+        raise ConfigError(f"[audit] store = {url.render_as_string(hide_password=True)!r} is "
+                          "not a PostgreSQL URL; use postgresql+asyncpg://user@host:port/"
+                          "database, or remove it to keep the SQLite file in data_dir")
+    if url.password is not None:
+        raise ConfigError("[audit] store must not contain a password; set store_password_env "
+                          "or store_password_file")
+    if any(key in audit for key in ("store_password_env", "store_password_file")):
+        url = url.set(password=_secret("audit", audit, "store_password", base))
+    return url.render_as_string(hide_password=False)
+
+
+def _retention_months(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"[audit] retention_months = {value!r} must be a whole number of "
+                          "months, for example 24")
+    if value < MIN_RETENTION_MONTHS:
+        raise ConfigError(f"[audit] retention_months = {value} is below the minimum of "
+                          f"{MIN_RETENTION_MONTHS} months that access logs must be kept; set "
+                          f"it to {MIN_RETENTION_MONTHS} or more")
+    return value
 
 
 def _sql(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SqlSettings:

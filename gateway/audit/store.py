@@ -1,4 +1,4 @@
-"""The audit store: an append-only, hash-chained log of audit records in SQLite.
+"""The audit store: an append-only, hash-chained log of audit records.
 
 The gateway releases a response only after its audit record is committed, so `append`
 returns only after the commit. Concurrent requests share commits (group commit). One
@@ -6,6 +6,10 @@ writer task takes every pending event, up to ``max_batch``, and inserts them in 
 transaction. Opened with a checkpoint key, the same task also signs a checkpoint of the
 committed head every ``checkpoint_interval`` seconds while new records exist, and at
 `close`.
+
+`GroupCommitStore` is that machinery. `SQLiteAuditStore` keeps the head in memory,
+because one process writes the file. `gateway.audit.postgres.PostgresAuditStore`
+reads the head inside a lock on every commit, because several processes write.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
+from gateway.audit.migrate import upgrade_schema
 from gateway.audit.record import AuditEvent, canonical_json, validate_event
 from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject, metadata
 from gateway.audit.sqlite import (
@@ -76,7 +81,7 @@ class AuditStore(Protocol):
         ...
 
 
-async def _read_head(connection: AsyncConnection, path: Path) -> tuple[int, str]:
+async def read_head(connection: AsyncConnection, location: str) -> tuple[int, str]:
     """Return the seq and hash of the last record, after checking that it verifies.
 
     Raises AuditIntegrityError if it does not, because appending to a damaged chain
@@ -99,7 +104,7 @@ async def _read_head(connection: AsyncConnection, path: Path) -> tuple[int, str]
     seq, body, prev_hash, stored_hash = row
     if not _head_verifies(seq, body, prev_hash, stored_hash):
         raise AuditIntegrityError(
-            f"last audit record {seq} in {path} does not verify; run the audit verifier "
+            f"last audit record {seq} in {location} does not verify; run the audit verifier "
             "and investigate before appending"
         )
     return int(seq), str(stored_hash)
@@ -118,8 +123,10 @@ def _head_verifies(seq: int, body: str, prev_hash: str, stored_hash: str) -> boo
 
 
 @dataclass
-class _Pending:
-    event: dict[str, Any]
+class PendingAppend:
+    """An event in the writer's queue and the future that receives its seq."""
+
+    event: PreparedEvent
     future: asyncio.Future[int]
 
 
@@ -141,13 +148,18 @@ _TICK = _Signal("tick")
 _Control = _CheckpointRequest | _Signal
 
 
-class SQLiteAuditStore:
-    """An `AuditStore` in one SQLite file, with group commit and signed checkpoints.
+def check_open_arguments(max_batch: int, checkpoint_interval: float) -> None:
+    """Raise ValueError for a batch size or checkpoint interval that a store cannot use."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+    if not checkpoint_interval > 0:
+        raise ValueError(f"checkpoint_interval must be positive, not {checkpoint_interval}")
 
-    Use one store object per file. A second writer, in this process or another, cannot
-    fork the chain because ``seq`` is the primary key, but the two writers make each
-    other's commits fail.
 
+class GroupCommitStore:
+    """An `AuditStore` with group commit and signed checkpoints, over an SQLAlchemy engine.
+
+    Subclasses open the engine and may override `_insert_batch` and `_write_checkpoint`.
     ``commits`` counts the successful commits since open. It is smaller than the number
     of appends whenever appends share a commit.
     """
@@ -155,82 +167,36 @@ class SQLiteAuditStore:
     def __init__(
         self,
         engine: AsyncEngine,
-        path: Path,
+        location: str,
         head: tuple[int, str],
         max_batch: int,
         checkpoints: CheckpointWriter | None = None,
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
     ) -> None:
-        """Wrap an opened engine. Use `open`, which creates the schema and reads the head."""
+        """Wrap an opened engine. Use a subclass's `open`, which migrates and reads the head."""
         self.commits = 0
         self._engine = engine
-        self._path = path
+        self._location = location
         self._head_seq, self._head_hash = head
         self._head_stale = False
         self._max_batch = max_batch
         self._healthy = True
         self._closed = False
         self._engine_disposed = False
-        self._queue: asyncio.Queue[_Pending | _Control] = asyncio.Queue()
+        self._queue: asyncio.Queue[PendingAppend | _Control] = asyncio.Queue()
         self._checkpoints = checkpoints
         self._checkpoint_interval = checkpoint_interval
         self._loop = asyncio.get_running_loop()
         self._last_checkpoint_at = self._loop.time()
         self._tick: asyncio.TimerHandle | None = None
-        self._writer = asyncio.create_task(self._run_writer(), name=f"audit-writer {path}")
+        self._writer = asyncio.create_task(self._run_writer(), name=f"audit-writer {location}")
         # Records left unchecked by a previous run get their checkpoint after one interval.
         self._schedule_tick()
 
-    @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        max_batch: int = 256,
-        checkpoint_key: CheckpointKey | None = None,
-        anchors: Sequence[CheckpointAnchor] = (),
-        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
-        clock: Callable[[], datetime] | None = None,
-    ) -> SQLiteAuditStore:
-        """Open or create the store at ``path`` and start its writer task.
-
-        Creates the tables if they are missing and continues the chain after the last
-        stored record. The directory must exist. With ``checkpoint_key``, the writer signs
-        a checkpoint every ``checkpoint_interval`` seconds while new records exist and at
-        `close`, and publishes each to ``anchors`` before it saves it. ``clock`` returns
-        the time written into checkpoints (default: now).
-
-        Raises AuditError if the file cannot be opened or set to WAL, and
-        AuditIntegrityError if the last record does not verify or the log is shorter than,
-        or differs from, its newest checkpoint.
-        """
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
-        if not checkpoint_interval > 0:
-            raise ValueError(f"checkpoint_interval must be positive, not {checkpoint_interval}")
-        if not path.parent.is_dir():
-            raise AuditError(f"directory {path.parent} of audit store {path} not found; create it")
-
-        engine = create_async_engine(sqlite_url(path), hide_parameters=True)
-        event.listen(engine.sync_engine, "connect", set_writer_pragmas)
-        try:
-            async with engine.begin() as connection:
-                await check_pragmas(connection, path)
-                await connection.run_sync(metadata.create_all)
-                head = await _read_head(connection, path)
-                checkpointed = await check_newest_checkpoint(connection, head[0], path)
-        except SQLAlchemyError as exc:
-            await engine.dispose()
-            raise AuditError(f"cannot open audit store {path}: {describe_error(exc)}") from exc
-        except AuditError:
-            await engine.dispose()
-            raise
-
-        writer = None
-        if checkpoint_key is not None:
-            writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
-        logger.info("opened audit store %s at seq %d", path, head[0])
-        return cls(engine, path, head, max_batch, writer, checkpoint_interval)
+    @property
+    def location(self) -> str:
+        """The file path or URL of the store, with any password hidden."""
+        return self._location
 
     async def append(self, event: AuditEvent) -> int:
         """Store ``event`` as the next record and return its seq once the commit is durable.
@@ -240,17 +206,17 @@ class SQLiteAuditStore:
         cancelled while it waits, the record may still be committed.
         """
         if self._closed:
-            raise AuditError(f"audit store {self._path} is closed; open it again to append")
+            raise AuditError(f"audit store {self._location} is closed; open it again to append")
         try:
             validate_event(event)
-            # A decoded copy, so that a caller changing the event later cannot change
-            # the record.
-            snapshot = json.loads(canonical_json(event))
+            # Encoded now, so that a caller changing the event later cannot change the
+            # record.
+            prepared = prepare_event(event)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"invalid audit event: {exc}") from exc
 
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(snapshot, future))
+        self._queue.put_nowait(PendingAppend(prepared, future))
         return await future
 
     async def checkpoint(self) -> Checkpoint | None:
@@ -262,11 +228,11 @@ class SQLiteAuditStore:
         """
         if self._checkpoints is None:
             raise AuditError(
-                f"audit store {self._path} was opened without a checkpoint key; "
+                f"audit store {self._location} was opened without a checkpoint key; "
                 "pass checkpoint_key to open"
             )
         if self._closed:
-            raise AuditError(f"audit store {self._path} is closed; open it again to checkpoint")
+            raise AuditError(f"audit store {self._location} is closed; open it again to checkpoint")
         future: asyncio.Future[Checkpoint | None] = self._loop.create_future()
         self._queue.put_nowait(_CheckpointRequest(future))
         return await future
@@ -292,10 +258,10 @@ class SQLiteAuditStore:
             if not self._engine_disposed:
                 self._engine_disposed = True
                 await self._engine.dispose()
-                logger.info("closed audit store %s at seq %d", self._path, self._head_seq)
+                logger.info("closed audit store %s at seq %d", self._location, self._head_seq)
 
     async def _run_writer(self) -> None:
-        batch: list[_Pending] = []
+        batch: list[PendingAppend] = []
         try:
             while True:
                 batch, control = await self._next_batch()
@@ -315,47 +281,55 @@ class SQLiteAuditStore:
             # when the event loop shut down without close().
             self._fail_pending(batch)
 
-    async def _next_batch(self) -> tuple[list[_Pending], _Control | None]:
+    async def _next_batch(self) -> tuple[list[PendingAppend], _Control | None]:
         """Wait for one item, then take the events already queued, up to max_batch.
 
         Returns the batch and the control item that ended it, if any.
         """
-        batch: list[_Pending] = []
+        batch: list[PendingAppend] = []
         item = await self._queue.get()
         while True:
-            if not isinstance(item, _Pending):
+            if not isinstance(item, PendingAppend):
                 return batch, item
             batch.append(item)
             if len(batch) >= self._max_batch or self._queue.empty():
                 return batch, None
             item = self._queue.get_nowait()
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:
             if self._head_stale:
                 await self._reload_head()
-            records, subjects, last_hash = self._build_rows(batch)
-            async with self._engine.begin() as connection:
-                await connection.execute(insert(audit_record), records)
-                if subjects:
-                    await connection.execute(insert(audit_subject), subjects)
+            first_seq, last_hash = await self._insert_batch(batch)
         except Exception as exc:
             # Catch every error, a bug included, so that only this batch fails. If the
             # writer task died, every later append would wait forever.
             await self._fail_batch(batch, exc)
             return
 
-        first_seq = self._head_seq + 1
-        self._head_seq += len(batch)
+        self._head_seq = first_seq + len(batch) - 1
         self._head_hash = last_hash
         self.commits += 1
         if not self._healthy:
-            logger.info("audit store %s commits again from seq %d", self._path, first_seq)
+            logger.info("audit store %s commits again from seq %d", self._location, first_seq)
         self._healthy = True
         for offset, pending in enumerate(batch):
             if not pending.future.done():
                 pending.future.set_result(first_seq + offset)
         self._schedule_tick()
+
+    async def _insert_batch(self, batch: list[PendingAppend]) -> tuple[int, str]:
+        """Chain ``batch`` onto the head in memory and commit it.
+
+        Returns the first seq and the last hash. Correct only while this object is the
+        only writer of the store.
+        """
+        records, subjects, last_hash = build_rows(
+            [pending.event for pending in batch], self._head_seq, self._head_hash
+        )
+        async with self._engine.begin() as connection:
+            await insert_rows(connection, records, subjects)
+        return self._head_seq + 1, last_hash
 
     def _schedule_tick(self) -> None:
         """Start the checkpoint timer unless it runs or every committed record is covered."""
@@ -380,7 +354,8 @@ class SQLiteAuditStore:
         try:
             return await self._checkpoints.write(self._engine, self._head_seq, self._head_hash)
         except SQLAlchemyError as exc:
-            message = f"cannot save a checkpoint in audit store {self._path}: {describe_error(exc)}"
+            reason = describe_error(exc)
+            message = f"cannot save a checkpoint in audit store {self._location}: {reason}"
             raise AuditError(message) from exc
 
     async def _write_checkpoint_logged(self, when: str) -> None:
@@ -393,7 +368,7 @@ class SQLiteAuditStore:
                 "audit checkpoint %s of seq %d in %s failed: %s",
                 when,
                 self._head_seq,
-                self._path,
+                self._location,
                 describe_error(exc),
             )
         self._schedule_tick()
@@ -404,7 +379,7 @@ class SQLiteAuditStore:
         except Exception as exc:
             # A bug must fail this request, not stop the writer task.
             error = exc if isinstance(exc, AuditError) else AuditError(
-                f"audit checkpoint in {self._path} failed: {describe_error(exc)}"
+                f"audit checkpoint in {self._location} failed: {describe_error(exc)}"
             )
             if not request.future.done():
                 request.future.set_exception(error)
@@ -413,38 +388,7 @@ class SQLiteAuditStore:
                 request.future.set_result(result)
         self._schedule_tick()
 
-    def _build_rows(
-        self, batch: list[_Pending]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-        """Chain the batch onto the head. Returns record rows, subject rows and the last hash."""
-        records: list[dict[str, Any]] = []
-        subjects: list[dict[str, Any]] = []
-        seq = self._head_seq
-        prev_hash = self._head_hash
-        for pending in batch:
-            seq += 1
-            event_copy = pending.event
-            body = canonical_json({**event_copy, "seq": seq, "prev_hash": prev_hash})
-            record_hash = chain_hash(prev_hash, seq, body)
-            records.append(
-                {
-                    "seq": seq,
-                    "time": event_copy["time"],
-                    "request_id": event_copy["request_id"],
-                    "actor": event_copy["actor"],
-                    "purpose": event_copy["purpose"],
-                    "outcome": event_copy["outcome"],
-                    "body": body.decode("utf-8"),
-                    "prev_hash": prev_hash,
-                    "hash": record_hash,
-                }
-            )
-            refs = sorted({subject["ref"] for subject in event_copy["subjects"]})
-            subjects.extend({"seq": seq, "ref": ref} for ref in refs)
-            prev_hash = record_hash
-        return records, subjects, prev_hash
-
-    async def _fail_batch(self, batch: list[_Pending], exc: Exception) -> None:
+    async def _fail_batch(self, batch: list[PendingAppend], exc: Exception) -> None:
         self._healthy = False
         first_seq = self._head_seq + 1
         last_seq = self._head_seq + len(batch)
@@ -453,13 +397,13 @@ class SQLiteAuditStore:
             "audit commit of seq %d-%d in %s failed: %s",
             first_seq,
             last_seq,
-            self._path,
+            self._location,
             reason,
         )
         for pending in batch:
             if pending.future.done():
                 continue
-            error = AuditError(f"audit commit to {self._path} failed: {reason}")
+            error = AuditError(f"audit commit to {self._location} failed: {reason}")
             error.__cause__ = exc
             pending.future.set_exception(error)
 
@@ -469,29 +413,179 @@ class SQLiteAuditStore:
             await self._reload_head()
         except AuditError as reload_error:
             self._head_stale = True
-            logger.error("audit store %s head reload failed: %s", self._path, reload_error)
+            logger.error("audit store %s head reload failed: %s", self._location, reload_error)
 
     async def _reload_head(self) -> None:
         try:
             async with self._engine.connect() as connection:
-                self._head_seq, self._head_hash = await _read_head(connection, self._path)
+                self._head_seq, self._head_hash = await read_head(connection, self._location)
         except SQLAlchemyError as exc:
-            message = f"cannot read audit store {self._path}: {describe_error(exc)}"
+            message = f"cannot read audit store {self._location}: {describe_error(exc)}"
             raise AuditError(message) from exc
         self._head_stale = False
 
-    def _fail_pending(self, batch: list[_Pending]) -> None:
+    def _fail_pending(self, batch: list[PendingAppend]) -> None:
         pending_items = list(batch)
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if isinstance(item, _Pending):
+            if isinstance(item, PendingAppend):
                 pending_items.append(item)
             elif isinstance(item, _CheckpointRequest) and not item.future.done():
-                item.future.set_exception(
-                    AuditError(f"audit writer of {self._path} stopped; no checkpoint was written")
-                )
+                item.future.set_exception(AuditError(
+                    f"audit writer of {self._location} stopped; no checkpoint was written"
+                ))
         for pending in pending_items:
             if not pending.future.done():
-                pending.future.set_exception(
-                    AuditError(f"audit writer of {self._path} stopped; the record was not stored")
-                )
+                pending.future.set_exception(AuditError(
+                    f"audit writer of {self._location} stopped; the record was not stored"
+                ))
+
+
+class SQLiteAuditStore(GroupCommitStore):
+    """An `AuditStore` in one SQLite file.
+
+    Use one store object per file. A second writer, in this process or another, cannot
+    fork the chain because ``seq`` is the primary key, but the two writers make each
+    other's commits fail.
+    """
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        max_batch: int = 256,
+        checkpoint_key: CheckpointKey | None = None,
+        anchors: Sequence[CheckpointAnchor] = (),
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        clock: Callable[[], datetime] | None = None,
+    ) -> SQLiteAuditStore:
+        """Open or create the store at ``path`` and start its writer task.
+
+        Creates or migrates the tables (`gateway.audit.migrate`) and continues the chain
+        after the last stored record. The directory must exist. With ``checkpoint_key``,
+        the writer signs a checkpoint every ``checkpoint_interval`` seconds while new
+        records exist and at `close`, and publishes each to ``anchors`` before it saves
+        it. ``clock`` returns the time written into checkpoints (default: now).
+
+        Raises AuditError if the file cannot be opened or set to WAL, and
+        AuditIntegrityError if the last record does not verify or the log is shorter than,
+        or differs from, its newest checkpoint.
+        """
+        check_open_arguments(max_batch, checkpoint_interval)
+        if not path.parent.is_dir():
+            raise AuditError(f"directory {path.parent} of audit store {path} not found; create it")
+
+        engine = create_async_engine(sqlite_url(path), hide_parameters=True)
+        event.listen(engine.sync_engine, "connect", set_writer_pragmas)
+        try:
+            async with engine.begin() as connection:
+                await check_pragmas(connection, path)
+                await connection.run_sync(upgrade_schema)
+                head = await read_head(connection, str(path))
+                checkpointed = await check_newest_checkpoint(connection, head[0], str(path))
+        except SQLAlchemyError as exc:
+            await engine.dispose()
+            raise AuditError(f"cannot open audit store {path}: {describe_error(exc)}") from exc
+        except AuditError:
+            await engine.dispose()
+            raise
+
+        writer = None
+        if checkpoint_key is not None:
+            writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
+        logger.info("opened audit store %s at seq %d", path, head[0])
+        return cls(engine, str(path), head, max_batch, writer, checkpoint_interval)
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    """A validated event, encoded once, with the values that the other columns copy.
+
+    The record body is the canonical JSON of the event plus ``prev_hash`` and ``seq``.
+    With sorted keys, the event's keys fall into three runs: before ``prev_hash``,
+    between it and ``seq``, and after ``seq``. Each run is encoded here, outside the
+    writer's commit (and outside the PostgreSQL lock), and `body` joins the runs
+    around the two values that are known only at commit.
+    """
+
+    columns: dict[str, Any]
+    refs: tuple[str, ...]
+    runs: tuple[bytes, bytes, bytes]
+
+    def body(self, seq: int, prev_hash: str) -> bytes:
+        """Return ``canonical_json({**event, "seq": seq, "prev_hash": prev_hash})``."""
+        before, between, after = self.runs
+        parts = [
+            before,
+            b'"prev_hash":"' + prev_hash.encode("ascii") + b'"',
+            between,
+            b'"seq":' + str(seq).encode("ascii"),
+            after,
+        ]
+        return b"{" + b",".join(part for part in parts if part) + b"}"
+
+
+def prepare_event(event: AuditEvent) -> PreparedEvent:
+    """Encode a validated event for `build_rows`.
+
+    Raises ValueError if the event has a ``seq`` or ``prev_hash`` key of its own, and
+    TypeError or ValueError if JSON cannot represent a value.
+    """
+    if "seq" in event or "prev_hash" in event:
+        raise ValueError("audit event must not contain seq or prev_hash; the store sets them")
+    runs: list[dict[str, Any]] = [{}, {}, {}]
+    for key, value in event.items():
+        if key < "prev_hash":
+            runs[0][key] = value
+        elif key < "seq":
+            runs[1][key] = value
+        else:
+            runs[2][key] = value
+    # canonical_json of each run without its braces; an empty run gives b"".
+    encoded = tuple(canonical_json(run)[1:-1] for run in runs)
+    columns = {name: event[name] for name in _COPIED_COLUMNS}  # type: ignore[literal-required]
+    refs = tuple(sorted({subject["ref"] for subject in event["subjects"]}))
+    return PreparedEvent(columns, refs, (encoded[0], encoded[1], encoded[2]))
+
+
+# Columns of audit_record that copy body values, so that exports can filter in SQL.
+_COPIED_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
+
+
+def build_rows(
+    events: Sequence[PreparedEvent], head_seq: int, head_hash: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Chain ``events`` onto the head.
+
+    Returns the record rows, the subject rows and the hash of the last record.
+    """
+    records: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    seq = head_seq
+    prev_hash = head_hash
+    for prepared in events:
+        seq += 1
+        body = prepared.body(seq, prev_hash)
+        record_hash = chain_hash(prev_hash, seq, body)
+        records.append(
+            {
+                "seq": seq,
+                **prepared.columns,
+                "body": body.decode("utf-8"),
+                "prev_hash": prev_hash,
+                "hash": record_hash,
+            }
+        )
+        subjects.extend({"seq": seq, "ref": ref} for ref in prepared.refs)
+        prev_hash = record_hash
+    return records, subjects, prev_hash
+
+
+async def insert_rows(
+    connection: AsyncConnection, records: list[dict[str, Any]], subjects: list[dict[str, Any]]
+) -> None:
+    """Insert the rows that `build_rows` returned, in the caller's transaction."""
+    await connection.execute(insert(audit_record), records)
+    if subjects:
+        await connection.execute(insert(audit_subject), subjects)

@@ -23,6 +23,14 @@ checkpoint:
 - ``log has R records but checkpoint N signed S``: records were removed from the end.
 - ``checkpoint N ... is not in anchor file PATH``: the stored note was replaced.
 
+A log purged for retention starts at a record N after 1. It verifies only if a signed
+checkpoint of size N - 1 exists, and record N links to that checkpoint's head hash.
+Without one, the report is ``records 1-M missing``.
+
+NOTE: the verifier does not look for the record that ``fonte audit purge`` appends, so
+someone with write access can delete the oldest records up to any stored checkpoint
+and the log still verifies. Only the missing purge record shows it.
+
 NOTE: records appended after the newest checkpoint are verified by the chain only.
 Until the next checkpoint, which the gateway signs within its checkpoint interval
 (60 seconds by default) or at shutdown, they can be removed from the end, or edited
@@ -40,13 +48,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Row, Select, func, select
+from sqlalchemy import Row, Select, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
-from gateway.audit.store import audit_record, audit_subject, describe_error, open_reader_engine
+from gateway.audit.postgres import open_reader
+from gateway.audit.store import audit_record, audit_subject, describe_error
 from gateway.audit.verify_checkpoints import (
     CheckpointFault,
     CheckpointMatcher,
@@ -91,6 +100,8 @@ class VerifyReport:
     before ``first_bad_seq``. ``reason`` names the fault, and is None when ``ok``.
     ``checkpoints`` is the number of signed checkpoints that verified, and ``covered``
     the size of the largest one: records after it are verified by the chain only.
+    ``first_seq`` is the seq of the first stored record, after 1 once a purge removed
+    the older records.
     """
 
     ok: bool
@@ -99,6 +110,7 @@ class VerifyReport:
     reason: str | None
     checkpoints: int = 0
     covered: int = 0
+    first_seq: int = 1
 
     def summary(self) -> str:
         """Describe the result in one line for people, naming what the chain alone covers."""
@@ -113,12 +125,15 @@ class VerifyReport:
             f"{_count(self.records, 'record')} and "
             f"{_count(self.checkpoints, 'checkpoint')} verified"
         )
-        if self.covered >= self.records:
+        if self.first_seq > 1:
+            text += f"; records 1-{self.first_seq - 1} were purged up to a signed checkpoint"
+        last_seq = self.first_seq + self.records - 1
+        if self.covered >= last_seq:
             return text
-        if self.covered + 1 == self.records:
-            tail = f"record {self.records} is"
+        if self.covered + 1 == last_seq:
+            tail = f"record {last_seq} is"
         else:
-            tail = f"records {self.covered + 1}-{self.records} are"
+            tail = f"records {self.covered + 1}-{last_seq} are"
         return f"{text}; {tail} after the newest checkpoint and verified by the hash chain only"
 
 
@@ -127,12 +142,22 @@ def _count(number: int, noun: str) -> str:
 
 
 class ChainVerifier:
-    """Incremental chain check over rows in seq order, keeping only the previous hash."""
+    """Incremental chain check over rows in seq order, keeping only the previous hash.
 
-    def __init__(self) -> None:
-        self._expected_seq = 1
-        self._prev_hash = GENESIS_HASH
+    By default the chain starts at record 1. A purged log starts at ``first_seq``, whose
+    record must link to ``prev_hash``, the hash that a signed checkpoint gives.
+    """
+
+    def __init__(self, first_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
+        self._first_seq = first_seq
+        self._expected_seq = first_seq
+        self._prev_hash = prev_hash
         self._verified = 0
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last verified record, or ``first_seq - 1`` before the first."""
+        return self._expected_seq - 1
 
     def check(self, row: StoredRow) -> VerifyReport | None:
         """Check the next row. Returns the failure report, or None if the row verifies."""
@@ -150,7 +175,13 @@ class ChainVerifier:
 
     def report(self) -> VerifyReport:
         """Return the report for a chain whose rows all verified."""
-        return VerifyReport(ok=True, records=self._verified, first_bad_seq=None, reason=None)
+        return VerifyReport(
+            ok=True,
+            records=self._verified,
+            first_bad_seq=None,
+            reason=None,
+            first_seq=self._first_seq,
+        )
 
     def _find_fault(self, row: StoredRow) -> tuple[int, str] | None:
         position_fault = self._find_position_fault(row.seq)
@@ -165,7 +196,7 @@ class ChainVerifier:
         if not _hash_matches(row, body):
             return row.seq, "content changed"
         if row.prev_hash != self._prev_hash:
-            return row.seq, _chain_broken_reason(row.seq)
+            return row.seq, _chain_broken_reason(row.seq, self._first_seq)
         return _find_index_fault(row, body)
 
     def _find_position_fault(self, seq: int) -> tuple[int, str] | None:
@@ -195,9 +226,14 @@ def _hash_matches(row: StoredRow, body: dict[str, Any]) -> bool:
     return chain_hash(row.prev_hash, row.seq, row.body.encode("utf-8")) == row.hash
 
 
-def _chain_broken_reason(seq: int) -> str:
+def _chain_broken_reason(seq: int, first_seq: int) -> str:
     if seq == 1:
         return "chain broken: prev_hash of the first record is not the genesis hash"
+    if seq == first_seq:
+        return (
+            f"chain broken: prev_hash does not match the hash that the checkpoint of "
+            f"record {seq - 1} signed"
+        )
     return f"chain broken: prev_hash does not match the hash of record {seq - 1}"
 
 
@@ -231,12 +267,14 @@ def verify_rows(rows: Iterable[StoredRow]) -> VerifyReport:
 
 
 async def verify_store(
-    path: Path,
+    target: Path | str,
     *,
     public_keys: Mapping[str, Ed25519PublicKey] | None = None,
     anchors: Sequence[Path] = (),
 ) -> VerifyReport:
-    """Verify the chain, the subject index and the signed checkpoints of the store at ``path``.
+    """Verify the chain, the subject index and the signed checkpoints of a store.
+
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store.
 
     Every stored checkpoint must be signed by a key in ``public_keys`` and match the
     recomputed chain, and the log must be at least as long as each. Every file in
@@ -245,9 +283,10 @@ async def verify_store(
     number of checkpoints but not of records. Works while a gateway is appending, and
     checks the records committed when the read started.
 
-    Raises AuditError if the store or an anchor file is missing or cannot be read.
+    Raises AuditError if the store or an anchor file is missing or cannot be read, and
+    ValueError for a URL that is not PostgreSQL.
     """
-    engine = open_reader_engine(path)
+    engine, location = open_reader(target)
     try:
         async with engine.connect() as connection:
             # Checkpoints are read before the records, so a checkpoint written meanwhile
@@ -256,11 +295,44 @@ async def verify_store(
             checkpoints, fault = _check_checkpoints(stored, public_keys or {}, anchors)
             if fault is not None:
                 return _checkpoint_failure(0, fault)
-            return await _verify_records(connection, CheckpointMatcher(checkpoints))
-    except SQLAlchemyError as exc:
-        raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
+            matcher = CheckpointMatcher(checkpoints)
+            first_seq = (await connection.execute(select(func.min(audit_record.c.seq)))).scalar()
+            verifier, fault = _start_chain(first_seq, checkpoints, matcher)
+            if fault is not None:
+                return _checkpoint_failure(0, fault)
+            return await _verify_records(connection, verifier, matcher)
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
     finally:
         await engine.dispose()
+
+
+def _start_chain(
+    first_seq: int | None,
+    checkpoints: Sequence[LabelledCheckpoint],
+    matcher: CheckpointMatcher,
+) -> tuple[ChainVerifier, CheckpointFault | None]:
+    """Return the verifier for a log whose first stored record is ``first_seq``.
+
+    A log that starts after record 1 continues from a checkpoint of size
+    ``first_seq - 1``. Without one, the verifier starts at 1 and reports the gap.
+    """
+    if first_seq is None or first_seq <= 1:
+        return ChainVerifier(), None
+    purged_through = int(first_seq) - 1
+    anchors = [item for item in checkpoints if item.checkpoint.size == purged_through]
+    if not anchors:
+        return ChainVerifier(), None
+
+    head_hashes = {item.checkpoint.head_hash for item in anchors}
+    if len(head_hashes) > 1:
+        labels = " and ".join(item.label for item in anchors)
+        return ChainVerifier(), CheckpointFault(
+            int(first_seq), f"{labels} signed different hashes for record {purged_through}"
+        )
+    start = anchors[0].checkpoint
+    matcher.start_after(purged_through, start.origin)
+    return ChainVerifier(int(first_seq), start.head_hash), None
 
 
 def _check_checkpoints(
@@ -284,10 +356,11 @@ def _check_checkpoints(
 
 
 async def _verify_records(
-    connection: AsyncConnection, matcher: CheckpointMatcher
+    connection: AsyncConnection, verifier: ChainVerifier, matcher: CheckpointMatcher
 ) -> VerifyReport:
-    verifier = ChainVerifier()
-    statement = _stored_rows_query().execution_options(yield_per=_FETCH_ROWS)
+    statement = _stored_rows_query(connection.dialect.name).execution_options(
+        yield_per=_FETCH_ROWS
+    )
     async with connection.stream(statement) as result:
         async for row in result:
             stored_row = _to_stored_row(row)
@@ -299,7 +372,7 @@ async def _verify_records(
                 return _checkpoint_failure(stored_row.seq - 1, fault)
 
     records = verifier.report().records
-    fault = matcher.finish(records)
+    fault = matcher.finish(verifier.last_seq)
     if fault is not None:
         return _checkpoint_failure(records, fault)
 
@@ -318,6 +391,7 @@ async def _verify_records(
         reason=None,
         checkpoints=matcher.count,
         covered=matcher.covered,
+        first_seq=verifier.report().first_seq,
     )
 
 
@@ -327,11 +401,15 @@ def _checkpoint_failure(records: int, fault: CheckpointFault) -> VerifyReport:
     )
 
 
-def _stored_rows_query() -> Select[Any]:
+def _stored_rows_query(dialect_name: str) -> Select[Any]:
     # A correlated subquery keeps the scan in seq order without a GROUP BY, which
     # would make SQLite collect the rows before it returns the first.
+    if dialect_name == "postgresql":
+        joined_refs = func.string_agg(audit_subject.c.ref, literal(" "))
+    else:
+        joined_refs = func.group_concat(audit_subject.c.ref, " ")
     refs = (
-        select(func.group_concat(audit_subject.c.ref, " "))
+        select(joined_refs)
         .where(audit_subject.c.seq == audit_record.c.seq)
         .scalar_subquery()
     )

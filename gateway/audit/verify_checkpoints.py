@@ -127,10 +127,20 @@ class CheckpointMatcher:
         for item in checkpoints:
             self._by_size.setdefault(item.checkpoint.size, []).append(item)
         self._first_hash: str | None = None
+        self._start_origin: str | None = None
 
     @property
     def count(self) -> int:
         return self._count
+
+    def start_after(self, seq: int, origin: str) -> None:
+        """Start from the checkpoint of size ``seq`` that a purged log continues from.
+
+        Records up to ``seq`` were deleted, so their checkpoints count as covered, and
+        ``origin`` replaces the one that record 1 would give.
+        """
+        self.covered = seq
+        self._start_origin = origin
 
     def check_record(self, seq: int, record_hash: str) -> CheckpointFault | None:
         """Compare the checkpoints of size ``seq`` with the verified record ``seq``."""
@@ -149,24 +159,33 @@ class CheckpointMatcher:
             self.covered = seq
         return None
 
-    def finish(self, records: int) -> CheckpointFault | None:
-        """Check, once every record verified, the log length and the origin."""
+    def finish(self, last_seq: int) -> CheckpointFault | None:
+        """Check, once every record verified, the log length and the origin.
+
+        ``last_seq`` is the seq of the last record, which is the number of records
+        unless a purge removed the oldest.
+        """
         longest = max(self._checkpoints, key=lambda item: item.checkpoint.size, default=None)
-        if longest is not None and longest.checkpoint.size > records:
+        if longest is not None and longest.checkpoint.size > last_seq:
             return CheckpointFault(
-                records + 1,
-                f"log has {records} records but {longest.label} signed "
+                last_seq + 1,
+                f"log has {last_seq} records but {longest.label} signed "
                 f"{longest.checkpoint.size}; records were removed from the end",
             )
-        if self._first_hash is None:
+        if self._first_hash is not None:
+            origin = log_origin(self._first_hash)
+            source = "record 1 gives"
+        elif self._start_origin is not None:
+            origin = self._start_origin
+            source = "the checkpoint that the purged log continues from names"
+        else:
             return None
 
-        origin = log_origin(self._first_hash)
         for item in self._checkpoints:
             if item.checkpoint.origin != origin:
                 return CheckpointFault(
                     1,
-                    f"{item.label} is for log {item.checkpoint.origin}, but record 1 gives "
+                    f"{item.label} is for log {item.checkpoint.origin}, but {source} "
                     f"{origin}; the chain was rebuilt from record 1 or the checkpoint is "
                     "of another log",
                 )

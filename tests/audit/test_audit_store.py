@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
-from gateway.audit.store import SQLiteAuditStore, sqlite_url
+from gateway.audit.store import SQLiteAuditStore, prepare_event, sqlite_url
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -371,3 +371,29 @@ async def test_store_opens_path_with_reserved_characters(tmp_path: Path) -> None
 
     assert path.is_file()
     assert count_rows(path) == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"actor": "émp-ü \u2028 \"quoted\" \\ back", "purpose": None, "client": None},
+        {"subjects": [], "fields": [], "systems": [], "roles": []},
+        {"operation_name": "Käse\u00a0\U0001f9c0", "records": 2**40},
+    ],
+)
+def test_prepared_body_is_canonical_json(changes: dict[str, object]) -> None:
+    event = make_event("req-ü", **changes)
+
+    body = prepare_event(event).body(12345, "ab" * 32)
+
+    assert body == canonical_json({**event, "seq": 12345, "prev_hash": "ab" * 32})
+
+
+def test_prepare_rejects_seq_key() -> None:
+    event = cast(AuditEvent, {**make_event(), "seq": 1})
+
+    with pytest.raises(ValueError) as caught:
+        prepare_event(event)
+
+    assert str(caught.value) == "audit event must not contain seq or prev_hash; the store sets them"

@@ -111,3 +111,63 @@ def test_invalid_toml_named(tmp_path: Path) -> None:
 def test_missing_file_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read settings file"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_audit_defaults_to_sqlite_and_24_months(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, VALID))
+
+    assert settings.audit_store_url is None
+    assert settings.audit_retention_months == 24
+
+
+def test_audit_retention_below_minimum_rejected(tmp_path: Path) -> None:
+    text = VALID + "\n[audit]\nretention_months = 5\n"
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == (
+        "[audit] retention_months = 5 is below the minimum of 6 months that access logs "
+        "must be kept; set it to 6 or more"
+    )
+
+
+def test_audit_store_takes_password_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_AUDIT_PASSWORD", "s3cret")
+    text = VALID + (
+        '\n[audit]\nstore = "postgresql+asyncpg://fonte@127.0.0.1:5432/audit"\n'
+        'store_password_env = "TEST_AUDIT_PASSWORD"\nretention_months = 6\n'
+    )
+
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.audit_store_url == "postgresql+asyncpg://fonte:s3cret@127.0.0.1:5432/audit"
+    assert settings.audit_retention_months == 6
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        (
+            "postgresql://fonte:pw@127.0.0.1/audit",
+            "[audit] store must not contain a password; set store_password_env or "
+            "store_password_file",
+        ),
+        (
+            "mysql+asyncmy://root@127.0.0.1/audit",
+            "[audit] store = 'mysql+asyncmy://root@127.0.0.1/audit' is not a PostgreSQL URL; "
+            "use postgresql+asyncpg://user@host:port/database, or remove it to keep the "
+            "SQLite file in data_dir",
+        ),
+    ],
+)
+def test_audit_store_rejects_bad_url(tmp_path: Path, store: str, message: str) -> None:
+    text = VALID + f'\n[audit]\nstore = "{store}"\n'
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == message
+

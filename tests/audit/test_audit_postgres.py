@@ -1,0 +1,188 @@
+"""Tests of PostgresAuditStore on the local server: several writers, checkpoints, purge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from checkpoint_support import make_event, new_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from services import postgres_url
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from gateway.audit.keys import CheckpointKey
+from gateway.audit.migrate import head_revision
+from gateway.audit.postgres import PostgresAuditStore
+from gateway.audit.retention import purge_records
+from gateway.audit.verify import verify_store
+from gateway.errors import AuditError
+
+WRITERS = 3
+TASKS_PER_WRITER = 4
+APPENDS_PER_TASK = 50
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    async with postgres_url() as url:
+        yield url
+
+
+async def fetch_all(url: str, statement: str) -> list[tuple[object, ...]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return [tuple(row) for row in (await connection.execute(text(statement))).all()]
+    finally:
+        await engine.dispose()
+
+
+async def append_many(store: PostgresAuditStore, task: int) -> list[int]:
+    seqs = []
+    for index in range(APPENDS_PER_TASK):
+        event = make_event(index % 60)
+        event["request_id"] = f"task-{task}-{index}"
+        seqs.append(await store.append(event))
+    return seqs
+
+
+def public_keys(key: CheckpointKey) -> dict[str, Ed25519PublicKey]:
+    return {key.name: key.private_key.public_key()}
+
+
+async def test_writers_share_one_gap_free_chain(database: str) -> None:
+    key = new_key()
+    stores = await asyncio.gather(*(
+        PostgresAuditStore.open(database, checkpoint_key=key, checkpoint_interval=0.01)
+        for _ in range(WRITERS)
+    ))
+    tasks = [
+        append_many(store, writer * TASKS_PER_WRITER + task)
+        for writer, store in enumerate(stores)
+        for task in range(TASKS_PER_WRITER)
+    ]
+    results = await asyncio.gather(*tasks)
+    for store in stores:
+        await store.close()
+
+    total = WRITERS * TASKS_PER_WRITER * APPENDS_PER_TASK
+    seqs = sorted(seq for result in results for seq in result)
+    assert seqs == list(range(1, total + 1))
+    request_ids = await fetch_all(database, "SELECT request_id FROM audit_record")
+    assert len({row[0] for row in request_ids}) == total
+
+    report = await verify_store(database, public_keys=public_keys(key))
+    assert report.ok, report.reason
+    assert report.records == total
+    assert report.covered == total
+
+
+async def test_checkpoints_grow_with_several_signers(database: str) -> None:
+    key = new_key()
+    stores = await asyncio.gather(*(
+        PostgresAuditStore.open(database, checkpoint_key=key, checkpoint_interval=0.01)
+        for _ in range(WRITERS)
+    ))
+    await asyncio.gather(*(append_many(store, number) for number, store in enumerate(stores)))
+    await asyncio.gather(*(store.checkpoint() for store in stores))
+    for store in stores:
+        await store.close()
+
+    rows = await fetch_all(database, "SELECT size FROM audit_checkpoint ORDER BY id")
+    sizes = [int(str(row[0])) for row in rows]
+    assert sizes == sorted(set(sizes))
+    assert sizes[-1] == WRITERS * APPENDS_PER_TASK
+
+
+async def test_concurrent_opens_migrate_once(database: str) -> None:
+    stores = await asyncio.gather(*(PostgresAuditStore.open(database) for _ in range(4)))
+    for store in stores:
+        await store.close()
+
+    assert await fetch_all(database, "SELECT version_num FROM alembic_version") == [
+        (head_revision(),)
+    ]
+    columns = await fetch_all(
+        database,
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_name = 'audit_record' AND column_name = 'seq'",
+    )
+    assert columns == [("bigint",)]
+
+
+async def test_store_rejects_unflushed_commits(database: str) -> None:
+    name = database.rsplit("/", 1)[1]
+    admin = create_async_engine(database, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f"ALTER DATABASE {name} SET synchronous_commit = off"))
+    await admin.dispose()
+
+    with pytest.raises(AuditError) as caught:
+        await PostgresAuditStore.open(database)
+
+    assert "runs with synchronous_commit = off" in str(caught.value)
+    assert "set it to on for the audit database or its role" in str(caught.value)
+
+
+async def test_open_rejects_other_url() -> None:
+    with pytest.raises(ValueError) as caught:
+        await PostgresAuditStore.open("sqlite+aiosqlite:///audit.db")
+
+    assert str(caught.value) == (
+        "audit store URL sqlite+aiosqlite:///audit.db is not a PostgreSQL URL; use "
+        "postgresql+asyncpg://USER@HOST:PORT/DATABASE"
+    )
+
+
+async def test_purged_postgres_log_verifies(database: str) -> None:
+    key = new_key()
+    store = await PostgresAuditStore.open(database, checkpoint_key=key)
+    for index in range(1, 6):
+        await store.append(make_event(index))
+    await store.checkpoint()
+    for index in range(6, 9):
+        await store.append(make_event(index))
+    await store.close()
+
+    # make_event dates every record 2026-12-04T20:17, so a later cutoff covers them all.
+    result = await purge_records(database, datetime(2027, 1, 1, tzinfo=UTC))
+    report = await verify_store(database, public_keys=public_keys(key))
+
+    assert result.through_seq == 5
+    assert result.records == 5
+    assert report.ok, report.reason
+    assert report.first_seq == 6
+    assert report.records == 3
+
+
+async def execute(url: str, statement: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def test_failed_commit_fails_batch_then_recovers(database: str) -> None:
+    store = await PostgresAuditStore.open(database)
+    assert await store.append(make_event(1)) == 1
+    await execute(database, "ALTER TABLE audit_record ADD CONSTRAINT stop_at_one "
+                  "CHECK (seq < 2) NOT VALID")
+
+    with pytest.raises(AuditError) as caught:
+        await store.append(make_event(2))
+    healthy_after_failure = await store.healthy()
+    await execute(database, "ALTER TABLE audit_record DROP CONSTRAINT stop_at_one")
+    seq = await store.append(make_event(3))
+    healthy_after_recovery = await store.healthy()
+    await store.close()
+
+    assert str(caught.value).startswith("audit commit to postgresql+asyncpg://")
+    assert "stop_at_one" in str(caught.value)
+    assert healthy_after_failure is False
+    assert seq == 2
+    assert healthy_after_recovery is True
