@@ -98,7 +98,7 @@ class DataverseSource(ODataSource):
         return await self._send("GET", url, self._headers(request), None, what)
 
     async def post_batch(self, body: bytes, boundary: str, what: str) -> httpx.Response:
-        # Accept: multipart/mixed, because SAP CAP answers a batch with the
+        # Accept: multipart/mixed, because SAP CAP responds to a batch in the
         # OData 4.01 JSON batch format when the request accepts JSON.
         headers = {"Accept": "multipart/mixed", "OData-MaxVersion": "4.0",
                    "OData-Version": "4.0",

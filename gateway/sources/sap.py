@@ -148,7 +148,7 @@ class SapSource(ODataSource):
             raise UpstreamUnavailable(self.name, f"system {self.name!r} rejected a freshly "
                                       f"fetched CSRF token for {what} (HTTP 403); check that "
                                       "no proxy drops the session cookie")
-        # The OData v2 adapter of SAP CAP answers a $batch with 202 Accepted.
+        # The OData v2 adapter of SAP CAP responds to a $batch with 202 Accepted.
         if response.status_code not in (200, 202):
             raise self.error(response, what)
         return response

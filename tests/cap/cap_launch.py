@@ -32,7 +32,7 @@ MODEL_FILES = ("package.json", "server.js", "db/schema.cds", "srv/services.cds",
                "srv/tokens.js")
 CDS_SERVE = Path("node_modules", "@sap", "cds", "bin", "serve.js")
 NAMESPACE = "fonte.erp"
-START_TIMEOUT = 90.0  # seconds; the first start compiles the model, about 5 s on 2 cores
+START_TIMEOUT = 90.0  # seconds; a start took 6 to 9 s on 2 shared cores
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 USER, PASSWORD = "COMM_USER", "s3cret"
 CLIENT_ID, CLIENT_SECRET = "fonte-client", "s3cret"
@@ -100,7 +100,7 @@ def start_cap_server(data: DemoData, workdir: Path) -> Iterator[CapServer]:
     """Run the CAP server over ``data`` until the block exits, then stop it.
 
     Raises ``CapUnavailable`` if Node.js or the packages are missing and
-    ``RuntimeError`` if the server exits or does not answer within
+    ``RuntimeError`` if the server exits or does not respond within
     ``START_TIMEOUT`` seconds; the error includes the server's output.
     """
     node = check_installed()
@@ -141,10 +141,10 @@ def _wait_ready(process: subprocess.Popen[bytes], server: CapServer) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the CAP server exited with code {process.returncode} before "
-                               f"it answered; its output:\n{server.log_text()}")
+                               f"it responded; its output:\n{server.log_text()}")
         try:
             # The v2 adapter registers its routes once the server listens, so
-            # the v2 service document is the last thing to answer.
+            # the v2 service document is the last thing to respond.
             response = httpx.get(f"{server.url}/sap/opu/odata/sap/API_FONTE_DEMO/",
                                  auth=(USER, PASSWORD), timeout=2.0)
             if response.status_code == 200:
@@ -152,5 +152,5 @@ def _wait_ready(process: subprocess.Popen[bytes], server: CapServer) -> None:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"the CAP server did not answer within {START_TIMEOUT:.0f} s; its "
+    raise RuntimeError(f"the CAP server did not respond within {START_TIMEOUT:.0f} s; its "
                        f"output:\n{server.log_text()}")

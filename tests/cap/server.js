@@ -1,6 +1,6 @@
 // Start-up of the CAP test server: `cds serve` loads this file in place of
 // @sap/cds/server.js. It makes the server listen on 127.0.0.1 only and adds
-// an OAuth2 client-credentials token endpoint that stands in for Entra ID,
+// an OAuth2 client-credentials token endpoint in place of Entra ID,
 // so the Dataverse dialect can sign in as it does against Dynamics 365.
 // FONTE_CAP_CLIENT_ID and FONTE_CAP_CLIENT_SECRET set the accepted client;
 // srv/auth.js checks the tokens it issues.

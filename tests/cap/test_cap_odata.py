@@ -13,12 +13,12 @@ fakes, and what the tests expect of it:
 - CAP pages on the server at ``@cds.query.limit`` (100 rows here) and
   ignores ``Prefer: odata.maxpagesize``. A full last page still gets a
   next-page link, which returns no rows.
-- CAP finds no boundary in a quoted one (``boundary="batch_1"``), answers a
-  ``$batch`` that accepts ``application/json`` in the OData 4.01 JSON batch
-  format, and rejects request bodies over 100 KB unless configured
+- CAP finds no boundary in a quoted one (``boundary="batch_1"``), responds
+  to a ``$batch`` that accepts ``application/json`` in the OData 4.01 JSON
+  batch format, and rejects request bodies over 100 KB unless configured
   otherwise (the Dataverse service here allows 1 MB). The Dataverse dialect
   used to quote the boundary and accept JSON; it now sends neither.
-- The v2 adapter answers ``$batch`` with 202 Accepted, which the SAP
+- The v2 adapter responds to ``$batch`` with 202 Accepted, which the SAP
   dialect used to treat as an error.
 - Node.js accepts 16 KB of request line and headers by default; the server
   here runs with 64 KB for the 32 KB GETs of the Dataverse dialect.
@@ -37,7 +37,7 @@ fakes, and what the tests expect of it:
 - The v2 adapter drops an unknown property from ``$select`` without an
   error, so the row reads it as None; ``$filter`` on it gets 400.
 - Error bodies carry the HTTP status as ``error.code`` (``"400"``), where
-  SAP Gateway sends a message id such as ``/IWBEP/CM_MGW_RT/021``.
+  the SAP fake sends a message id such as ``/IWBEP/CM_MGW_RT/021``.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ async def test_dataverse_follows_relative_next_links(cap_server: CapServer,
 
     orders = demo_data.erp["sale.order"]
     assert len(orders) > 3 * PAGE_SIZE
-    # CAP writes timestamps as ISO 8601 in UTC; the demo data holds them without a zone.
+    # CAP writes timestamps as ISO 8601 in UTC; the demo data stores them without a zone.
     want = [{**row, "date_order": row["date_order"].replace(" ", "T") + "Z"}
             for row in expected(demo_data, "sale.order", ORDER_FIELDS)]
     assert by_id(rows) == want
@@ -225,7 +225,7 @@ async def test_dataverse_batches_5000_keys(cap_server: CapServer, demo_data: Dem
                                                            f"{DATAVERSE_SERVICE}/$batch")]
     body = reads[0].content.decode()
     assert body.count("GET accounts?") > 1
-    # The part with the 200 known keys holds two full pages, and the GET of
+    # The part with the 200 known keys returns two full pages, and the GET of
     # the second page returns a link to a third, empty one: CAP links a next
     # page whenever a page is full.
     assert [(r.method, urlsplit(str(r.url)).path) for r in reads[1:]] == [
@@ -427,8 +427,8 @@ async def test_sap_unknown_select_property_reads_none(cap_server: CapServer,
                                            keys=(first,)))
     await source.aclose()
 
-    # NOTE: the v2 adapter ignores an unknown $select property, where SAP
-    # Gateway answers 400, so a misspelt mapping reads as None here.
+    # NOTE: the v2 adapter drops an unknown $select property without an
+    # error, so a misspelt mapping reads as None against CAP's OData 2.0.
     assert rows == [{"id": first, "city": None}]
 
 
@@ -446,7 +446,7 @@ async def test_sap_wrong_password_fails_auth(cap_server: CapServer) -> None:
 
 @pytest.mark.parametrize("path", [f"{SAP_SERVICE}/A_Customer",
                                   "/odata/v4/api-fonte-demo/A_Customer"])
-def test_cap_answers_in_like_or(cap_server: CapServer, demo_data: DemoData,
+def test_cap_filter_in_matches_or(cap_server: CapServer, demo_data: DemoData,
                                 path: str) -> None:
     ids = partner_ids(demo_data)[:3]
     results = []

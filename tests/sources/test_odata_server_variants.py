@@ -63,7 +63,7 @@ def parts_of(request: httpx.Request) -> int:
     return request.content.count(b"\r\nGET ")
 
 
-async def test_relative_next_link_resolves_against_service_root() -> None:
+async def test_relative_next_link_resolved() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if "$skiptoken" in request.url.params:
             return httpx.Response(200, json={"value": [{"id": 2}]})
@@ -79,7 +79,7 @@ async def test_relative_next_link_resolves_against_service_root() -> None:
     assert str(sent[-1].url) == DATAVERSE_ROOT + "accounts?$skiptoken=1"
 
 
-async def test_dataverse_batch_sends_plain_boundary_and_accepts_multipart() -> None:
+async def test_dataverse_batch_headers() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return batch_reply(request, lambda i: {"value": [{"id": i}]})
 
@@ -99,7 +99,7 @@ async def test_dataverse_batch_sends_plain_boundary_and_accepts_multipart() -> N
     assert batch_boundary(content_type) is not None
 
 
-async def test_sap_batch_without_csrf_token_accepts_202() -> None:
+async def test_sap_batch_without_csrf_token() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             return httpx.Response(200, json={"d": {"EntitySets": ["A_Customer"]}})

@@ -1,6 +1,7 @@
 // The demo ERP's records under the names of the demo SAP service
-// (gateway/demo/sap.py, SAP_SETS). The test fixture writes the rows as CSV
-// files into db/data/ from the demo data generator before it starts the server.
+// (gateway/demo/sap.py, SAP_SETS). tests/cap/cap_launch.py copies this model
+// to a scratch folder and writes the rows of the demo data generator there as
+// CSV files in db/data/ before it starts the server.
 namespace fonte.erp;
 
 entity A_Customer {

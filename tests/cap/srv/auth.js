@@ -1,7 +1,7 @@
 // Authentication of the CAP test server, configured as cds.requires.auth.impl.
 // It accepts HTTP Basic auth for the SAP communication user
 // (FONTE_CAP_USER, FONTE_CAP_PASSWORD) and Bearer tokens issued by the
-// token endpoint in server.js, and answers anything else with 401.
+// token endpoint in server.js, and rejects anything else with 401.
 const cds = require('@sap/cds')
 const tokens = require('./tokens')
 

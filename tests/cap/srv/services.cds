@@ -1,11 +1,10 @@
 using {fonte.erp as erp} from '../db/schema';
 
-// Rows per page that both services return. CAP pages on the server and
-// ignores the OData 4.0 preference "Prefer: odata.maxpagesize"; a $top above
-// the max is cut to the max.
 // The SAP service as OData 2.0 (through @cap-js-community/odata-v2-adapter)
 // at the path of an SAP Gateway service, and as OData 4.0 under /odata/v4/,
-// which the adapter forwards its requests to.
+// to which the adapter forwards its requests. @cds.query.limit sets the rows
+// per page: CAP pages on the server, ignores "Prefer: odata.maxpagesize" and
+// cuts a $top above the max to the max.
 @protocol: [
   {kind: 'odata', path: '/odata/v4/api-fonte-demo'},
   {kind: 'odata-v2', path: '/sap/opu/odata/sap/API_FONTE_DEMO'}
@@ -23,7 +22,8 @@ service API_FONTE_DEMO {
 // The same records under the names of the demo Dataverse environment
 // (gateway/demo/dataverse.py, DATAVERSE_SETS), as OData 4.0 at the Dataverse
 // Web API path. Unlike Dataverse, each key is the demo's integer id, where
-// Dataverse adds a GUID primary key to every row.
+// Dataverse adds a GUID primary key to every row. Its body limit is 1 MB,
+// because a $batch of 32 KB GETs passes CAP's default of 100 KB.
 @path: '/api/data/v9.2'
 @cov2ap.ignore
 @requires: 'authenticated-user'
