@@ -6,7 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean cap-server
+
+CAP_DIR := tests/cap
+CAP_INSTALLED := $(CAP_DIR)/node_modules/.installed
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Fonte needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -21,7 +24,18 @@ DEMO_ARGS ?=
 demo: $(INSTALLED)
 	$(BIN)/fonte demo $(DEMO_ARGS)
 
-test: $(INSTALLED)
+# The SAP CAP server that tests/cap starts, installed from its lock file.
+# Without npm the CAP tests skip, or fail under FONTE_REQUIRE_SERVICES=1.
+$(CAP_INSTALLED): $(CAP_DIR)/package.json $(CAP_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(CAP_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the SAP CAP tests in $(CAP_DIR) will skip; install Node.js 20"; \
+	fi
+
+cap-server: $(CAP_INSTALLED)
+
+test: $(INSTALLED) $(CAP_INSTALLED)
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
@@ -33,4 +47,4 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/query_cost.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CAP_DIR)/node_modules

@@ -98,9 +98,13 @@ class DataverseSource(ODataSource):
         return await self._send("GET", url, self._headers(request), None, what)
 
     async def post_batch(self, body: bytes, boundary: str, what: str) -> httpx.Response:
-        headers = {"Accept": "application/json", "OData-MaxVersion": "4.0",
+        # Accept: multipart/mixed, because SAP CAP responds to a batch in the
+        # OData 4.01 JSON batch format when the request accepts JSON.
+        headers = {"Accept": "multipart/mixed", "OData-MaxVersion": "4.0",
                    "OData-Version": "4.0",
-                   "Content-Type": f'multipart/mixed; boundary="{boundary}"'}
+                   # Unquoted, because SAP CAP 9 finds no boundary in a quoted one;
+                   # the boundary is a token, which needs no quotes (RFC 2046).
+                   "Content-Type": f"multipart/mixed; boundary={boundary}"}
         return await self._send("POST", self.service_url() + "$batch", headers, body, what)
 
     async def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,

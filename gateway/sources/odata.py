@@ -5,9 +5,10 @@ A read becomes ``GET <entity set>?$select=...&$filter=...``. Neither OData
 (``id eq 1 or id eq 2``), split into chunks so no GET URL passes the
 dialect's cap. A read that needs more than one chunk sends the chunks as
 GETs inside ``$batch`` POSTs. Each response is followed through its
-next-page links. Rows keep exactly the selected attributes, so the primary
-key and annotations a server always adds are dropped, and a selected
-attribute the server left out reads as None.
+next-page links, absolute or relative to the service root. Rows keep
+exactly the selected attributes, so the primary key and annotations a
+server always adds are dropped, and a selected attribute the server left
+out reads as None.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
 
@@ -238,6 +239,9 @@ class ODataSource(ABC):
         rows = [self.convert(project(r, request.attributes)) for r in records]
         seen = set()
         while next_url is not None and not _reached(rows, request.limit):
+            # A next-page link may be relative to the service root: SAP CAP writes
+            # "accounts?$skiptoken=100", where Dataverse writes an absolute URL.
+            next_url = urljoin(self.service_url(), next_url)
             if next_url in seen:
                 raise UpstreamUnavailable(self.name, f"system {self.name!r} responded to {what} "
                                           "with a next-page link that repeats an earlier one")
@@ -262,6 +266,11 @@ def generic_error(system: str, response: httpx.Response, what: str,
     if status in (414, 431):
         return UpstreamRejected(system, f"system {system!r} rejected {what} as too long "
                                 f"(HTTP {status}); lower the dialect's URL cap")
+    if status == 413:
+        # NOTE: a $batch body is bounded only by max_batch_parts, so a server
+        # with a small body limit (SAP CAP's default is 100 KB) rejects it.
+        return UpstreamRejected(system, f"system {system!r} rejected {what} as too large "
+                                f"(HTTP 413); raise the system's request body limit")
     if status in (400, 404, 405, 501):
         return UpstreamRejected(system, f"system {system!r} rejected {what} (HTTP {status}"
                                 f"{detail}); check the entity and attribute names in the "
