@@ -32,7 +32,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.sources import FetchRequest, Row
+from gateway.sources import FetchRequest, Row, chunk_by_size
 from gateway.sources.mapping import MappedSource
 from gateway.sources.rest import Paging, Resource, RestSettings, RestSource
 
@@ -146,6 +146,22 @@ async def test_long_keys_chunked_by_url(erp: Erp, demo_data: DemoData) -> None:
     assert len(erp.recording.urls) > 1
     assert all(len(url) <= 1000 for url in erp.recording.urls)
     assert sum(e.keys for e in erp.log) == 400
+
+
+def test_chunks_fill_both_limits() -> None:
+    # Each key costs 3 bytes, so the 9-byte limit ends each chunk at three keys,
+    # before max_keys. Only the last chunk is short.
+    keys = tuple(range(100, 110))
+
+    chunks = chunk_by_size(keys, 0, lambda key: len(str(key)), 9, max_keys=4)
+
+    assert chunks == [(100, 101, 102), (103, 104, 105), (106, 107, 108), (109,)]
+
+
+def test_chunks_stop_at_max_keys() -> None:
+    chunks = chunk_by_size(tuple(range(1, 10)), 0, lambda key: 1, 100, max_keys=4)
+
+    assert chunks == [(1, 2, 3, 4), (5, 6, 7, 8), (9,)]
 
 
 async def test_repeated_ids_parameter(erp: Erp, demo_data: DemoData) -> None:
