@@ -17,7 +17,7 @@ of an OData ``$batch`` counted inside their one POST. SQL SELECT statements are 
 with a SQLAlchemy event on the gateway's engine. See ``bench/README.md``.
 
     .venv/bin/python bench/upstream_requests.py [--sizes 10,100,1000]
-        [--dialects odoo,odoo-json2,sql,dataverse,sap] [--workload ten-fields|example]
+        [--dialects odoo,odoo-json2,sql,dataverse,sap,rest] [--workload ten-fields|example]
 
 Exit status: 0 when every query answered without errors, 1 otherwise.
 """

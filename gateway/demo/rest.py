@@ -19,8 +19,10 @@ A list parameter may also be repeated (``ids=1&ids=2``). Responses are
 ``{"data": [...], "meta": {"next_cursor": ...}, "links": {"next": ...}}``
 and errors ``{"error": {"status", "code", "message"}}``: 400 for an invalid
 parameter, 401 without the API key, 404 for an unknown resource or id, 414
-for a URL over ``MAX_URL_BYTES``, and through fault injection 429 with
-``Retry-After`` or any 5xx. ``/openapi.json`` describes exactly these
+for a URL over ``MAX_URL_BYTES``. Through fault injection
+(``gateway.demo.control``) it also returns 429 with ``Retry-After``, any
+other status with the code of ``FAULT_ERRORS``, a truncated JSON body, or a
+connection that ends mid-body. ``/openapi.json`` describes exactly these
 endpoints (see ``gateway.demo.rest_openapi``).
 """
 
@@ -39,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.demo.control import DemoControl, RequestLogEntry, control_routes
+from gateway.demo.control import DemoControl, RequestLogEntry, body_fault, control_routes
 from gateway.demo.data import DemoData, Record
 from gateway.demo.odata_fake import EntitySetSpec, build_sets
 from gateway.demo.rest_openapi import openapi_document
@@ -82,6 +84,15 @@ REST_RESOURCES = [
         "done_at": "date_done", "carrier": "carrier_id",
         "tracking_number": "carrier_tracking_ref"}),
 ]
+# Error code and message of each injected fault status, as the API's own errors of
+# that status have them. Any other status gets _SERVER_ERROR.
+FAULT_ERRORS = {
+    400: ("invalid_parameter", "a query parameter is invalid"),
+    401: ("unauthorized", "the API key is missing or invalid"),
+    404: ("not_found", "the resource or record does not exist"),
+    414: ("uri_too_long", f"the request URL is longer than {MAX_URL_BYTES} bytes"),
+}
+_SERVER_ERROR = ("server_error", "an unexpected error occurred")
 # Fields whose Odoo value is "YYYY-MM-DD HH:MM:SS" in UTC; the API writes them as ISO 8601.
 DATETIME_FIELDS = frozenset({"ordered_at", "promised_at", "scheduled_at", "deadline",
                              "done_at"})
@@ -305,8 +316,12 @@ class _Routes:
     async def openapi(self, request: Request) -> Response:
         return Response(self.document, media_type="application/json")
 
-    async def guard(self, request: Request) -> None:
-        """Apply the fault delay, the key check, the fault status and the URL cap."""
+    async def guard(self, request: Request) -> Response | None:
+        """Apply the fault delay, the key check, the fault status and body, and the URL cap.
+
+        Raises ``ApiError`` for a rejected request, and returns the fault body's
+        response when one is set.
+        """
         control = self.fake.control
         if control.fault_delay:
             await asyncio.sleep(control.fault_delay)
@@ -320,15 +335,23 @@ class _Routes:
             raise ApiError(429, "rate_limited", "too many requests; retry after the delay in "
                            "Retry-After", {"Retry-After": str(RETRY_AFTER_SECONDS)})
         if control.fault_status is not None:
-            raise ApiError(control.fault_status, "server_error", "an unexpected error occurred")
+            code, message = FAULT_ERRORS.get(control.fault_status, _SERVER_ERROR)
+            raise ApiError(control.fault_status, code, message)
+        faulty = body_fault(control)
+        if faulty is not None:
+            return faulty
         if len(str(request.url)) > MAX_URL_BYTES:
             raise ApiError(414, "uri_too_long", f"the request URL is longer than {MAX_URL_BYTES} "
                            "bytes; send fewer ids per request")
+        return None
 
     async def collection(self, request: Request) -> Response:
         resource = request.path_params["resource"]
         try:
-            await self.guard(request)
+            faulty = await self.guard(request)
+            if faulty is not None:
+                self._log(request, resource, faulty.status_code)
+                return faulty
             page = self.fake.read_collection(resource, request.query_params)
         except ApiError as exc:
             self._log(request, resource, exc.status)
@@ -347,7 +370,10 @@ class _Routes:
     async def item(self, request: Request) -> Response:
         resource = request.path_params["resource"]
         try:
-            await self.guard(request)
+            faulty = await self.guard(request)
+            if faulty is not None:
+                self._log(request, resource, faulty.status_code)
+                return faulty
             row = self.fake.read_item(resource, request.path_params["identifier"],
                                       request.query_params)
         except ApiError as exc:

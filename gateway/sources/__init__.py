@@ -101,9 +101,11 @@ def matches(row: Row, condition: Condition) -> bool:
 
 
 def chunk_by_size(keys: tuple[str | int, ...], base: int, cost: Callable[[str | int], int],
-                  max_bytes: int) -> list[tuple[str | int, ...]]:
+                  max_bytes: int, max_keys: int | None = None) -> list[tuple[str | int, ...]]:
     """Split ``keys`` so that ``base`` plus the cost of each chunk's keys stays under ``max_bytes``.
 
+    A chunk also ends at ``max_keys`` keys when that is set. Each chunk takes
+    keys until the next one would pass either limit.
     A single key that alone passes the limit still gets a chunk of its own:
     the upstream then rejects that request, not the whole read.
     """
@@ -112,7 +114,8 @@ def chunk_by_size(keys: tuple[str | int, ...], base: int, cost: Callable[[str | 
     size = base
     for key in keys:
         key_cost = cost(key)
-        if current and size + key_cost > max_bytes:
+        at_max_keys = max_keys is not None and len(current) >= max_keys
+        if current and (at_max_keys or size + key_cost > max_bytes):
             chunks.append(tuple(current))
             current, size = [], base
         current.append(key)

@@ -233,11 +233,8 @@ class RestSource:
 
             def cost(key: str | int) -> int:
                 return len(_quoted(key)) + separator
-        chunks = []
-        for start in range(0, len(request.keys), resource.max_ids):
-            counted = request.keys[start:start + resource.max_ids]
-            chunks += chunk_by_size(counted, base, cost, resource.max_url_bytes)
-        return chunks
+        return chunk_by_size(request.keys, base, cost, resource.max_url_bytes,
+                             max_keys=resource.max_ids)
 
     async def _read_chunk(self, request: FetchRequest, plan: _Plan,
                           keys: tuple[str | int, ...]) -> list[dict[str, Any]]:

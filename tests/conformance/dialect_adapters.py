@@ -11,7 +11,7 @@ socket: a timeout that the client must enforce, or a connection that ends
 mid-body. Every fake injects faults through its ``DemoControl``
 (``app.state.control``) in the same way, see ``gateway.demo.control``.
 
-Adding a dialect, such as the generic ``rest`` dialect, is one subclass of
+Adding a dialect is one subclass of
 ``HttpAdapter`` (``Adapter`` for a dialect without HTTP) added to
 ``ADAPTERS``. It sets ``dialect``, ``sample``, ``batch_requests``,
 ``status_errors`` and ``not_applicable``, and implements ``build_app`` (the
@@ -26,7 +26,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -40,8 +40,15 @@ from gateway.demo.control import DemoControl, RequestLogEntry
 from gateway.demo.data import DemoData, Record
 from gateway.demo.dataverse import create_dataverse_app
 from gateway.demo.launch import serve_in_background, stop_background
-from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES
+from gateway.demo.mappings import (
+    DATAVERSE_ENTITIES,
+    REST_ENTITIES,
+    SAP_ENTITIES,
+    demo_rest_settings,
+)
 from gateway.demo.odoo import create_odoo_app
+from gateway.demo.rest import RETRY_AFTER_SECONDS as REST_RETRY_AFTER_SECONDS
+from gateway.demo.rest import create_rest_app
 from gateway.demo.salesforce import create_salesforce_app
 from gateway.demo.sap import PAGE_SIZE as SAP_PAGE_SIZE
 from gateway.demo.sap import create_sap_app
@@ -61,6 +68,7 @@ from gateway.sources.odoo import (
     OdooJsonRpcSource,
     OdooSettings,
 )
+from gateway.sources.rest import RestSource
 from gateway.sources.salesforce import SalesforceSettings, SalesforceSource
 from gateway.sources.sap import SapSettings, SapSource
 from gateway.sources.sql import SqlSettings, SqlSource
@@ -424,14 +432,12 @@ class OdooJson2Adapter(OdooJsonRpcAdapter):
 # --- OData ----------------------------------------------------------------------------------
 
 
-class _ODataAdapter(HttpAdapter):
-    """The shared half of the OData dialects: the schema's names mapped onto the fake's."""
+class _MappedAdapter(HttpAdapter):
+    """A dialect read through ``MappedSource``: the schema's names mapped onto the fake's."""
 
     entities: ClassVar[Mapping[str, EntityMap]]
     sample = ERP_SAMPLE
-    not_applicable: ClassVar[Mapping[Case, str]] = {
-        "empty_false": "false is an Edm.Boolean value in OData, never an empty marker",
-    }
+
     def wire_name(self, entity: str, attribute: str) -> str:
         return self.entities[entity].attribute(attribute)
 
@@ -439,6 +445,14 @@ class _ODataAdapter(HttpAdapter):
         by_name = {mapping.name: model for model, mapping in self.entities.items()}
         return [Read(by_name.get(read.entity, read.entity), read.keys, read.fields)
                 for read in super().reads()]
+
+
+class _ODataAdapter(_MappedAdapter):
+    """The shared half of the OData dialects."""
+
+    not_applicable: ClassVar[Mapping[Case, str]] = {
+        "empty_false": "false is an Edm.Boolean value in OData, never an empty marker",
+    }
 
 
 class DataverseAdapter(_ODataAdapter):
@@ -498,6 +512,48 @@ class SapAdapter(_ODataAdapter):
         settings = SapSettings(base_url=self.base_url, service="API_FONTE_DEMO",
                                user="COMM_USER", password=self.secret, timeout=timeout)
         return MappedSource(SapSource("erp", settings, client), SAP_ENTITIES)
+
+
+# --- REST -----------------------------------------------------------------------------------
+
+
+class RestAdapter(_MappedAdapter):
+    """Generic REST/JSON, configured as the demo configures it for the demo REST ERP."""
+
+    dialect = "rest"
+    entities = REST_ENTITIES
+    # Up to 1,000 ids per GET, fewer where the URL would pass 8,000 bytes, and
+    # 500 rows per page. Of 5,000 keys, 1,590 match demo orders: six GETs, and
+    # the two that match over 500 orders read a second page.
+    batch_requests: ClassVar[Mapping[int, int]] = {1: 1, 200: 1, 5000: 8}
+    page_size = 200
+    status_errors: ClassVar[Mapping[int, StatusError]] = {
+        400: StatusError(UpstreamRejected, r"HTTP 400 \(invalid_parameter\)"),
+        401: StatusError(UpstreamAuthFailed, r"HTTP 401 \(unauthorized\)"),
+        404: StatusError(UpstreamRejected, r"HTTP 404 \(not_found\)"),
+        414: StatusError(UpstreamRejected, r"too long \(HTTP 414\)"),
+        500: StatusError(UpstreamUnavailable, r"HTTP 500 \(server_error\)"),
+        502: StatusError(UpstreamUnavailable, r"HTTP 502 \(server_error\)"),
+        503: StatusError(UpstreamUnavailable, r"HTTP 503 \(server_error\)"),
+    }
+    throttle = (429, float(REST_RETRY_AFTER_SECONDS))
+    not_applicable: ClassVar[Mapping[Case, str]] = {
+        "empty_false": "false is a JSON boolean value, never an empty marker, so the rest "
+                       "dialect keeps it as False",
+    }
+
+    def build_app(self) -> Starlette:
+        return create_rest_app(self.data, api_key=SECRET)
+
+    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+        settings = replace(demo_rest_settings(self.base_url, self.secret), timeout=timeout)
+        if paged:
+            assert self.page_size is not None
+            resources = {name: replace(resource, paging=replace(resource.paging,
+                                                                page_size=self.page_size))
+                         for name, resource in settings.resources.items()}
+            settings = replace(settings, resources=resources)
+        return MappedSource(RestSource("erp", settings, client), REST_ENTITIES)
 
 
 # --- SQL ------------------------------------------------------------------------------------
@@ -662,6 +718,7 @@ ADAPTERS: dict[str, Callable[[DemoData], HttpAdapter]] = {
     "odoo-json2": OdooJson2Adapter,
     "dataverse": DataverseAdapter,
     "sap": SapAdapter,
+    "rest": RestAdapter,
 }
 """The HTTP dialects by name; the SQL backends are built by the suite's ``adapter`` fixture."""
 

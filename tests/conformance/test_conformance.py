@@ -1,8 +1,8 @@
 """The same read cases against every source dialect and its fake or database.
 
 Each case runs once per adapter of ``dialect_adapters``: Salesforce, Odoo
-JSON-RPC, Odoo JSON-2, Dataverse, SAP OData v2, and SQL on SQLite,
-PostgreSQL and MariaDB. A case that cannot apply to a dialect is skipped
+JSON-RPC, Odoo JSON-2, Dataverse, SAP OData v2, generic REST/JSON, and SQL
+on SQLite, PostgreSQL and MariaDB. A case that cannot apply to a dialect is skipped
 with the reason its adapter gives, so ``pytest -rs`` lists every gap.
 How to add a dialect is in the docstring of ``dialect_adapters``.
 """

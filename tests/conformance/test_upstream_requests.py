@@ -1,7 +1,9 @@
 """``bench/upstream_requests.py``: a query's upstream requests do not grow with the data.
 
 The bench script runs here at 10 and 1,000 demo customers with every ERP
-dialect. The 1,000-customer query reads 500 customers, the page size limit.
+dialect of ``fonte demo --erp`` (``ERP_DIALECTS``, the generic ``rest``
+dialect included). The 1,000-customer query reads 500 customers, the page
+size limit.
 """
 
 from __future__ import annotations

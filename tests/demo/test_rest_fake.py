@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -249,6 +250,45 @@ async def test_fault_500_logged(client: httpx.AsyncClient, app: Starlette) -> No
     entry = app.state.fake.control.log[-1]
     assert entry.status == 500
     assert entry.fields == ["id"]
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (400, "invalid_parameter"), (401, "unauthorized"), (404, "not_found"),
+    (414, "uri_too_long"), (502, "server_error"),
+])
+async def test_fault_status_code(client: httpx.AsyncClient, status: int, code: str) -> None:
+    await client.put("/__fonte/fault", json={"status": status})
+
+    response = await client.get("/api/v1/orders", headers=KEY)
+
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["status"] == status
+
+
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/orders/1"])
+async def test_fault_body_malformed(client: httpx.AsyncClient, app: Starlette,
+                                    path: str) -> None:
+    await client.put("/__fonte/fault", json={"status": None, "body": "malformed"})
+    failed = await client.get(path, headers=KEY)
+    await client.put("/__fonte/fault", json={"status": None})
+    recovered = await client.get("/api/v1/orders", params={"limit": "1"}, headers=KEY)
+
+    assert failed.status_code == 200
+    assert failed.headers["content-type"] == "application/json"
+    with pytest.raises(json.JSONDecodeError):
+        failed.json()
+    assert [entry.status for entry in app.state.fake.control.log] == [200, 200]
+    assert len(recovered.json()["data"]) == 1
+
+
+async def test_fault_body_checks_key_first(client: httpx.AsyncClient) -> None:
+    await client.put("/__fonte/fault", json={"status": None, "body": "malformed"})
+
+    response = await client.get("/api/v1/orders")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
 
 
 async def test_open_without_key(demo_data: DemoData) -> None:

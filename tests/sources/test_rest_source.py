@@ -2,7 +2,9 @@
 
 Reads go through ``MappedSource`` with the demo's entity mapping, so
 requests use the schema's Odoo names and rows come back in them, as in the
-gateway.
+gateway. The cases that every dialect shares (batches of 1, 200 and 5,000
+keys, projection, empty values, error statuses, throttling, timeouts,
+dropped connections, malformed JSON) are in ``tests/conformance``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.sources import FetchRequest, Row
+from gateway.sources import FetchRequest, Row, chunk_by_size
 from gateway.sources.mapping import MappedSource
 from gateway.sources.rest import Paging, Resource, RestSettings, RestSource
 
@@ -100,28 +102,6 @@ def by_id(rows: list[Row]) -> list[Row]:
 # --- batching ------------------------------------------------------------------------------
 
 
-async def test_one_key_one_request(erp: Erp, demo_data: DemoData) -> None:
-    source = erp.build()
-    first = demo_data.erp["res.partner"][0]["id"]
-
-    rows = await source.fetch(FetchRequest("res.partner", PARTNER_FIELDS, match="id",
-                                           keys=(first,)))
-
-    assert rows == expected(demo_data, "res.partner", PARTNER_FIELDS, lambda r: r["id"] == first)
-    assert [(e.path, e.keys) for e in erp.log] == [("/api/v1/customers", 1)]
-
-
-async def test_200_keys_one_request(erp: Erp, demo_data: DemoData) -> None:
-    source = erp.build()
-    ids = tuple(partner["id"] for partner in demo_data.erp["res.partner"][:200])
-
-    rows = await source.fetch(FetchRequest("res.partner", PARTNER_FIELDS, match="id", keys=ids))
-
-    assert by_id(rows) == expected(demo_data, "res.partner", PARTNER_FIELDS,
-                                   lambda r: r["id"] in set(ids))
-    assert [e.keys for e in erp.log] == [200]
-
-
 async def test_5000_keys_by_max_ids(erp: Erp, demo_data: DemoData) -> None:
     source = erp.build()
     keys = tuple(range(1, 5001))  # partner ids start at 1001, so some keys match nothing
@@ -146,6 +126,22 @@ async def test_long_keys_chunked_by_url(erp: Erp, demo_data: DemoData) -> None:
     assert len(erp.recording.urls) > 1
     assert all(len(url) <= 1000 for url in erp.recording.urls)
     assert sum(e.keys for e in erp.log) == 400
+
+
+def test_chunks_fill_both_limits() -> None:
+    # Each key costs 3 bytes, so the 9-byte limit ends each chunk at three keys,
+    # before max_keys. Only the last chunk is short.
+    keys = tuple(range(100, 110))
+
+    chunks = chunk_by_size(keys, 0, lambda key: len(str(key)), 9, max_keys=4)
+
+    assert chunks == [(100, 101, 102), (103, 104, 105), (106, 107, 108), (109,)]
+
+
+def test_chunks_stop_at_max_keys() -> None:
+    chunks = chunk_by_size(tuple(range(1, 10)), 0, lambda key: 1, 100, max_keys=4)
+
+    assert chunks == [(1, 2, 3, 4), (5, 6, 7, 8), (9,)]
 
 
 async def test_repeated_ids_parameter(erp: Erp, demo_data: DemoData) -> None:
@@ -178,17 +174,6 @@ async def test_no_attributes_rejected(erp: Erp) -> None:
 
 
 # --- projection, conditions, order ---------------------------------------------------------
-
-
-async def test_projection_is_exact(erp: Erp, demo_data: DemoData) -> None:
-    source = erp.build()
-    first = demo_data.erp["res.partner"][0]["id"]
-
-    rows = await source.fetch(FetchRequest("res.partner", ("credit_limit",), match="id",
-                                           keys=(first,)))
-
-    assert list(rows[0]) == ["credit_limit"]
-    assert erp.log[0].fields == ["credit_limit"]
 
 
 async def test_no_fields_param_projects_here(erp: Erp, demo_data: DemoData) -> None:
@@ -443,17 +428,6 @@ async def test_false_null_missing_values() -> None:
     assert rows[0]["gone"] is None
 
 
-async def test_demo_empty_dates_none(erp: Erp, demo_data: DemoData) -> None:
-    source = erp.build()
-    empty = [o for o in demo_data.erp["sale.order"] if o["commitment_date"] is None][:3]
-
-    rows = await source.fetch(FetchRequest("sale.order", ("id", "commitment_date"), match="id",
-                                           keys=tuple(o["id"] for o in empty)))
-
-    assert len(rows) == 3
-    assert all(row["commitment_date"] is None for row in rows)
-
-
 async def test_api_key_header_sent() -> None:
     seen: list[str | None] = []
 
@@ -514,24 +488,6 @@ async def test_server_error_unavailable(erp: Erp) -> None:
     assert "unexpected" not in str(caught.value)
 
 
-async def test_bad_request_rejected(erp: Erp) -> None:
-    source = erp.build()
-    erp.fault(400)
-
-    with pytest.raises(UpstreamRejected, match="HTTP 400"):
-        await source.fetch(FetchRequest("res.partner", ("id",), match="id", keys=(1001,)))
-
-
-async def test_throttle_carries_retry_after(erp: Erp) -> None:
-    source = erp.build()
-    erp.fault(429)
-
-    with pytest.raises(UpstreamRateLimited, match="HTTP 429") as caught:
-        await source.fetch(FetchRequest("res.partner", ("id",), match="id", keys=(1001,)))
-
-    assert caught.value.retry_after == 7.0
-
-
 async def test_overload_503_rate_limited() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(
         503, headers={"Retry-After": "3"}, json={"code": "overloaded"}))
@@ -569,46 +525,12 @@ class Timed(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("no answer in time", request=request) from exc
 
 
-class Dropping(httpx.AsyncBaseTransport):
-    """Drops the connection on every request."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        raise httpx.RemoteProtocolError("peer closed connection", request=request)
-
-
-class Garbled(httpx.AsyncBaseTransport):
-    """Returns every read with a truncated JSON body."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b'{"data": [', request=request)
-
-
 async def test_slow_upstream_times_out(erp: Erp) -> None:
     source = erp.build(timeout=0.05, wrap=Timed)
     await source.fetch(FetchRequest("res.partner", ("id",), match="id", keys=(1001,)))
     erp.fault(None, delay=0.5)
 
     with pytest.raises(UpstreamTimeout, match="timed out on customers read of 1 keys"):
-        await source.fetch(FetchRequest("res.partner", ("id",), match="id", keys=(1001,)))
-
-
-async def test_dropped_connection_unavailable(erp: Erp) -> None:
-    source = erp.build(wrap=Dropping)
-
-    with pytest.raises(UpstreamUnavailable, match="RemoteProtocolError"):
-        await source.fetch(FetchRequest("res.partner", ("id",), match="id", keys=(1001,)))
-
-
-async def test_malformed_json_unavailable(erp: Erp) -> None:
-    source = erp.build(wrap=Garbled)
-
-    with pytest.raises(UpstreamUnavailable, match="not JSON"):
         await source.fetch(FetchRequest("res.partner", ("id",), match="id", keys=(1001,)))
 
 
