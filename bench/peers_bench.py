@@ -366,6 +366,7 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
                         args.gateway_cpus, scratch, env=node_env)
     else:
         service = start(name, [str(NODE_BIN / "hive-gateway"), "supergraph", str(supergraph),
+                               "--config-path", str(PEERS_DIR / "gateway.config.mjs"),
                                "--host", LOOPBACK, "--port", str(port), "--fork", "1"],
                         args.gateway_cpus, scratch, env=node_env)
     url = f"http://{LOOPBACK}:{port}/graphql"
@@ -413,6 +414,23 @@ def check_answer(url: str, token: str, workload: Workload, reference: Any) -> st
     return "ok" if difference is None else f"answer differs from Fonte's at {difference}"
 
 
+def wait_for_idle(pid: int, limit_s: float = 60.0) -> None:
+    """Wait until the gateway has finished the requests that a load run left behind.
+
+    The load generator stops at its deadline without waiting for the answers in
+    flight, and the gateway keeps working on them. Two quiet half-seconds in a row
+    (under 5 % of a core each) count as idle.
+    """
+    deadline = time.monotonic() + limit_s
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(0.5)
+        quiet = quiet + 1 if cpu_seconds(pid) - before < 0.025 else 0
+    if quiet < 2:
+        log.warning("gateway pid %d still busy %.0f s after a load run", pid, limit_s)
+
+
 def measure_workload(gateway: str, service: Service, url: str, workload: Workload,
                      files: Mapping[str, Path], upstreams: Upstreams,
                      args: argparse.Namespace) -> dict[str, Any]:
@@ -420,6 +438,7 @@ def measure_workload(gateway: str, service: Service, url: str, workload: Workloa
     body, tokens = files[f"{workload.name}-body"], files[f"{workload.role}-tokens"]
     pid = service.process.pid
     run_load(url, body, tokens, args.connections, args.warmup_s, args.other_cpus)
+    wait_for_idle(pid)
 
     upstreams.clear_counts()
     cpu_before = cpu_seconds(pid)
@@ -435,6 +454,7 @@ def measure_workload(gateway: str, service: Service, url: str, workload: Workloa
     # the load generator on the other cores were.
     saturation["gateway_cpu_share"] = round(cpu_used / saturation["duration_s"], 3)
 
+    wait_for_idle(pid)
     fixed = run_load(url, body, tokens, args.connections, args.fixed_rate_s, args.other_cpus,
                      rate=workload.fixed_rate)
     log.info("%s %s: %.1f req/s at saturation, p50 %.1f ms at %d req/s", gateway,

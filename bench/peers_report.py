@@ -79,6 +79,20 @@ def throughput(results: Mapping[str, Any], name: str, workload: str) -> float | 
     return None if stage is None else float(stage["requests_per_s"])
 
 
+def core_capacity(results: Mapping[str, Any], name: str, workload: str) -> float | None:
+    """Estimate the requests/s that one fully busy gateway core serves: 1000 / CPU ms.
+
+    This is an estimate for the case where the gateway's core, not the upstreams or
+    the load generator, is the bottleneck.
+    """
+    gateway = _gateways(results).get(name)
+    if gateway is None:
+        return None
+    stage = _stage(gateway, workload, "saturation")
+    cpu_ms = None if stage is None else stage.get("cpu_ms_per_request")
+    return 1000 / cpu_ms if cpu_ms else None
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """Return ``numerator / denominator``, or None when either is missing or zero."""
     if numerator is None or not denominator:
@@ -100,8 +114,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def ratio_table(results: Mapping[str, Any]) -> list[str]:
-    """Render saturation requests/s per gateway and Fonte's ratios to each peer."""
+def ratio_table(results: Mapping[str, Any], figure: Any = throughput) -> list[str]:
+    """Render a requests/s ``figure`` per gateway and Fonte's ratios to each peer.
+
+    ``figure`` is ``throughput`` (measured at saturation) or ``core_capacity``.
+    """
     gateways = results["gateways"]
     header = ["workload", *[f"{g['label']} (req/s)" for g in gateways]]
     header += [f"{SUBJECT} / {peer}" for peer in PEERS]
@@ -109,10 +126,10 @@ def ratio_table(results: Mapping[str, Any]) -> list[str]:
     rows = []
     for workload in WORKLOADS:
         row = [workload]
-        row += [_number(throughput(results, g["name"], workload)) for g in gateways]
-        subject = throughput(results, SUBJECT, workload)
-        row += [_times(ratio(subject, throughput(results, peer, workload))) for peer in PEERS]
-        share = ratio(subject, throughput(results, UNCONTROLLED, workload))
+        row += [_number(figure(results, g["name"], workload)) for g in gateways]
+        subject = figure(results, SUBJECT, workload)
+        row += [_times(ratio(subject, figure(results, peer, workload))) for peer in PEERS]
+        share = ratio(subject, figure(results, UNCONTROLLED, workload))
         row.append("n/a" if share is None else f"{(1 - share) * 100:.0f} %")
         rows.append(row)
     return _table(header, rows)
@@ -201,9 +218,14 @@ def render(results: Mapping[str, Any]) -> str:
         "",
         f"Versions: {versions}.",
         "",
-        "Throughput at saturation:",
+        "Throughput at saturation, measured:",
         "",
         *ratio_table(results),
+        "",
+        "Estimated requests/s of one fully busy gateway core (1000 / CPU ms per request "
+        "in the saturation run):",
+        "",
+        *ratio_table(results, core_capacity),
         "",
         "Latency at a fixed rate, p50 / p95 / p99 in ms:",
         "",
