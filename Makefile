@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-cost clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Fonte needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -29,7 +29,14 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 	MYPYPATH=tests $(BIN)/mypy --strict tests
 
+# Fonte beside Apollo Gateway and Hive Gateway; needs Node 20 or newer and npm.
+# Extra options, e.g. make bench BENCH_ARGS='--quick'
+BENCH_ARGS ?=
+
 bench: $(INSTALLED)
+	bench/run $(BENCH_ARGS)
+
+bench-cost: $(INSTALLED)
 	$(BIN)/python bench/query_cost.py
 
 clean:

@@ -142,14 +142,17 @@ def latency_table(results: Mapping[str, Any]) -> list[str]:
     header = ["workload (fixed rate)", *[g["label"] for g in gateways]]
     rows = []
     for workload in WORKLOADS:
-        row = [f"{workload} at {rates[workload]} req/s"]
+        row = [f"{workload} at {rates[workload]:g} req/s"]
         for gateway in gateways:
             stage = _stage(gateway, workload, "fixed_rate")
             if stage is None:
                 row.append("n/a")
                 continue
             latency = stage["latency_ms"]
-            row.append(" / ".join(_number(latency[p]) for p in ("p50", "p95", "p99")))
+            cell = " / ".join(_number(latency[p]) for p in ("p50", "p95", "p99"))
+            if stage.get("rate", rates[workload]) != rates[workload]:
+                cell += f" (at {stage['rate']:g} req/s)"
+            row.append(cell)
         rows.append(row)
     return _table(header, rows)
 
