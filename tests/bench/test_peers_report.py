@@ -152,7 +152,7 @@ def test_replace_section_keeps_the_rest() -> None:
 
 
 def test_replace_section_without_markers() -> None:
-    with pytest.raises(report.ResultsError, match="has no .* pair; add both lines"):
+    with pytest.raises(report.ResultsError, match=r"has no .* pair; add both lines"):
         report.replace_section("# Title\n", "table")
 
 
