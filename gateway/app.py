@@ -62,6 +62,7 @@ from gateway.sources.odoo import (
     OdooSettings,
 )
 from gateway.sources.resilience import ResiliencePolicy, ResilientSource
+from gateway.sources.rest import RestSettings, RestSource
 from gateway.sources.salesforce import SalesforceSource
 from gateway.sources.sap import SapSettings, SapSource
 from gateway.sources.sql import SqlSettings, SqlSource
@@ -160,6 +161,9 @@ def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
         return OdooJson2Source(name, spec, client)
     if isinstance(spec, SqlSettings):
         return SqlSource(name, spec)
+    if isinstance(spec, RestSettings):
+        rest = RestSource(name, spec, client)
+        return MappedSource(rest, spec.entities) if spec.entities else rest
     return SalesforceSource(name, spec, client)
 
 

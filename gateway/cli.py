@@ -66,7 +66,7 @@ def demo(
                                            help="Number of demo customers.")] = 2000,
     erp: Annotated[str, typer.Option(
         help="How the gateway reads the demo ERP: odoo (JSON-RPC), odoo-json2, sql, "
-        "dataverse (OData v4) or sap (SAP OData v2).")
+        "dataverse (OData v4), sap (SAP OData v2) or rest (plain REST/JSON).")
     ] = "odoo",
     log_level: Annotated[str, typer.Option(help="Log level of the gateway.")] = "warning",
     write_settings: Annotated[Path | None, typer.Option(

@@ -58,13 +58,16 @@ from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.mapping import entities_from_table
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, policy_from_table
+from gateway.sources.rest import RestSettings
+from gateway.sources.rest_config import rest_settings
 from gateway.sources.salesforce import SalesforceSettings
 from gateway.sources.sap import SapSettings
 from gateway.sources.sql import SqlSettings
 
 SystemSettings = (SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
-                  | DataverseSettings | SapSettings)
-DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql", "dataverse", "sap-odata-v2")
+                  | DataverseSettings | SapSettings | RestSettings)
+DIALECTS = ("salesforce", "odoo-jsonrpc", "odoo-json2", "sql", "dataverse", "sap-odata-v2",
+            "rest")
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return _sql(section, spec, base, timeout)
     if dialect == "sap-odata-v2":
         return _sap(section, spec, base, timeout)
+    if dialect == "rest":
+        return rest_settings(section, spec, base, timeout)
     if dialect == "dataverse":
         return DataverseSettings(
             base_url=_text(section, spec, "base_url"), token_url=_text(section, spec, "token_url"),

@@ -31,8 +31,9 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.demo.data import DemoData, generate
 from gateway.demo.dataverse import create_dataverse_app
-from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES
+from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES, demo_rest_settings
 from gateway.demo.odoo import create_odoo_app
+from gateway.demo.rest import create_rest_app
 from gateway.demo.salesforce import create_salesforce_app
 from gateway.demo.sap import create_sap_app
 from gateway.demo.sql import load_demo_erp
@@ -41,6 +42,7 @@ from gateway.identity import issue_token, load_or_create_signing_key
 from gateway.policy import default_policy_dir, read_policy_dir
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
+from gateway.sources.rest import RestSettings
 from gateway.sources.salesforce import SalesforceSettings
 from gateway.sources.sap import SapSettings
 from gateway.sources.sql import SqlSettings
@@ -106,11 +108,12 @@ class _BackgroundServer(uvicorn.Server):
         yield
 
 
-ERP_DIALECTS = ("odoo", "odoo-json2", "sql", "dataverse", "sap")
+ERP_DIALECTS = ("odoo", "odoo-json2", "sql", "dataverse", "sap", "rest")
 ERP_LABELS = {"odoo": "Odoo JSON-RPC", "odoo-json2": "Odoo JSON-2", "sql": "SQL (SQLite)",
-              "dataverse": "Dataverse OData v4", "sap": "SAP OData v2"}
+              "dataverse": "Dataverse OData v4", "sap": "SAP OData v2",
+              "rest": "plain REST/JSON"}
 # Demo ERPs whose settings need an entity mapping that --write-settings does not write.
-_MAPPED_ERPS = ("dataverse", "sap")
+_MAPPED_ERPS = ("dataverse", "sap", "rest")
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class DemoSystems:
     crm_url: str
     erp_url: str
     crm: SalesforceSettings
-    erp: OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings | SapSettings
+    erp: (OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings | SapSettings
+          | RestSettings)
     erp_dialect: str = "odoo"
     erp_database: Path | None = None
 
@@ -172,13 +176,15 @@ async def start_demo_systems(data: DemoData, erp: str = "odoo", *,
         erp_app = create_dataverse_app(data, client_id=client_id, client_secret=client_secret)
     elif erp == "sap":
         erp_app = create_sap_app(data, user="FONTE_COMM", password=client_secret)
+    elif erp == "rest":
+        erp_app = create_rest_app(data, api_key=api_key)
     else:
         erp_app = create_odoo_app(data, api_key=api_key)
     erp_server, erp_port = await serve_in_background(erp_app)
     crm_url, erp_url = f"http://{LOOPBACK}:{crm_port}", f"http://{LOOPBACK}:{erp_port}"
     crm = SalesforceSettings(login_url=crm_url, client_id=client_id, client_secret=client_secret)
     erp_settings: (OdooSettings | OdooJson2Settings | SqlSettings | DataverseSettings
-                   | SapSettings)
+                   | SapSettings | RestSettings)
     database = None
     if erp == "odoo-json2":
         erp_settings = OdooJson2Settings(base_url=erp_url, database="fonte_demo",
@@ -191,6 +197,8 @@ async def start_demo_systems(data: DemoData, erp: str = "odoo", *,
     elif erp == "sap":
         erp_settings = SapSettings(base_url=erp_url, service="API_FONTE_DEMO", user="FONTE_COMM",
                                    password=client_secret, entities=SAP_ENTITIES)
+    elif erp == "rest":
+        erp_settings = demo_rest_settings(erp_url, api_key)
     elif erp == "sql":
         database = await _demo_database(data, scratch)
         erp_settings = SqlSettings(url=f"sqlite+aiosqlite:///{database}")
@@ -329,7 +337,7 @@ def write_serve_settings(path: Path, systems: DemoSystems) -> None:
 
 def _erp_settings_lines(systems: DemoSystems, secrets: str) -> list[str]:
     erp = systems.erp
-    if isinstance(erp, DataverseSettings | SapSettings):
+    if isinstance(erp, DataverseSettings | SapSettings | RestSettings):
         raise ConfigError("--write-settings does not write an entity mapping; use it with "
                           "--erp odoo, odoo-json2 or sql")
     if isinstance(erp, SqlSettings):

@@ -1,4 +1,4 @@
-"""Name mappings that let the gateway read the demo Dataverse and SAP fakes with the schema.
+"""Name mappings that let the gateway read the demo Dataverse, SAP and REST fakes with the schema.
 
 Each fake declares its entity sets as fake property -> Odoo field, so the
 ``EntityMap`` of a schema entity is that table read backwards.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from gateway.demo.dataverse import DATAVERSE_SETS
 from gateway.demo.odata_fake import EntitySetSpec
+from gateway.demo.rest import API_PATH, MAX_IDS, MAX_PAGE_SIZE, REST_RESOURCES
 from gateway.demo.sap import SAP_SETS
 from gateway.sources.mapping import EntityMap
+from gateway.sources.rest import Paging, Resource, RestSettings
 
 
 def entity_maps(specs: list[EntitySetSpec]) -> dict[str, EntityMap]:
@@ -21,3 +23,23 @@ def entity_maps(specs: list[EntitySetSpec]) -> dict[str, EntityMap]:
 
 DATAVERSE_ENTITIES = entity_maps(DATAVERSE_SETS)
 SAP_ENTITIES = entity_maps(SAP_SETS)
+
+
+REST_ENTITIES = entity_maps(REST_RESOURCES)
+# Attributes, in the demo REST ERP's names, that the schema's reads match or
+# filter by other than the id.
+REST_FILTERS = ("customer_id", "order_id", "order_number", "kind", "status")
+
+
+def demo_rest_settings(base_url: str, api_key: str) -> RestSettings:
+    """Return the settings with which the ``rest`` dialect reads the demo REST ERP."""
+    paging = Paging(style="cursor", page_size=MAX_PAGE_SIZE, size_param="limit",
+                    cursor_param="cursor", cursor_path="meta.next_cursor")
+    resources = {}
+    for spec in REST_RESOURCES:
+        filters = {name: name for name in REST_FILTERS if name in spec.properties}
+        resources[spec.name] = Resource(path=spec.name, max_ids=MAX_IDS, max_url_bytes=8000,
+                                        sort_param="sort", rows_path="data", filters=filters,
+                                        paging=paging)
+    return RestSettings(base_url=f"{base_url}{API_PATH}", resources=resources,
+                        entities=REST_ENTITIES, auth_header=("Authorization", f"Bearer {api_key}"))

@@ -14,7 +14,8 @@ from gateway.config import SystemSettings
 from gateway.demo.data import DemoData
 from gateway.demo.dataverse import create_dataverse_app
 from gateway.demo.launch import EXAMPLE_QUERY
-from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES
+from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES, demo_rest_settings
+from gateway.demo.rest import create_rest_app
 from gateway.demo.sap import create_sap_app
 from gateway.demo.sql import load_demo_erp
 from gateway.sources.dataverse import DataverseSettings
@@ -34,6 +35,8 @@ async def erp_settings(dialect: str, data: DemoData, scratch: Path) -> SystemSet
             base_url="http://erp.test", token_url="http://erp.test/oauth2/v2.0/token",
             client_id="dataverse-client", client_secret="dataverse-secret",
             scope="http://erp.test/.default", entities=DATAVERSE_ENTITIES)
+    if dialect == "rest":
+        return demo_rest_settings("http://erp.test", "test-api-key")
     if dialect == "odoo-json2":
         return OdooJson2Settings(base_url="http://erp.test", database="fonte_demo",
                                  api_key="test-api-key")
@@ -53,10 +56,13 @@ async def answers(dialect: str, data: DemoData, tmp_path: Path) -> dict[str, Any
     settings = await erp_settings(dialect, data, tmp_path / dialect)
     results = {}
     wrap_erp = _same
-    if dialect in ("dataverse", "sap"):
-        fake = (create_dataverse_app(data, client_id="dataverse-client",
-                                     client_secret="dataverse-secret")
-                if dialect == "dataverse" else create_sap_app(data, user="COMM", password="pw"))
+    if dialect in ("dataverse", "sap", "rest"):
+        fake = create_dataverse_app(data, client_id="dataverse-client",
+                                    client_secret="dataverse-secret")
+        if dialect == "sap":
+            fake = create_sap_app(data, user="COMM", password="pw")
+        elif dialect == "rest":
+            fake = create_rest_app(data, api_key="test-api-key")
 
         def wrap_erp(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
             return httpx.ASGITransport(app=fake)
@@ -74,7 +80,7 @@ def _same(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
     return inner
 
 
-@pytest.mark.parametrize("dialect", ["odoo-json2", "sql", "dataverse", "sap"])
+@pytest.mark.parametrize("dialect", ["odoo-json2", "sql", "dataverse", "sap", "rest"])
 async def test_dialect_matches_jsonrpc(dialect: str, demo_data: DemoData,
                                        tmp_path: Path) -> None:
     expected = await answers("odoo", demo_data, tmp_path)
