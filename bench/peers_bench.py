@@ -1,7 +1,7 @@
 """Measure Fonte beside Apollo Gateway and Hive Gateway on the same data and upstreams.
 
 ``bench/run`` calls this script after it has installed the Python and Node
-dependencies. The script starts the demo CRM and ERP (Salesforce and Odoo fakes)
+dependencies. The script starts the demo CRM and ERP (Salesforce, Odoo and REST fakes)
 and the CRM and ERP GraphQL subgraphs on loopback, with the injected latencies.
 Then it starts each gateway in turn as one process pinned to ``--gateway-cpus``.
 It checks that each gateway's answer to each workload equals Fonte's, drives each
@@ -10,8 +10,8 @@ peak RSS of the gateway from /proc. It counts the upstream requests from the fak
 request logs and the subgraphs' counters. It writes
 ``bench/results/peers-<UTC time>.json`` and the tables into ``bench/README.md``.
 
-    bench/run [--quick] [--gateways fonte-on,fonte-off,apollo,hive] [--customers 100]
-              [--crm-latency-ms 0] [--erp-latency-ms 0] [--no-readme]
+    bench/run [--quick] [--gateways fonte-on,fonte-off,fonte-rest,apollo,hive]
+              [--customers 100] [--crm-latency-ms 0] [--erp-latency-ms 0] [--no-readme]
 
 Exit status: 0 when every check passed, 1 when an answer differed from Fonte's or a
 response had a non-200 status, errors or a timeout, 2 when a process did not start.
@@ -58,6 +58,7 @@ START_TIMEOUT_S = 90.0
 GATEWAY_LABELS = {
     "fonte-on": "Fonte, policy + audit",
     "fonte-off": "Fonte, allow-all, no audit",
+    "fonte-rest": "Fonte, ERP as REST, policy + audit",
     "apollo": "Apollo Gateway",
     "hive": "Hive Gateway",
 }
@@ -233,20 +234,19 @@ class Upstreams:
     """The running fakes and subgraphs, and how to read their request counters."""
 
     description: Path  # JSON written by peers_upstreams.py, with addresses and credentials
-    crm_url: str
-    erp_url: str
+    fake_urls: tuple[str, ...]  # the CRM, the Odoo ERP and the REST ERP
     subgraph_urls: dict[str, str]
     subgraph_control: str
 
     def clear_counts(self) -> None:
-        for url in (self.crm_url, self.erp_url):
+        for url in self.fake_urls:
             httpx.delete(f"{url}/__fonte/requests", timeout=10).raise_for_status()
         httpx.delete(f"{self.subgraph_control}/requests", timeout=10).raise_for_status()
 
     def fake_requests(self) -> int:
         """Count the vendor API calls in the fakes' logs, token requests and logins left out."""
         total = 0
-        for url in (self.crm_url, self.erp_url):
+        for url in self.fake_urls:
             response = httpx.get(f"{url}/__fonte/requests", timeout=30)
             response.raise_for_status()
             total += sum(1 for entry in response.json()["requests"]
@@ -348,7 +348,7 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
     """Start gateway ``name`` on a free port and return it with its GraphQL address."""
     port = free_port()
     node_env = {"NODE_ENV": "production"}
-    if name in ("fonte-on", "fonte-off"):
+    if name.startswith("fonte-"):
         data_dir = scratch / f"{name}-data"
         (data_dir / "keys").mkdir(parents=True)
         key = (scratch / "keys" / "token-signing.pem").read_bytes()
@@ -356,7 +356,8 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
         (data_dir / "keys" / "token-signing.pem").chmod(0o600)
         command = [sys.executable, str(BENCH_DIR / "peers_fonte.py"),
                    "--upstreams", str(description), "--data-dir", str(data_dir),
-                   "--port", str(port), "--mode", name.removeprefix("fonte-")]
+                   "--port", str(port), "--mode", "off" if name == "fonte-off" else "on",
+                   "--erp", "rest" if name == "fonte-rest" else "odoo"]
         service = start(name, command, args.gateway_cpus, scratch)
     elif supergraph is None:
         raise StartError(f"{name} needs the composed supergraph, which was not built")
@@ -550,8 +551,8 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         subgraphs, subgraph_urls, control = start_subgraphs(args, export, scratch)
         running.append(subgraphs)
         supergraph = compose_supergraph(subgraph_urls, scratch)
-        upstreams = Upstreams(description, upstream_urls["crm_url"], upstream_urls["erp_url"],
-                              subgraph_urls, control)
+        fake_urls = tuple(upstream_urls[name] for name in ("crm_url", "erp_url", "rest_url"))
+        upstreams = Upstreams(description, fake_urls, subgraph_urls, control)
 
         for name in args.gateways:
             if name == "fonte-on":
@@ -577,7 +578,7 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gateways", default="fonte-on,fonte-off,apollo,hive",
+    parser.add_argument("--gateways", default="fonte-on,fonte-off,fonte-rest,apollo,hive",
                         help="comma-separated gateways to measure, from "
                              f"{', '.join(GATEWAY_LABELS)} (default: all)")
     parser.add_argument("--customers", type=int, default=100,

@@ -1,7 +1,9 @@
-"""Serve the demo CRM (Salesforce dialect) and ERP (Odoo JSON-RPC) for the peer benchmark.
+"""Serve the demo CRM and ERP for the peer benchmark.
 
+The CRM speaks the Salesforce dialect. The ERP is served twice over the same
+records: as Odoo JSON-RPC and as plain REST with an OpenAPI description.
 ``bench/run`` starts this script as its own process, pinned to the cores that the
-gateways do not use. It generates the demo data set, starts both fakes on free
+gateways do not use. It generates the demo data set, starts the three fakes on free
 127.0.0.1 ports, sets the injected latency of every vendor API call, writes the
 addresses and the random credentials to ``--output`` (mode 0600) and serves until
 SIGTERM or SIGINT.
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -23,7 +26,13 @@ from pathlib import Path
 import httpx
 
 from gateway.demo.data import generate
-from gateway.demo.launch import start_demo_systems, stop_background
+from gateway.demo.launch import (
+    LOOPBACK,
+    serve_in_background,
+    start_demo_systems,
+    stop_background,
+)
+from gateway.demo.rest import create_rest_app
 from gateway.sources.odoo import OdooSettings
 
 log = logging.getLogger("bench.peers_upstreams")
@@ -41,9 +50,15 @@ async def serve(customers: int, crm_latency_ms: float, erp_latency_ms: float,
                 output: Path) -> None:
     data = generate(customers=customers)
     systems, servers = await start_demo_systems(data, "odoo")
+    rest_api_key = secrets.token_hex(20)
+    rest_server, rest_port = await serve_in_background(create_rest_app(data,
+                                                                       api_key=rest_api_key))
+    servers.append(rest_server)
+    rest_url = f"http://{LOOPBACK}:{rest_port}"
     try:
         await set_latency(systems.crm_url, crm_latency_ms)
         await set_latency(systems.erp_url, erp_latency_ms)
+        await set_latency(rest_url, erp_latency_ms)
         if not isinstance(systems.erp, OdooSettings):
             raise RuntimeError("the benchmark reads the demo ERP with the Odoo JSON-RPC dialect")
         description = {
@@ -54,11 +69,13 @@ async def serve(customers: int, crm_latency_ms: float, erp_latency_ms: float,
             "erp_database": systems.erp.database,
             "erp_login": systems.erp.login,
             "erp_api_key": systems.erp.api_key,
+            "rest_url": rest_url,
+            "rest_api_key": rest_api_key,
         }
         output.touch(mode=0o600)
         output.write_text(json.dumps(description), encoding="utf-8")
-        log.info("demo CRM at %s, demo ERP at %s, %d customers", systems.crm_url,
-                 systems.erp_url, customers)
+        log.info("demo CRM at %s, demo ERP at %s (Odoo) and %s (REST), %d customers",
+                 systems.crm_url, systems.erp_url, rest_url, customers)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
