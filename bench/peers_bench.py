@@ -4,7 +4,7 @@
 dependencies. The script starts the demo CRM and ERP (Salesforce, Odoo and REST fakes)
 and the CRM and ERP GraphQL subgraphs on loopback, with the injected latencies.
 Then it starts each gateway in turn as one process pinned to ``--gateway-cpus``.
-It checks that each gateway's answer to each workload equals Fonte's, drives each
+It checks that each gateway's response to each workload equals Fonte's, drives each
 workload with autocannon at saturation and at a fixed rate, and reads CPU time and
 peak RSS of the gateway from /proc. It counts the upstream requests from the fakes'
 request logs and the subgraphs' counters. It writes
@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ PEERS_DIR = BENCH_DIR / "peers"
 NODE_BIN = PEERS_DIR / "node_modules" / ".bin"
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 90.0
+SOAK_SAMPLE_S = 10.0
 
 GATEWAY_LABELS = {
     "fonte-on": "Fonte, policy + audit",
@@ -124,7 +126,7 @@ CRM_FIELDS = ("id", "erpNumber", "name", "vatNumber", "pec", "phone", "street", 
 
 
 class StartError(RuntimeError):
-    """A benchmark process exited or did not answer in time."""
+    """A benchmark process exited or did not respond in time."""
 
 
 @dataclass
@@ -164,7 +166,7 @@ def start(name: str, command: list[str], cpus: str, scratch: Path,
 
 
 def wait_until(service: Service, ready: Any, what: str) -> None:
-    """Poll ``ready()`` until it returns true; raise when the process exits or time runs out."""
+    """Poll ``ready()`` until it returns true. Raise ``StartError`` if the process exits first."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
@@ -181,7 +183,7 @@ def wait_until(service: Service, ready: Any, what: str) -> None:
 
 def graphql_ready(url: str) -> bool:
     response = httpx.post(url, json={"query": "{ __typename }"}, timeout=5)
-    # Fonte answers 401 without a token, which also shows that it serves.
+    # Fonte returns 401 without a token, which also shows that it is serving.
     return response.status_code in (200, 401)
 
 
@@ -215,13 +217,16 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Return the sum of the peak resident sizes (VmHWM) of ``pid`` and its descendants."""
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """Return the sum of the peak resident sizes (VmHWM) of ``pid`` and its descendants.
+
+    With ``field="VmRSS"`` it returns the current resident size instead.
+    """
     kib = 0
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     kib += int(line.split()[1])
     return kib / 1024
 
@@ -304,7 +309,7 @@ def issue_tokens(data_dir: Path, roles: set[str], count: int) -> dict[str, list[
 
 
 def post(url: str, token: str, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
-    """Send one GraphQL request and return the body; raise on a non-200 status or errors."""
+    """Send one GraphQL request and return the body. Raise ``StartError`` on any error."""
     response = httpx.post(url, json={"query": query, "variables": dict(variables)},
                           headers={"Authorization": f"Bearer {token}"}, timeout=60)
     if response.status_code != 200:
@@ -321,8 +326,8 @@ def export_data_set(url: str, tokens: Mapping[str, list[str]], customers: int,
     """Write the demo data set as Fonte serves it, in the shape the subgraphs read.
 
     The sales role reads everything but the credit limit and the IBAN, which the
-    finance role reads unmasked. The export therefore merges the two answers by
-    customer id.
+    finance role reads unmasked. The export therefore merges the two responses
+    by customer id.
     """
     variables = {"first": customers}
     sales = post(url, tokens["sales"][0], EXPORT_SALES, variables)
@@ -389,13 +394,13 @@ def compose_supergraph(urls: Mapping[str, str], scratch: Path) -> Path:
 
 
 def run_load(url: str, body: Path, tokens: Path, connections: int, duration: float,
-             cpus: str, rate: int | None = None) -> dict[str, Any]:
+             cpus: str, rate: float | None = None) -> dict[str, Any]:
     """Run bench/peers/load.mjs once and return its JSON output."""
     command = ["taskset", "-c", cpus, "node", str(PEERS_DIR / "load.mjs"), "--url", url,
                "--body", str(body), "--tokens", str(tokens),
                "--connections", str(connections), "--duration", f"{duration:g}"]
     if rate is not None:
-        command += ["--rate", str(rate)]
+        command += ["--rate", f"{rate:g}"]
     completed = subprocess.run(command, capture_output=True, text=True, check=False,
                                timeout=duration + 120)
     if completed.returncode != 0:
@@ -418,7 +423,7 @@ def check_answer(url: str, token: str, workload: Workload, reference: Any) -> st
 def wait_for_idle(pid: int, limit_s: float = 60.0) -> None:
     """Wait until the gateway has finished the requests that a load run left behind.
 
-    The load generator stops at its deadline without waiting for the answers in
+    The load generator stops at its deadline without waiting for the responses in
     flight, and the gateway keeps working on them. Two quiet half-seconds in a row
     (under 5 % of a core each) count as idle.
     """
@@ -451,7 +456,7 @@ def measure_workload(gateway: str, service: Service, url: str, workload: Workloa
     done = max(saturation["requests"], 1)
     saturation["cpu_ms_per_request"] = round(cpu_used * 1000 / done, 3)
     saturation["upstream_requests_per_query"] = round(calls / done, 3)
-    # Below about 0.9 the gateway's core was not the bottleneck: the upstreams or
+    # Below about 0.9, the gateway's core was not the bottleneck. The upstreams or
     # the load generator on the other cores were.
     saturation["gateway_cpu_share"] = round(cpu_used / saturation["duration_s"], 3)
 
@@ -470,6 +475,33 @@ def measure_workload(gateway: str, service: Service, url: str, workload: Workloa
 
 
 # --------------------------------------------------------------------------- run
+
+
+def soak(service: Service, url: str, workload: Workload, files: Mapping[str, Path],
+         rate: float, args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``workload`` at ``rate`` for ``args.soak_s`` seconds and sample the gateway's RSS.
+
+    The resident size (VmRSS of the process and its children) is read every
+    ``SOAK_SAMPLE_S`` seconds while the load runs.
+    """
+    samples: list[tuple[float, float]] = []
+    finished = threading.Event()
+
+    def sample() -> None:
+        started = time.monotonic()
+        while not finished.wait(SOAK_SAMPLE_S):
+            samples.append((round(time.monotonic() - started, 1),
+                            round(peak_rss_mib(service.process.pid, "VmRSS"), 1)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        load = run_load(url, files[f"{workload.name}-body"], files[f"{workload.role}-tokens"],
+                        args.connections, args.soak_s, args.other_cpus, rate=rate)
+    finally:
+        finished.set()
+        sampler.join()
+    return {"workload": workload.name, "rate": rate, "load": load, "rss_mib": samples}
 
 
 def machine_description() -> dict[str, Any]:
@@ -567,10 +599,14 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                     "check": check_answer(url, token, workload, references[workload.name]),
                     **measure_workload(name, service, url, workload, files, upstreams, args),
                 }
-            results["gateways"].append({
-                "name": name, "label": GATEWAY_LABELS[name], "workers": 1,
-                "cpus": args.gateway_cpus, "peak_rss_mib": round(peak_rss_mib(
-                    service.process.pid), 1), "workloads": measured})
+            entry = {"name": name, "label": GATEWAY_LABELS[name], "workers": 1,
+                     "cpus": args.gateway_cpus, "workloads": measured}
+            if args.soak_s > 0:
+                card = items[0]
+                entry["soak"] = soak(service, url, card, files,
+                                     measured[card.name]["fixed_rate"]["rate"], args)
+            entry["peak_rss_mib"] = round(peak_rss_mib(service.process.pid), 1)
+            results["gateways"].append(entry)
             if service is not reference_service:
                 service.stop()
     return results
@@ -597,6 +633,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of untimed load before each workload (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help="3 s runs and 1 s warm-up, to check that the harness works")
+    parser.add_argument("--soak-s", type=float, default=0.0,
+                        help="after the workloads, run W1 at its fixed rate for this many "
+                             "seconds and sample each gateway's RSS (default 0: no soak)")
     parser.add_argument("--gateway-cpus", default="1",
                         help="taskset CPU list of each gateway process (default 1)")
     parser.add_argument("--other-cpus", default="0",
@@ -652,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         "erp_latency_ms": args.erp_latency_ms, "connections": args.connections,
         "saturation_s": args.saturation_s, "fixed_rate_s": args.fixed_rate_s,
         "warmup_s": args.warmup_s, "gateway_cpus": args.gateway_cpus,
-        "other_cpus": args.other_cpus,
+        "other_cpus": args.other_cpus, "soak_s": args.soak_s,
         "fixed_rates": {w.name: w.fixed_rate for w in workloads("", args.customers)},
     }
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

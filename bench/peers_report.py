@@ -1,7 +1,7 @@
 """Turn a results file of the peer benchmark into Markdown tables.
 
-``bench/peers_bench.py`` writes ``bench/results/peers-<UTC time>.json``; this module
-reads such a file, renders the ratio table and the detail tables, and puts them
+``bench/peers_bench.py`` writes ``bench/results/peers-<UTC time>.json``. This module
+reads such a file and renders the ratio table and the detail tables. It puts them
 into ``bench/README.md`` between two marker lines. It only reads and formats, so a
 test can run it on a recorded sample.
 
@@ -178,10 +178,38 @@ def cost_table(results: Mapping[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
+def soak_table(results: Mapping[str, Any]) -> list[str]:
+    """Render the RSS of each soaked gateway: after the first minute, at the end, and the growth.
+
+    Returns no lines when no gateway was soaked.
+    """
+    rows = []
+    for gateway in results["gateways"]:
+        soak = gateway.get("soak")
+        if not soak or not soak["rss_mib"]:
+            continue
+        series = soak["rss_mib"]
+        first = max(rss for seconds, rss in series if seconds <= 60)
+        last = series[-1][1]
+        rows.append([gateway["label"], f"{soak['workload']} at {soak['rate']:g} req/s",
+                     f"{series[-1][0]:g}", _number(first), _number(last),
+                     _number(max(rss for _, rss in series)), f"{(last / first - 1) * 100:+.1f} %"])
+    if not rows:
+        return []
+    header = ["gateway", "load", "seconds", "RSS after 1 min, MiB", "RSS at the end, MiB",
+              "max RSS, MiB", "end / first minute"]
+    return _table(header, rows)
+
+
 def failures(results: Mapping[str, Any]) -> list[str]:
-    """List every check that failed: answers that differ, statuses, errors, timeouts."""
+    """List every failed check: differing responses, statuses, errors, timeouts."""
     found = []
     for gateway in results["gateways"]:
+        soak_load = gateway.get("soak", {}).get("load", {})
+        for counter in ("non_200", "with_errors", "timeouts", "socket_errors"):
+            if soak_load.get(counter):
+                found.append(f"{gateway['name']} soak: {soak_load[counter]} "
+                             f"{counter.replace('_', ' ')}")
         for workload, stages in gateway.get("workloads", {}).items():
             check = stages.get("check", "not run")
             if check != "ok":
@@ -239,11 +267,14 @@ def render(results: Mapping[str, Any]) -> str:
         *cost_table(results),
         "",
     ]
+    soaked = soak_table(results)
+    if soaked:
+        lines += [f"Soak, RSS sampled every 10 s for {settings['soak_s']:g} s:", "", *soaked, ""]
     failed = failures(results)
     if failed:
         lines += ["Failed checks:", "", *[f"- {failure}" for failure in failed], ""]
     else:
-        lines += ["Every response was HTTP 200 without `errors`, and every gateway's answer "
+        lines += ["Every response was HTTP 200 without `errors`, and every gateway's response "
                   "to each workload equalled Fonte's.", ""]
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@
 // body has an "errors" member are counted apart.
 //
 // Without --rate the run measures saturation: one autocannon instance per virtual
-// user sends its next request as soon as the previous one is answered. autocannon
+// user sends its next request as soon as the previous response arrives. autocannon
 // keeps its context per request cycle, not per connection, so one instance per
 // user is how each connection keeps one token.
 //

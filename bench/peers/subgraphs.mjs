@@ -1,7 +1,7 @@
 // Serve the CRM and ERP GraphQL subgraphs (Apollo Federation 2) for the peer benchmark.
 //
 // Both subgraphs serve one JSON export of the demo data set, written by bench/run
-// from Fonte's own answers, so every gateway returns the same values. Each
+// from Fonte's own responses, so every gateway returns the same values. Each
 // subgraph waits its injected latency before it executes a request, and counts its
 // requests. GET /requests on the control port returns the counts, and DELETE resets them.
 //

@@ -105,6 +105,24 @@ def test_latency_table_lowered_rate(results: dict[str, Any]) -> None:
     assert row.endswith("| 10.0 / 20.0 / 30.0 (at 5 req/s) |")
 
 
+def test_soak_table_growth(results: dict[str, Any]) -> None:
+    results["settings"]["soak_s"] = 120.0
+    results["gateways"][0]["soak"] = {
+        "workload": "W1", "rate": 20.0, "load": {"non_200": 0},
+        "rss_mib": [[10.0, 100.0], [60.0, 110.0], [90.0, 130.0], [120.0, 121.0]],
+    }
+
+    table = report.soak_table(results)
+
+    assert table[2] == "| FONTE-ON | W1 at 20 req/s | 120 | 110.0 | 121.0 | 130.0 | +10.0 % |"
+    assert len(table) == 3
+    assert "Soak, RSS sampled every 10 s for 120 s:" in report.render(results)
+
+
+def test_soak_table_empty_without_soak(results: dict[str, Any]) -> None:
+    assert report.soak_table(results) == []
+
+
 def test_failures_lists_each_counter(results: dict[str, Any]) -> None:
     hive = results["gateways"][3]["workloads"]["W2"]
     hive["check"] = "answer differs from Fonte's at data.customers"
