@@ -17,7 +17,7 @@ const { values: options } = parseArgs({
   options: { supergraph: { type: 'string' }, port: { type: 'string' } },
 });
 if (options.supergraph === undefined || options.port === undefined) {
-  console.error('apollo.mjs: usage: node apollo.mjs --supergraph FILE --port N');
+  console.error('apollo.mjs: missing --supergraph or --port. Usage: node apollo.mjs --supergraph FILE --port N');
   process.exit(2);
 }
 

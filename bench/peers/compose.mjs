@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { composeServices } from '@apollo/composition';
 import { parse } from 'graphql';
 
-const here = dirname(fileURLToPath(import.meta.url));
+const peersDir = dirname(fileURLToPath(import.meta.url));
 const { values: options } = parseArgs({
   options: {
     'crm-url': { type: 'string' },
@@ -29,7 +29,7 @@ for (const name of ['crm-url', 'erp-url', 'output']) {
 const services = ['crm', 'erp'].map((name) => ({
   name,
   url: options[`${name}-url`],
-  typeDefs: parse(readFileSync(join(here, 'subgraphs', `${name}.graphql`), 'utf8')),
+  typeDefs: parse(readFileSync(join(peersDir, 'subgraphs', `${name}.graphql`), 'utf8')),
 }));
 const result = composeServices(services);
 if (result.errors) {

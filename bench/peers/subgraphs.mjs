@@ -19,7 +19,7 @@ import { startStandaloneServer } from '@apollo/server/standalone';
 import { buildSubgraphSchema } from '@apollo/subgraph';
 import { parse } from 'graphql';
 
-const here = dirname(fileURLToPath(import.meta.url));
+const peersDir = dirname(fileURLToPath(import.meta.url));
 const { values: options } = parseArgs({
   options: {
     data: { type: 'string' },
@@ -104,7 +104,7 @@ function latencyPlugin(name, latencyMs) {
 }
 
 async function startSubgraph(name, resolvers, port, latencyMs) {
-  const typeDefs = parse(readFileSync(join(here, 'subgraphs', `${name}.graphql`), 'utf8'));
+  const typeDefs = parse(readFileSync(join(peersDir, 'subgraphs', `${name}.graphql`), 'utf8'));
   const server = new ApolloServer({
     schema: buildSubgraphSchema({ typeDefs, resolvers }),
     plugins: [latencyPlugin(name, latencyMs)],
