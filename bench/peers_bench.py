@@ -5,9 +5,9 @@ dependencies. The script starts the demo CRM and ERP (Salesforce, Odoo and REST 
 and the CRM and ERP GraphQL subgraphs on loopback, with the injected latencies.
 Then it starts each gateway in turn as one process pinned to ``--gateway-cpus``.
 It checks that each gateway's response to each workload equals Fonte's, drives each
-workload with autocannon at saturation and at a fixed rate, and reads CPU time and
-peak RSS of the gateway from /proc. It counts the upstream requests from the fakes'
-request logs and the subgraphs' counters. It writes
+workload at saturation (autocannon) and at a fixed rate (open-loop, node:http), and
+reads CPU time and peak RSS of the gateway from /proc. It counts the upstream
+requests from the fakes' request logs and the subgraphs' counters. It writes
 ``bench/results/peers-<UTC time>.json`` and the tables into ``bench/README.md``.
 
     bench/run [--quick] [--gateways fonte-on,fonte-off,fonte-rest,apollo,hive]
