@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean cap-server
+.PHONY: demo test lint bench bench-cost clean cap-server
 
 CAP_DIR := tests/cap
 CAP_INSTALLED := $(CAP_DIR)/node_modules/.installed
@@ -43,7 +43,14 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 	MYPYPATH=tests $(BIN)/mypy --strict tests
 
+# Fonte beside Apollo Gateway and Hive Gateway; needs Node 20 or newer and npm.
+# Extra options, e.g. make bench BENCH_ARGS='--quick'
+BENCH_ARGS ?=
+
 bench: $(INSTALLED)
+	bench/run $(BENCH_ARGS)
+
+bench-cost: $(INSTALLED)
 	$(BIN)/python bench/query_cost.py
 
 clean:

@@ -1,0 +1,114 @@
+"""Serve the Fonte gateway for the peer benchmark, in one process with one event loop.
+
+``bench/run`` starts this script pinned to the gateway's cores. The gateway reads
+the demo systems that ``bench/peers_upstreams.py`` described in ``--upstreams``.
+
+``--erp`` picks how the gateway reads the ERP: Odoo JSON-RPC, or plain REST
+through the generic ``rest`` dialect. ``--mode on`` is the gateway as shipped:
+the policy of ``policies/`` and a durable audit record for every request that
+reads personal data. ``--mode off`` measures what policy and audit cost. Fonte
+has no switch that removes either, so this script approximates "off" in two
+ways. It gives the benchmark's roles a policy that allows every data category
+with no mask and no row rule, so the planner still looks each field up in the
+compiled view. It also swaps in an audit recorder that records nothing.
+
+    .venv/bin/python bench/peers_fonte.py --upstreams /tmp/upstreams.json \
+        --data-dir /tmp/fonte-data --port 8100 --mode on
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.audit_events import AuditRecorder
+from gateway.config import Settings
+from gateway.demo.mappings import demo_rest_settings
+from gateway.plan import Plan
+from gateway.policy import default_policy_dir
+from gateway.sources.odoo import OdooSettings
+from gateway.sources.rest import RestSettings
+from gateway.sources.salesforce import SalesforceSettings
+
+log = logging.getLogger("bench.peers_fonte")
+
+# The roles that the workloads use, and the top-level data categories of
+# schema/taxonomy.toml that the allow-all policy grants them.
+BENCH_ROLES = ("sales", "finance")
+TOP_CATEGORIES = ("non_personal", "identity", "contact", "commercial", "financial",
+                  "logistics")
+
+
+def write_allow_all_policy(directory: Path) -> Path:
+    """Write a policy that lets the benchmark roles read every category unmasked.
+
+    The model and the purposes are the shipped ones, so tokens with the shipped
+    purposes stay valid.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    shipped = default_policy_dir()
+    for name in ("model.conf", "purposes.toml"):
+        shutil.copyfile(shipped / name, directory / name)
+    rows = [f"p, {role}, {category}, *, allow, -"
+            for role in BENCH_ROLES for category in TOP_CATEGORIES]
+    (directory / "policy.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return directory
+
+
+def _record_nothing(plan: Plan) -> bool:
+    return False
+
+
+def settings_from(upstreams: dict[str, str], erp_dialect: str, data_dir: Path, port: int,
+                  policy_dir: Path | None) -> Settings:
+    crm = SalesforceSettings(login_url=upstreams["crm_url"],
+                             client_id=upstreams["crm_client_id"],
+                             client_secret=upstreams["crm_client_secret"])
+    erp: OdooSettings | RestSettings
+    if erp_dialect == "rest":
+        erp = demo_rest_settings(upstreams["rest_url"], upstreams["rest_api_key"])
+    else:
+        erp = OdooSettings(base_url=upstreams["erp_url"], database=upstreams["erp_database"],
+                           login=upstreams["erp_login"], api_key=upstreams["erp_api_key"])
+    extra = {"policy_dir": policy_dir} if policy_dir is not None else {}
+    return Settings(systems={"crm": crm, "erp": erp}, data_dir=data_dir, port=port,
+                    graphiql=False, development_tokens=True, **extra)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstreams", type=Path, required=True,
+                        help="JSON file written by bench/peers_upstreams.py")
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="folder of the audit store and keys (the token signing key "
+                             "must already be in keys/token-signing.pem)")
+    parser.add_argument("--port", type=int, required=True, help="127.0.0.1 port to listen on")
+    parser.add_argument("--erp", choices=("odoo", "rest"), default="odoo",
+                        help="read the ERP as Odoo JSON-RPC or as plain REST (default odoo)")
+    parser.add_argument("--mode", choices=("on", "off"), default="on",
+                        help="on: shipped policy and audit; off: allow-all policy, no audit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    upstreams = json.loads(args.upstreams.read_text(encoding="utf-8"))
+    policy_dir = None
+    if args.mode == "off":
+        policy_dir = write_allow_all_policy(args.data_dir / "allow-all-policy")
+        # Class attribute, so every recorder in this process skips the audit.
+        AuditRecorder.must_record = staticmethod(_record_nothing)  # type: ignore[method-assign]
+    settings = settings_from(upstreams, args.erp, args.data_dir, args.port, policy_dir)
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, lifespan="on")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

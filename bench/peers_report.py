@@ -1,0 +1,308 @@
+"""Turn a results file of the peer benchmark into Markdown tables.
+
+``bench/peers_bench.py`` writes ``bench/results/peers-<UTC time>.json``. This module
+reads such a file and renders the ratio table and the detail tables. It puts them
+into ``bench/README.md`` between two marker lines. It only reads and formats, so a
+test can run it on a recorded sample.
+
+    .venv/bin/python bench/peers_report.py bench/results/peers-<time>.json [--readme FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+START_MARKER = "<!-- peers-table:start (written by bench/run) -->"
+END_MARKER = "<!-- peers-table:end -->"
+WORKLOADS = ("W1", "W2", "W3")
+# The gateway whose throughput the ratios compare, and the peers it is compared with.
+SUBJECT = "fonte-on"
+PEERS = ("apollo", "hive")
+UNCONTROLLED = "fonte-off"
+
+
+class ResultsError(ValueError):
+    """A results file lacks a member that the tables need."""
+
+
+def first_difference(expected: Any, actual: Any, path: str = "data") -> str | None:
+    """Return the path of the first value where ``actual`` differs from ``expected``, or None."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key in expected.keys() | actual.keys():
+            if key not in expected or key not in actual:
+                return f"{path}.{key} (present on one side only)"
+            found = first_difference(expected[key], actual[key], f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(expected, list) and isinstance(actual, list):
+        if len(expected) != len(actual):
+            return f"{path} ({len(expected)} items expected, {len(actual)} received)"
+        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
+            found = first_difference(left, right, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return None if expected == actual else path
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read a results file and check that it has the members the tables read."""
+    results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    for member in ("run", "machine", "versions", "settings", "gateways"):
+        if member not in results:
+            raise ResultsError(f"results file {path} has no {member!r} member; "
+                               "write it again with bench/run")
+    return results
+
+
+def _gateways(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {gateway["name"]: gateway for gateway in results["gateways"]}
+
+
+def _stage(gateway: Mapping[str, Any], workload: str, stage: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = gateway.get("workloads", {}).get(workload, {}).get(stage)
+    return found
+
+
+def throughput(results: Mapping[str, Any], name: str, workload: str) -> float | None:
+    """Return the saturation requests/s of gateway ``name``, or None when it was not run."""
+    gateway = _gateways(results).get(name)
+    if gateway is None:
+        return None
+    stage = _stage(gateway, workload, "saturation")
+    return None if stage is None else float(stage["requests_per_s"])
+
+
+def core_capacity(results: Mapping[str, Any], name: str, workload: str) -> float | None:
+    """Estimate the requests/s that one fully busy gateway core serves: 1000 / CPU ms.
+
+    This is an estimate for the case where the gateway's core, not the upstreams or
+    the load generator, is the bottleneck.
+    """
+    gateway = _gateways(results).get(name)
+    if gateway is None:
+        return None
+    stage = _stage(gateway, workload, "saturation")
+    cpu_ms = None if stage is None else stage.get("cpu_ms_per_request")
+    return 1000 / cpu_ms if cpu_ms else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """Return ``numerator / denominator``, or None when either is missing or zero."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def ratio_table(results: Mapping[str, Any], figure: Any = throughput) -> list[str]:
+    """Render a requests/s ``figure`` per gateway and Fonte's ratios to each peer.
+
+    ``figure`` is ``throughput`` (measured at saturation) or ``core_capacity``.
+    """
+    gateways = results["gateways"]
+    header = ["workload", *[f"{g['label']} (req/s)" for g in gateways]]
+    header += [f"{SUBJECT} / {peer}" for peer in PEERS]
+    header.append("policy + audit cost")
+    rows = []
+    for workload in WORKLOADS:
+        row = [workload]
+        row += [_number(figure(results, g["name"], workload)) for g in gateways]
+        subject = figure(results, SUBJECT, workload)
+        row += [_times(ratio(subject, figure(results, peer, workload))) for peer in PEERS]
+        share = ratio(subject, figure(results, UNCONTROLLED, workload))
+        row.append("n/a" if share is None else f"{(1 - share) * 100:.0f} %")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def latency_table(results: Mapping[str, Any]) -> list[str]:
+    """Render p50 / p95 / p99 in milliseconds at the fixed rate."""
+    gateways = results["gateways"]
+    rates = results["settings"]["fixed_rates"]
+    header = ["workload (fixed rate)", *[g["label"] for g in gateways]]
+    rows = []
+    for workload in WORKLOADS:
+        row = [f"{workload} at {rates[workload]:g} req/s"]
+        for gateway in gateways:
+            stage = _stage(gateway, workload, "fixed_rate")
+            if stage is None:
+                row.append("n/a")
+                continue
+            latency = stage["latency_ms"]
+            cell = " / ".join(_number(latency[p]) for p in ("p50", "p95", "p99"))
+            if stage.get("rate", rates[workload]) != rates[workload]:
+                cell += f" (at {stage['rate']:g} req/s)"
+            row.append(cell)
+        rows.append(row)
+    return _table(header, rows)
+
+
+def cost_table(results: Mapping[str, Any]) -> list[str]:
+    """Render CPU time per request, upstream requests per query and peak RSS."""
+    gateways = results["gateways"]
+    header = ["figure", *[g["label"] for g in gateways]]
+    rows = []
+    for workload in WORKLOADS:
+        cpu_row = [f"{workload} CPU ms per request"]
+        share_row = [f"{workload} gateway core busy"]
+        upstream_row = [f"{workload} upstream requests per query"]
+        for gateway in gateways:
+            stage = _stage(gateway, workload, "saturation") or {}
+            cpu_row.append(_number(stage.get("cpu_ms_per_request"), 2))
+            share = stage.get("gateway_cpu_share")
+            share_row.append("n/a" if share is None else f"{share * 100:.0f} %")
+            upstream_row.append(_number(stage.get("upstream_requests_per_query"), 2))
+        rows += [cpu_row, share_row, upstream_row]
+    rows.append(["peak RSS, MiB", *[_number(g.get("peak_rss_mib")) for g in gateways]])
+    rows.append(["processes x cores", *[f"{g['workers']} x cpu {g['cpus']}" for g in gateways]])
+    return _table(header, rows)
+
+
+def soak_table(results: Mapping[str, Any]) -> list[str]:
+    """Render the RSS of each soaked gateway: after the first minute, at the end, and the growth.
+
+    Returns no lines when no gateway was soaked.
+    """
+    rows = []
+    for gateway in results["gateways"]:
+        soak = gateway.get("soak")
+        if not soak or not soak["rss_mib"]:
+            continue
+        series = soak["rss_mib"]
+        first = max(rss for seconds, rss in series if seconds <= 60)
+        last = series[-1][1]
+        rows.append([gateway["label"], f"{soak['workload']} at {soak['rate']:g} req/s",
+                     f"{series[-1][0]:g}", _number(first), _number(last),
+                     _number(max(rss for _, rss in series)), f"{(last / first - 1) * 100:+.1f} %"])
+    if not rows:
+        return []
+    header = ["gateway", "load", "seconds", "RSS after 1 min, MiB", "RSS at the end, MiB",
+              "max RSS, MiB", "end / first minute"]
+    return _table(header, rows)
+
+
+def failures(results: Mapping[str, Any]) -> list[str]:
+    """List every failed check: differing responses, statuses, errors, timeouts."""
+    found = []
+    for gateway in results["gateways"]:
+        soak_load = gateway.get("soak", {}).get("load", {})
+        for counter in ("non_200", "with_errors", "timeouts", "socket_errors"):
+            if soak_load.get(counter):
+                found.append(f"{gateway['name']} soak: {soak_load[counter]} "
+                             f"{counter.replace('_', ' ')}")
+        for workload, stages in gateway.get("workloads", {}).items():
+            check = stages.get("check", "not run")
+            if check != "ok":
+                found.append(f"{gateway['name']} {workload}: {check}")
+            for stage_name in ("saturation", "fixed_rate"):
+                stage = stages.get(stage_name)
+                if stage is None:
+                    continue
+                for counter in ("non_200", "with_errors", "timeouts", "socket_errors"):
+                    if stage.get(counter):
+                        found.append(f"{gateway['name']} {workload} {stage_name}: "
+                                     f"{stage[counter]} {counter.replace('_', ' ')}")
+    return found
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """Render the whole section that bench/run writes into bench/README.md."""
+    run, machine, settings = results["run"], results["machine"], results["settings"]
+    versions = ", ".join(f"{name} {version}" for name, version in results["versions"].items())
+    lines = [
+        f"Run at {run['finished_utc']} against commit `{run['commit']}`"
+        f"{' (uncommitted changes)' if run.get('dirty') else ''}"
+        f"{', quick mode' if run.get('quick') else ''}. Results file: `{run['results_file']}`.",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['cpus']} CPUs, "
+        f"{machine['memory_gib']:.1f} GiB, {machine['os']}, Python {machine['python']}, "
+        f"Node {machine['node']}. 1-minute load average {machine['load_before']:.2f} before "
+        f"and {machine['load_after']:.2f} after the run.",
+        "",
+        f"Settings: {settings['customers']} demo customers, CRM latency "
+        f"{settings['crm_latency_ms']:g} ms, ERP latency {settings['erp_latency_ms']:g} ms, "
+        f"{settings['connections']} connections (one token each) for "
+        f"{settings['saturation_s']:g} s at saturation and {settings['fixed_rate_s']:g} s at "
+        f"the fixed rate. Each gateway ran as one process pinned to CPU "
+        f"{settings['gateway_cpus']}; the upstreams and the load generator shared CPU "
+        f"{settings['other_cpus']}.",
+        "",
+        f"Versions: {versions}.",
+        "",
+        "Throughput at saturation, measured:",
+        "",
+        *ratio_table(results),
+        "",
+        "Estimated requests/s of one fully busy gateway core (1000 / CPU ms per request "
+        "in the saturation run):",
+        "",
+        *ratio_table(results, core_capacity),
+        "",
+        "Latency at a fixed rate, p50 / p95 / p99 in ms:",
+        "",
+        *latency_table(results),
+        "",
+        "Cost per request (saturation runs):",
+        "",
+        *cost_table(results),
+        "",
+    ]
+    soaked = soak_table(results)
+    if soaked:
+        lines += [f"Soak, RSS sampled every 10 s for {settings['soak_s']:g} s:", "", *soaked, ""]
+    failed = failures(results)
+    if failed:
+        lines += ["Failed checks:", "", *[f"- {failure}" for failure in failed], ""]
+    else:
+        lines += ["Every response was HTTP 200 without `errors`, and every gateway's response "
+                  "to each workload equalled Fonte's.", ""]
+    return "\n".join(lines)
+
+
+def replace_section(readme: str, section: str) -> str:
+    """Return ``readme`` with the text between the peers markers replaced by ``section``."""
+    start = readme.find(START_MARKER)
+    end = readme.find(END_MARKER)
+    if start == -1 or end == -1 or end < start:
+        raise ResultsError(f"bench/README.md has no {START_MARKER!r} ... {END_MARKER!r} "
+                           "pair; add both lines where the table belongs")
+    head = readme[:start + len(START_MARKER)]
+    return f"{head}\n{section.rstrip()}\n{readme[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="results file written by bench/run")
+    parser.add_argument("--readme", type=Path,
+                        help="also write the tables into this README between the markers")
+    args = parser.parse_args(argv)
+    section = render(load_results(args.results))
+    print(section)
+    if args.readme is not None:
+        text = args.readme.read_text(encoding="utf-8")
+        args.readme.write_text(replace_section(text, section), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
