@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
                         resilience: dict[str, ResiliencePolicy] | None = None,
                         erp: SystemSettings | None = None,
                         policy_dir: Path | None = None,
+                        overrides: dict[str, Any] | None = None,
                         ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
@@ -165,7 +166,8 @@ async def start_harness(data: DemoData, data_dir: Path, *,
     or hold requests back. ``resilience`` replaces the fixture's no-retry
     policies; pass ``{}`` for the production defaults. ``erp`` replaces the
     ERP settings, to read the demo ERP with another dialect. ``policy_dir`` replaces
-    the shipped ``policies/`` folder (see ``write_policy_dir``). The gateway's lifespan
+    the shipped ``policies/`` folder (see ``write_policy_dir``). ``overrides`` replaces
+    other ``Settings`` fields by name, such as ``operation_limits``. The gateway's lifespan
     ends, and its audit store is closed, when the ``async with`` block exits.
     """
     if resilience is None:
@@ -184,6 +186,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         resilience=resilience,
         policy_dir=policy_dir or default_policy_dir(),
     )
+    settings = replace(settings, **(overrides or {}))
     clients = {
         "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
         "erp": httpx.AsyncClient(transport=wrap_erp(httpx.ASGITransport(app=erp_app))),
