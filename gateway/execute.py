@@ -19,9 +19,11 @@ from graphql import (
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
     GraphQLResolveInfo,
     GraphQLSchema,
+    InlineFragmentNode,
     OperationDefinitionNode,
     execute_sync,
     parse,
@@ -166,7 +168,7 @@ class Executor:
 
     def _executable_schema(self, plan: Plan, prepared: _Prepared) -> GraphQLSchema:
         """Return the schema to execute with: the caller's own view for introspection."""
-        if not _introspects(prepared.operation):
+        if not _introspects(prepared.operation, prepared.fragments):
             return self._schema.graphql_schema
         key = (plan.view.roles, plan.view.purpose, plan.view.version)
         schema = self._visible.get(key)
@@ -178,12 +180,12 @@ class Executor:
     def _prepare(self, request: GraphQLRequest) -> _Prepared:
         document = self._parse(request.query)
         operation = _select_operation(document, request.operation_name)
-        if _introspects(operation) and not _only_introspection(operation):
+        fragments = {d.name.value: d for d in document.definitions
+                     if isinstance(d, FragmentDefinitionNode)}
+        if _introspects(operation, fragments) and not _only_introspection(operation, fragments):
             raise RequestError([_bad_request(
                 "Introspection (__schema, __type) cannot be mixed with data fields in one "
                 "operation; send it as its own request.")])
-        fragments = {d.name.value: d for d in document.definitions
-                     if isinstance(d, FragmentDefinitionNode)}
         coerced = get_variable_values(self._schema.graphql_schema,
                                       operation.variable_definitions or (),
                                       request.variables or {}, hide_suggestions=True)
@@ -310,19 +312,38 @@ def _select_operation(document: DocumentNode, name: str | None) -> OperationDefi
 _INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
 
 
-def _root_names(operation: OperationDefinitionNode) -> set[str]:
-    # Fragments at the root are rare; they count as data fields here, which
-    # only makes a mixed document fail with a clear 400.
-    return {selection.name.value if isinstance(selection, FieldNode) else ""
-            for selection in operation.selection_set.selections}
+def _root_names(operation: OperationDefinitionNode,
+                fragments: Mapping[str, FragmentDefinitionNode]) -> set[str]:
+    """Return the names of the root fields, also those inside fragments at the root.
+
+    Directives are ignored, so a field that ``@skip`` would drop still
+    counts: introspection hidden in a fragment gets the caller's view too.
+    """
+    names: set[str] = set()
+    pending = [operation.selection_set]
+    spread: set[str] = set()
+    while pending:
+        for selection in pending.pop().selections:
+            if isinstance(selection, FieldNode):
+                names.add(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                pending.append(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name not in spread and name in fragments:
+                    spread.add(name)
+                    pending.append(fragments[name].selection_set)
+    return names
 
 
-def _introspects(operation: OperationDefinitionNode) -> bool:
-    return bool(_root_names(operation) & _INTROSPECTION_ROOTS)
+def _introspects(operation: OperationDefinitionNode,
+                 fragments: Mapping[str, FragmentDefinitionNode]) -> bool:
+    return bool(_root_names(operation, fragments) & _INTROSPECTION_ROOTS)
 
 
-def _only_introspection(operation: OperationDefinitionNode) -> bool:
-    return _root_names(operation) <= _INTROSPECTION_ROOTS | {"__typename"}
+def _only_introspection(operation: OperationDefinitionNode,
+                        fragments: Mapping[str, FragmentDefinitionNode]) -> bool:
+    return _root_names(operation, fragments) <= _INTROSPECTION_ROOTS | {"__typename"}
 
 
 def _operation_name(operation: OperationDefinitionNode) -> str | None:
