@@ -121,7 +121,8 @@ async def test_denied_root_same_for_missing(harness: Harness, caplog: Caplog) ->
 async def test_search_on_masked_field(harness: Harness, caplog: Caplog) -> None:
     # it reads Customer.name only as a pseudonym, so a search by name would
     # confirm or deny a guessed name.
-    probe = await send(harness, caplog, SEARCH, role="it", variables={"s": _account(harness)["Name"]})
+    probe = await send(harness, caplog, SEARCH, role="it",
+                       variables={"s": _account(harness)["Name"]})
 
     assert probe.body["data"] == {"customers": None}
     assert field_errors(probe.body) == [
@@ -131,7 +132,8 @@ async def test_search_on_masked_field(harness: Harness, caplog: Caplog) -> None:
 
 
 async def test_search_on_denied_field(harness: Harness, caplog: Caplog) -> None:
-    probe = await send(harness, caplog, SEARCH, role="dpo", variables={"s": _account(harness)["Name"]})
+    probe = await send(harness, caplog, SEARCH, role="dpo",
+                       variables={"s": _account(harness)["Name"]})
 
     assert field_errors(probe.body) == [
         (["customers"], "FORBIDDEN", "Not authorised to read Query.customers.")]
@@ -140,7 +142,8 @@ async def test_search_on_denied_field(harness: Harness, caplog: Caplog) -> None:
 
 
 async def test_list_arguments_fixed(harness: Harness, caplog: Caplog) -> None:
-    probe = await send(harness, caplog, '{ __type(name: "Query") { fields { name args { name } } } }')
+    probe = await send(harness, caplog,
+                       '{ __type(name: "Query") { fields { name args { name } } } }')
 
     fields = {f["name"]: [a["name"] for a in f["args"]]
               for f in probe.body["data"]["__type"]["fields"]}

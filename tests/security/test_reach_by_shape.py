@@ -231,6 +231,21 @@ async def test_denied_field_every_row(harness: Harness, caplog: Caplog) -> None:
     _limit_denied(probe)
 
 
+@pytest.mark.parametrize(("document", "variables"), [
+    ("query($f: Int = 3) { customers(first: $f) { edges { node { id } } } }", {"f": None}),
+    ("query($b: Boolean = false) { customers(first: 1) "
+     "{ edges { node { id @include(if: $b) } } } }", {"b": None}),
+])
+async def test_null_for_defaulted_variable(harness: Harness, caplog: Caplog, document: str,
+                                           variables: dict[str, Any]) -> None:
+    probe = await send(harness, caplog, document, variables=variables)
+
+    assert probe.status == 400
+    assert probe.codes() == ["BAD_REQUEST"]
+    assert probe.upstream == []
+    assert probe.audit == []
+
+
 # --- several operations in one document ----------------------------------------------------
 
 TWO_OPERATIONS = """query Card($id: ID!) { customer(id: $id) { name } }
