@@ -96,9 +96,11 @@ async def send(harness: Harness, caplog: pytest.LogCaptureFixture, query: str | 
         "/graphql", json=payload, headers={"Authorization": f"Bearer {bearer}",
                                            **(headers or {})})
 
+    # The logs end with the response, before the audit store is read here.
+    logs = caplog.records[logged_before:]
     probe = Probe(response=response, crm=harness.crm_requests(), erp=harness.erp_requests(),
                   audit=(await read_audit_records(harness.data_dir))[audited_before:],
-                  logs=caplog.records[logged_before:])
+                  logs=logs)
     _check_invariants(probe, harness.data, json.dumps(payload))
     return probe
 
