@@ -6,7 +6,9 @@ audit records written for it, and the log records captured meanwhile.
 Before it returns, it asserts the invariants shared by every section of
 the security suite:
 
-- no log record contains a personal value of the seeded demo data;
+- no log record contains a personal value of the seeded demo data, and
+  no message of the gateway's loggers contains a control character, so
+  client text cannot forge a log line;
 - no error of the response contains one, unless the request itself sent it;
 - a response that contains a personal value has exactly one audit record;
 - every audit record written meanwhile belongs to this request.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -32,6 +35,7 @@ from gateway.demo.data import DemoData
 
 _FORMATTER = logging.Formatter("%(name)s %(levelname)s %(message)s")
 _FORMS: dict[int, dict[str, set[str]]] = {}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -125,6 +129,8 @@ def _check_invariants(probe: Probe, data: DemoData, sent: str) -> None:
     request_id = probe.response.headers.get("X-Request-ID")
 
     assert [line for line in probe.log_lines() if leaked(line, forms)] == []
+    assert [record.getMessage() for record in probe.logs if record.name.startswith("gateway.")
+            and _CONTROL.search(record.getMessage())] == []
     errors = json.dumps(probe.body.get("errors", []), ensure_ascii=False)
     assert [value for value in leaked(errors, forms) if value not in sent] == []
     assert [r["request_id"] for r in probe.audit if r["request_id"] != request_id] == []
