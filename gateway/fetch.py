@@ -44,7 +44,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Budget:
-    """The event-loop time by which every read of one request must have answered."""
+    """The event-loop time by which every read of one request must have returned."""
 
     deadline: float
     seconds: float
@@ -141,10 +141,10 @@ class Fetcher:
                 return await self._one(system, request, stats)
         except TimeoutError:
             stats.failed.add(system)
-            log.warning("system %r had not answered the read of %s (%d keys) when the "
-                        "request's time budget of %g s ran out", system, request.entity,
+            log.warning("system %r: read of %s (%d keys) cancelled because the request's "
+                        "time budget of %g s ran out", system, request.entity,
                         len(request.keys), budget.seconds)
-            return RequestTimeout(system, f"system {system!r} did not answer within the "
+            return RequestTimeout(system, f"system {system!r} did not respond within the "
                                   f"request's time budget of {budget.seconds:g} s")
 
     async def _one(self, system: str, request: FetchRequest, stats: FetchStats) -> Outcome:

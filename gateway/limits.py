@@ -91,9 +91,9 @@ def _rows_per_parent(pick: FieldPick) -> int:
     if not pick.decl.is_list:
         return 1
     first = pick.arguments.get("first")
-    # NOTE: a nested list without `first` reads every related record; the
-    # estimate assumes the default page size, as the real count is unknown
-    # before the read.
+    # NOTE: a nested list without `first` reads every related record. Their
+    # number is unknown before the read, so the estimate assumes the default
+    # page size.
     return first if isinstance(first, int) else DEFAULT_PAGE_SIZE
 
 

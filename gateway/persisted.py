@@ -15,10 +15,11 @@ and is checked when the manifest is loaded. A request names a registered
 document by ``documentId`` or by Apollo's
 ``extensions.persistedQuery.sha256Hash``.
 
-Clients cannot register documents: Apollo's automatic persisted queries
-(a request with both the hash and the text stores the text) would let any
-caller add operations to the list that mode ``only`` exists to fix, so a
-document sent with its hash is checked and run but never stored.
+Clients cannot register documents. Apollo's automatic persisted queries
+store the text of a request that sends both the hash and the text, which
+would let any caller add operations to the list that mode ``only`` fixes.
+So a document sent with its hash is checked, and run unless the mode is
+``only``, but never stored.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class PersistedQueries:
         return cls(settings.mode, read_manifest(settings.manifest))
 
     def query_of(self, payload: dict[str, Any]) -> Any:
-        """Return the document text a request body asks to run.
+        """Return the document text that a request body requests to run.
 
         Returns the ``query`` member unchanged when the body names no
         persisted query, so the caller keeps checking its type. Raises

@@ -54,7 +54,7 @@ SHIPMENT_LIST = ("{ customers(first: 500) { edges { node { id "
 
 
 def _rejected(probe: Probe, code: str = "BAD_REQUEST") -> None:
-    """Check that the request was refused before any read, and left no audit record."""
+    """Check that the request was rejected before any read and left no audit record."""
     assert probe.status == 400
     assert probe.codes() == [code]
     assert probe.upstream == []
@@ -206,6 +206,9 @@ async def test_negative_nested_first(harness: Harness, caplog: Caplog) -> None:
     ("finance", BENCH_QUERY, {"first": 100}, 130),
     ("finance", BENCH_QUERY, {"first": 1}, 31),
     ("sales", ORDER_LIST, None, 25_520),
+    # 10 + 500 + orders 10 + 5,000 + shipments 10 + 10,000.
+    ("sales", SHIPMENT_LIST.replace("orders {", "orders(first: 10) {")
+     .replace("shipments {", "shipments(first: 2) {"), None, 15_530),
     ("dpo", ORDER_LIST, None, 0),
 ])
 async def test_cost_estimate_exact(harness: Harness, caplog: Caplog, role: str, document: str,
@@ -284,8 +287,8 @@ async def test_time_budget_nulls_slow_system(demo_data: DemoData, tmp_path: Path
                            role="finance", variables={"id": account_id})
         left_running = [t for t in asyncio.all_tasks() - tasks_before if not t.done()]
 
-    message = "System 'erp' did not answer within the request's time budget, so {} could not " \
-              "be read."
+    message = ("System 'erp' did not respond within the request's time budget, so {} could "
+               "not be read.")
     assert probe.body["data"] == {"customer": {"name": name, "creditLimit": None,
                                                "orders": None}}
     assert field_errors(probe.body) == [
@@ -302,8 +305,8 @@ async def test_time_budget_nulls_slow_system(demo_data: DemoData, tmp_path: Path
     assert len(probe.audit[0]["subjects"]) == 1
     assert sorted(r.getMessage() for r in probe.logs
                   if r.name == "gateway.upstream" and r.levelno == logging.WARNING) == [
-        "system 'erp' had not answered the read of res.partner (1 keys) when the request's "
-        "time budget of 0.2 s ran out",
-        "system 'erp' had not answered the read of sale.order (1 keys) when the request's "
-        "time budget of 0.2 s ran out",
+        "system 'erp': read of res.partner (1 keys) cancelled because the request's time "
+        "budget of 0.2 s ran out",
+        "system 'erp': read of sale.order (1 keys) cancelled because the request's time "
+        "budget of 0.2 s ran out",
     ]

@@ -5,7 +5,7 @@ record, also when a system failed part-way (outcome ``partial``), when
 every field was denied (outcome ``denied``), and when a search matched
 records by a personal field. A request rejected before planning or before
 any read (invalid document, cost over the limit) reads and decides
-nothing, so it has no record; its access log line keeps its request id and
+nothing, so it has no record. Its access log line keeps its request id and
 status. Names that a client controls (operation name, purpose, client)
 cannot forge a log line and stay plain data in the audit export.
 """

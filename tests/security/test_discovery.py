@@ -25,7 +25,7 @@ CUSTOMER_FIELDS = '{ __type(name: "Customer") { fields { name } } }'
 SCHEMA_FIELDS = "{ __schema { types { name fields { name } } } }"
 # Every field of Customer that sales may not read, not even masked.
 HIDDEN_FROM_SALES = {"creditLimit"}
-# The only Customer field dpo sees: its key, because a GraphQL type needs one field.
+# The only Customer field dpo can introspect: its key, because a GraphQL type needs a field.
 DPO_FIELDS = ["id"]
 
 

@@ -37,7 +37,7 @@ def _account(data: DemoData, index: int = 0) -> dict[str, Any]:
 
 
 class FailingTransport(httpx.AsyncBaseTransport):
-    """Answers the calls ``fails`` selects with ``response``; passes the others through."""
+    """Returns ``response`` for the calls that ``fails`` selects and passes the others on."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, fails: Callable[[httpx.Request], bool],
                  response: Callable[[httpx.Request], httpx.Response]) -> None:

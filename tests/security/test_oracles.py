@@ -1,4 +1,4 @@
-"""Oracles on hidden fields: no answer may tell a caller what it cannot read.
+"""Oracles on hidden fields: no response may tell a caller what it cannot read.
 
 A caller learns a hidden value or a hidden record's existence if filtering,
 sorting, searching or paging depends on it, if a cursor carries it, or if
@@ -77,7 +77,7 @@ def _rep_token(harness: Harness) -> tuple[str, dict[str, Any]]:
     return token, hidden
 
 
-# --- existing but hidden records answer like missing ones --------------------------------
+# --- existing but hidden records look like missing ones ----------------------------------
 
 async def test_rep_lookup_hidden_like_missing(harness: Harness, caplog: Caplog) -> None:
     token, hidden = _rep_token(harness)

@@ -5,7 +5,7 @@ Aliases, named and inline fragments, nested paths back to the same object,
 change how a field appears in the document and in the response, never
 which policy decision applies. Sales may read ``Customer.name`` but not
 ``Customer.creditLimit`` (the ERP attribute ``credit_limit``), and reads
-``Customer.iban`` masked to its last 4 characters; finance may read
+``Customer.iban`` masked to its last 4 characters. Finance may read
 ``Order.customer`` but not ``Customer.pec`` (the CRM attribute
 ``PEC_Email__c``).
 
