@@ -105,7 +105,7 @@ async def send(harness: Harness, caplog: pytest.LogCaptureFixture, query: str | 
     probe = Probe(response=response, crm=harness.crm_requests(), erp=harness.erp_requests(),
                   audit=(await read_audit_records(harness.data_dir))[audited_before:],
                   logs=logs)
-    _check_invariants(probe, harness.data, json.dumps(payload))
+    check_invariants(probe, harness.data, json.dumps(payload))
     return probe
 
 
@@ -124,7 +124,8 @@ def leaked(text: str, forms: dict[str, set[str]]) -> list[str]:
     return [value for value, encoded in forms.items() if any(form in text for form in encoded)]
 
 
-def _check_invariants(probe: Probe, data: DemoData, sent: str) -> None:
+def check_invariants(probe: Probe, data: DemoData, sent: str) -> None:
+    """Assert the checks of every request; ``sent`` is the request body as JSON."""
     forms = personal_forms(data)
     request_id = probe.response.headers.get("X-Request-ID")
 
