@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -38,21 +39,21 @@ def test_clean_probe_passes(demo_data: DemoData) -> None:
 def test_personal_value_in_log_fails(demo_data: DemoData) -> None:
     probe = _probe({"data": None}, messages=(("gateway.upstream", f"read {_name(demo_data)}"),))
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=re.escape(_name(demo_data))):
         check_invariants(probe, demo_data, sent="{}")
 
 
 def test_control_character_in_log_fails(demo_data: DemoData) -> None:
     probe = _probe({"data": None}, messages=(("gateway.access", "operation=Card\nforged"),))
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="forged"):
         check_invariants(probe, demo_data, sent="{}")
 
 
 def test_personal_value_in_error_fails(demo_data: DemoData) -> None:
     probe = _probe({"errors": [{"message": f"no {_name(demo_data)}"}]})
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=re.escape(_name(demo_data))):
         check_invariants(probe, demo_data, sent="{}")
 
 
@@ -72,7 +73,7 @@ def test_unaudited_personal_value_fails(demo_data: DemoData) -> None:
 def test_other_request_record_fails(demo_data: DemoData) -> None:
     probe = _probe({"data": None}, audit=[{"request_id": "r0"}])
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="r0"):
         check_invariants(probe, demo_data, sent="{}")
 
 
