@@ -25,7 +25,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import httpx
@@ -59,6 +59,7 @@ from gateway.identity import TokenSettings, TokenVerifier, load_or_create_signin
 from gateway.masks import PseudonymKeys
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import GatewayMetrics
+from gateway.persisted import PersistedQueries, PersistedQueryError
 from gateway.policy_reload import PolicyHolder, PolicySettings
 from gateway.policy_watch import PolicyWatchers, open_policy
 from gateway.principal import Principal
@@ -111,6 +112,7 @@ class Gateway:
     # Counts requests with a rejected token per client address, so that token
     # guessing from one address gets 429 before any verification work.
     auth_failures: RateLimiter | None = None
+    persisted: PersistedQueries = field(default_factory=PersistedQueries)
 
     @classmethod
     async def start(cls, settings: Settings,
@@ -153,6 +155,7 @@ class Gateway:
         executor = Executor(catalog, schema, policy, sources, recorder, keys,
                             settings.operation_limits, settings.max_search_length)
         verifier = TokenVerifier(_token_settings(settings))
+        persisted = PersistedQueries.load(settings.persisted_queries)
         log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),
                  policy.current.version, store.location)
         watchers = PolicyWatchers(policy, settings.policy) if settings.policy else None
@@ -160,7 +163,7 @@ class Gateway:
             watchers.start()
         return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers,
                    GatewayMetrics(sources), RateLimiter(settings.rate_limit),
-                   RateLimiter(settings.rate_limit))
+                   RateLimiter(settings.rate_limit), persisted)
 
     async def close(self) -> None:
         if self.watchers is not None:
@@ -285,7 +288,7 @@ async def _graphql(request: Request) -> Response:
             f"too many requests from this caller; retry in {retry_after_header(wait)} s",
             "RATE_LIMITED"), request_id, {"Retry-After": retry_after_header(wait)})
 
-    parsed = await _read_body(request, gateway.settings.max_body_bytes)
+    parsed = await _read_body(request, gateway.settings.max_body_bytes, gateway.persisted)
     if isinstance(parsed, GraphQLResponse):
         _log_access(gateway, request_id, principal.user, parsed.status, started, None)
         return _json(parsed.status, parsed.body, request_id, media_type=media_type)
@@ -303,7 +306,8 @@ async def _graphql(request: Request) -> Response:
             "INTERNAL_SERVER_ERROR"))
     _log_access(gateway, request_id, principal.user, response.status, started,
                 parsed.operation_name)
-    return _json(response.status, response.body, request_id, media_type=media_type)
+    return _json(response.status, response.body, request_id, response.headers,
+                 media_type=media_type)
 
 
 async def _authenticate(request: Request, gateway: Gateway, address: str | None,
@@ -358,7 +362,8 @@ def _check_transport(request: Request) -> GraphQLResponse | None:
     return None
 
 
-async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLResponse:
+async def _read_body(request: Request, limit: int,
+                     persisted: PersistedQueries) -> GraphQLRequest | GraphQLResponse:
     media_type, _, parameters = request.headers.get("content-type", "").partition(";")
     content_type = media_type.strip().lower()
     if content_type != "application/json":
@@ -389,14 +394,18 @@ async def _read_body(request: Request, limit: int) -> GraphQLRequest | GraphQLRe
         # ValueError covers invalid JSON and UTF-8, and integers too long to convert.
         return GraphQLResponse(400, _error_body("request body is not valid JSON",
                                                 "BAD_REQUEST"))
-    return _graphql_request(payload)
+    return _graphql_request(payload, persisted)
 
 
-def _graphql_request(payload: Any) -> GraphQLRequest | GraphQLResponse:
+def _graphql_request(payload: Any,
+                     persisted: PersistedQueries) -> GraphQLRequest | GraphQLResponse:
     if not isinstance(payload, dict):
         return GraphQLResponse(400, _error_body(
             "request body must be a JSON object with a 'query' member", "BAD_REQUEST"))
-    query = payload.get("query")
+    try:
+        query = persisted.query_of(payload)
+    except PersistedQueryError as exc:
+        return GraphQLResponse(400, _error_body(str(exc), exc.code))
     variables = payload.get("variables")
     operation_name = payload.get("operationName")
     if not isinstance(query, str) or not query.strip():

@@ -46,6 +46,7 @@ def forbidden(decl: FieldDecl) -> GraphQLError:
 _FAILURE_WORDS = {
     "UPSTREAM_TIMEOUT": "timed out",
     "UPSTREAM_RATE_LIMITED": "is limiting the request rate",
+    "REQUEST_TIMEOUT": "did not respond within the request's time budget",
 }
 
 

@@ -59,6 +59,7 @@ from gateway.catalog import default_schema_dir
 from gateway.errors import ConfigError
 from gateway.identity import DEFAULT_LEEWAY_SECONDS, DEV_AUDIENCE, DEV_ISSUER
 from gateway.limits import OperationLimits
+from gateway.persisted import MODES, PersistedQuerySettings
 from gateway.policy import default_policy_dir
 from gateway.policy_reload import PolicySettings, policy_settings_from_table
 from gateway.ratelimit import RateLimit
@@ -128,6 +129,7 @@ class Settings:
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
     # None: the policy is read once from policy_dir, with no reload watchers.
     policy: PolicySettings | None = None
+    persisted_queries: PersistedQuerySettings = field(default_factory=PersistedQuerySettings)
 
     @property
     def audit_path(self) -> Path:
@@ -179,7 +181,8 @@ def load_settings(path: Path) -> Settings:
     limits = _table(document, "limits")
     _check_known("limits", limits, {"max_depth", "max_fields", "max_root_fields",
                                     "max_body_bytes", "max_search_length",
-                                    "requests_per_second", "burst"})
+                                    "requests_per_second", "burst", "max_cost",
+                                    "request_timeout"})
     policy = _table(document, "policy")
     if "policy_dir" in gateway and "directory" not in policy:
         policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
@@ -232,10 +235,15 @@ def load_settings(path: Path) -> Settings:
             max_fields=_integer("limits", "max_fields", limits.get("max_fields", 1000), 1,
                                 1_000_000),
             max_root_fields=_integer("limits", "max_root_fields",
-                                     limits.get("max_root_fields", 10), 1, 1000)),
+                                     limits.get("max_root_fields", 10), 1, 1000),
+            max_cost=_integer("limits", "max_cost", limits.get("max_cost", 50_000), 1,
+                              1_000_000_000),
+            request_timeout=_number("limits", "request_timeout",
+                                    limits.get("request_timeout", 30))),
         rate_limit=RateLimit(
             rate=_rate("limits", "requests_per_second", limits.get("requests_per_second", 20)),
             burst=_integer("limits", "burst", limits.get("burst", 40), 1, 100_000)),
+        persisted_queries=_persisted_queries(_table(document, "persisted_queries"), base),
     )
 
 
@@ -271,6 +279,20 @@ def _audiences(value: Any) -> tuple[str, ...]:
         raise ConfigError(f"[auth] audience = {value!r} must be a string or a list of strings "
                           "naming this gateway in the tokens' aud claim")
     return tuple(audiences)
+
+
+def _persisted_queries(table: dict[str, Any], base: Path) -> PersistedQuerySettings:
+    _check_known("persisted_queries", table, {"mode", "manifest"})
+    mode = table.get("mode", "off")
+    if mode not in MODES:
+        raise ConfigError(f"[persisted_queries] mode = {mode!r} is not a mode; use one of "
+                          f"{', '.join(MODES)}")
+    manifest = table.get("manifest")
+    if manifest is not None and not isinstance(manifest, str):
+        raise ConfigError(f"[persisted_queries] manifest = {manifest!r} must be the path of "
+                          "a JSON file")
+    return PersistedQuerySettings(mode=mode, manifest=_path(base, manifest) if manifest
+                                  else None)
 
 
 def _resilience(document: dict[str, Any], systems: dict[str, SystemSettings]

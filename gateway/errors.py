@@ -17,6 +17,7 @@ client-facing message::
     ├── UpstreamError          a source system failed; carries the system name
     │   ├── UpstreamUnavailable    connection failed, 5xx, or an error envelope
     │   ├── UpstreamTimeout        no answer within the system's timeout
+    │   ├── RequestTimeout         no answer within the request's time budget
     │   ├── UpstreamRateLimited    the system asked the gateway to slow down
     │   ├── UpstreamAuthFailed     the system rejected the gateway's credentials
     │   └── UpstreamRejected       the system refused the request (4xx): a gateway bug
@@ -82,6 +83,12 @@ class UpstreamTimeout(UpstreamError):
     """The system did not respond within its configured timeout."""
 
     code = "UPSTREAM_TIMEOUT"
+
+
+class RequestTimeout(UpstreamError):
+    """The system had not answered when the request's time budget ran out."""
+
+    code = "REQUEST_TIMEOUT"
 
 
 class UpstreamRateLimited(UpstreamError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -19,9 +19,11 @@ from graphql import (
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
     GraphQLResolveInfo,
     GraphQLSchema,
+    InlineFragmentNode,
     OperationDefinitionNode,
     execute_sync,
     parse,
@@ -33,9 +35,9 @@ from gateway.audit_events import AuditRecorder
 from gateway.build import CURSOR_DOMAIN, Builder, client_error, decode_cursor, forbidden
 from gateway.catalog import Catalog
 from gateway.errors import AuditError
-from gateway.fetch import Fetcher, FetchStats, Node
+from gateway.fetch import Budget, Fetcher, FetchStats, Node
 from gateway.graphql_schema import MAX_PAGE_SIZE, GatewaySchema
-from gateway.limits import OperationLimits, check_limits
+from gateway.limits import OperationLimits, check_limits, estimate_cost
 from gateway.masks import PseudonymKeys
 from gateway.plan import FieldPick, Plan, Planner
 from gateway.policy_reload import PolicyHolder
@@ -46,6 +48,9 @@ from gateway.visible_schema import visible_schema
 log = logging.getLogger("gateway.execute")
 
 MAX_SEARCH_LENGTH = 100
+# Response header with the operation's estimated cost, so clients can tune
+# their operations before they reach ``[limits] max_cost``.
+COST_HEADER = "Fonte-Cost"
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,11 @@ class GraphQLRequest:
 
 @dataclass(frozen=True)
 class GraphQLResponse:
-    """HTTP status and JSON body of a response."""
+    """HTTP status, JSON body and extra headers of a response."""
 
     status: int
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class RequestError(Exception):
@@ -118,8 +124,14 @@ class Executor:
                                       prepared.variables, view, principal.claims())
         except GraphQLError as exc:  # an argument or directive value invalid after defaults
             return GraphQLResponse(400, {"errors": [_bad_request(exc.message, exc).formatted]})
+        cost = estimate_cost(plan)
+        headers = {COST_HEADER: str(cost)}
+        if cost > self._limits.max_cost:
+            return GraphQLResponse(400, {"errors": [self._too_costly(cost).formatted]}, headers)
         stats = FetchStats()
-        nodes = await self._fetch_roots(plan, stats)
+        seconds = self._limits.request_timeout
+        budget = Budget(asyncio.get_running_loop().time() + seconds, seconds)
+        nodes = await self._fetch_roots(plan, stats, budget)
 
         builder = Builder(self._keys)
         root = self._build_root(plan, nodes, builder)
@@ -145,11 +157,18 @@ class Executor:
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
-        return GraphQLResponse(200, body)
+        return GraphQLResponse(200, body, headers)
+
+    def _too_costly(self, cost: int) -> GraphQLError:
+        limit = self._limits.max_cost
+        return GraphQLError(
+            f"The operation's estimated cost is {cost}; the limit is {limit}. Pass a smaller "
+            "first to its lists, select fewer relations, or split it into several requests.",
+            extensions={"code": "COST_LIMIT_EXCEEDED", "cost": cost, "maxCost": limit})
 
     def _executable_schema(self, plan: Plan, prepared: _Prepared) -> GraphQLSchema:
         """Return the schema to execute with: the caller's own view for introspection."""
-        if not _introspects(prepared.operation):
+        if not _introspects(prepared.operation, prepared.fragments):
             return self._schema.graphql_schema
         key = (plan.view.roles, plan.view.purpose, plan.view.version)
         schema = self._visible.get(key)
@@ -161,12 +180,12 @@ class Executor:
     def _prepare(self, request: GraphQLRequest) -> _Prepared:
         document = self._parse(request.query)
         operation = _select_operation(document, request.operation_name)
-        if _introspects(operation) and not _only_introspection(operation):
+        fragments = {d.name.value: d for d in document.definitions
+                     if isinstance(d, FragmentDefinitionNode)}
+        if _introspects(operation, fragments) and not _only_introspection(operation, fragments):
             raise RequestError([_bad_request(
                 "Introspection (__schema, __type) cannot be mixed with data fields in one "
                 "operation; send it as its own request.")])
-        fragments = {d.name.value: d for d in document.definitions
-                     if isinstance(d, FragmentDefinitionNode)}
         coerced = get_variable_values(self._schema.graphql_schema,
                                       operation.variable_definitions or (),
                                       request.variables or {}, hide_suggestions=True)
@@ -187,7 +206,8 @@ class Executor:
             raise RequestError([_bad_request(f"The document is too large: {too_large}.")])
         return document
 
-    async def _fetch_roots(self, plan: Plan, stats: FetchStats) -> dict[str, Node | Any]:
+    async def _fetch_roots(self, plan: Plan, stats: FetchStats,
+                           budget: Budget) -> dict[str, Node | Any]:
         jobs: dict[str, Any] = {}
         prepared: dict[str, Any] = {}
         for pick in plan.roots:
@@ -195,7 +215,7 @@ class Executor:
             if isinstance(outcome, FetchRequest):
                 page_size = outcome.limit - 1 if pick.decl.connection and outcome.limit else None
                 jobs[pick.response_key] = self._fetcher.fetch_root(pick, outcome, stats,
-                                                                   page_size)
+                                                                   page_size, budget)
             else:
                 prepared[pick.response_key] = outcome
         results = await asyncio.gather(*jobs.values())
@@ -292,19 +312,38 @@ def _select_operation(document: DocumentNode, name: str | None) -> OperationDefi
 _INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
 
 
-def _root_names(operation: OperationDefinitionNode) -> set[str]:
-    # Fragments at the root are rare; they count as data fields here, which
-    # only makes a mixed document fail with a clear 400.
-    return {selection.name.value if isinstance(selection, FieldNode) else ""
-            for selection in operation.selection_set.selections}
+def _root_names(operation: OperationDefinitionNode,
+                fragments: Mapping[str, FragmentDefinitionNode]) -> set[str]:
+    """Return the names of the root fields, also those inside fragments at the root.
+
+    Directives are ignored, so a field that ``@skip`` would drop still
+    counts: introspection hidden in a fragment gets the caller's view too.
+    """
+    names: set[str] = set()
+    pending = [operation.selection_set]
+    spread: set[str] = set()
+    while pending:
+        for selection in pending.pop().selections:
+            if isinstance(selection, FieldNode):
+                names.add(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                pending.append(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name not in spread and name in fragments:
+                    spread.add(name)
+                    pending.append(fragments[name].selection_set)
+    return names
 
 
-def _introspects(operation: OperationDefinitionNode) -> bool:
-    return bool(_root_names(operation) & _INTROSPECTION_ROOTS)
+def _introspects(operation: OperationDefinitionNode,
+                 fragments: Mapping[str, FragmentDefinitionNode]) -> bool:
+    return bool(_root_names(operation, fragments) & _INTROSPECTION_ROOTS)
 
 
-def _only_introspection(operation: OperationDefinitionNode) -> bool:
-    return _root_names(operation) <= _INTROSPECTION_ROOTS | {"__typename"}
+def _only_introspection(operation: OperationDefinitionNode,
+                        fragments: Mapping[str, FragmentDefinitionNode]) -> bool:
+    return _root_names(operation, fragments) <= _INTROSPECTION_ROOTS | {"__typename"}
 
 
 def _operation_name(operation: OperationDefinitionNode) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.catalog import FieldDecl, Link, TypeDecl
-from gateway.errors import UpstreamError
+from gateway.errors import RequestTimeout, UpstreamError
 from gateway.plan import FieldPick, Selection
 from gateway.sources import FetchRequest, Row, Source, matches
 
@@ -42,6 +42,14 @@ class Node:
     children: dict[str, Node] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The event-loop time by which every read of one request must have returned."""
+
+    deadline: float
+    seconds: float
+
+
 @dataclass
 class FetchStats:
     """Upstream cost of one request: requests per system, and the systems that failed."""
@@ -57,16 +65,18 @@ class Fetcher:
         self._sources = sources
 
     async def fetch_root(self, pick: FieldPick, request: FetchRequest, stats: FetchStats,
-                         page_size: int | None = None) -> Node:
+                         page_size: int | None = None, budget: Budget | None = None) -> Node:
         """Read a root field's rows, then every level below them.
 
         With ``page_size`` the request asks for one row more than the page
         to learn whether another page follows; that row is dropped before
-        the levels below are read, so nothing is fetched for it.
+        the levels below are read, so nothing is fetched for it. A read still
+        running at ``budget.deadline`` is cancelled and becomes a
+        ``RequestTimeout``, and so do the reads of the levels below it.
         """
         assert pick.child is not None
         system = pick.child.type_decl.system
-        results = await self._run({(system, request): [request]}, stats)
+        results = await self._run({(system, request): [request]}, stats, budget)
         rows = results[(system, request)]
         more = False
         if page_size is not None and not isinstance(rows, UpstreamError):
@@ -75,10 +85,11 @@ class Fetcher:
         root = Node(selection=pick.child, rows=rows, match=request.match, more=more)
         level = [root]
         while level:
-            level = await self._fetch_level(level, stats)
+            level = await self._fetch_level(level, stats, budget)
         return root
 
-    async def _fetch_level(self, nodes: list[Node], stats: FetchStats) -> list[Node]:
+    async def _fetch_level(self, nodes: list[Node], stats: FetchStats,
+                           budget: Budget | None) -> list[Node]:
         wanted: dict[tuple[str, FetchRequest], list[FetchRequest]] = {}
         consumers: list[tuple[Node, str, bool, FetchRequest, FieldPick | None]] = []
         for node in nodes:
@@ -96,7 +107,7 @@ class Fetcher:
             return []
 
         merged = _merge(wanted)
-        results = await self._run(merged, stats)
+        results = await self._run(merged, stats, budget)
         next_level = []
         for node, name, is_link, request, relation in consumers:
             outcome = results[_merged_key(merged, request)]
@@ -113,10 +124,28 @@ class Fetcher:
         return next_level
 
     async def _run(self, requests: Mapping[tuple[str, FetchRequest], list[FetchRequest]],
-                   stats: FetchStats) -> dict[tuple[str, FetchRequest], Outcome]:
+                   stats: FetchStats, budget: Budget | None
+                   ) -> dict[tuple[str, FetchRequest], Outcome]:
         keys = list(requests)
-        outcomes = await asyncio.gather(*(self._one(system, req, stats) for system, req in keys))
+        outcomes = await asyncio.gather(*(self._within(system, req, stats, budget)
+                                          for system, req in keys))
         return dict(zip(keys, outcomes, strict=True))
+
+    async def _within(self, system: str, request: FetchRequest, stats: FetchStats,
+                      budget: Budget | None) -> Outcome:
+        """Read ``request``, cancelling the read when the request's time budget runs out."""
+        if budget is None:
+            return await self._one(system, request, stats)
+        try:
+            async with asyncio.timeout_at(budget.deadline):
+                return await self._one(system, request, stats)
+        except TimeoutError:
+            stats.failed.add(system)
+            log.warning("system %r: read of %s (%d keys) cancelled because the request's "
+                        "time budget of %g s ran out", system, request.entity,
+                        len(request.keys), budget.seconds)
+            return RequestTimeout(system, f"system {system!r} did not respond within the "
+                                  f"request's time budget of {budget.seconds:g} s")
 
     async def _one(self, system: str, request: FetchRequest, stats: FetchStats) -> Outcome:
         if not request.visible:

@@ -1,9 +1,16 @@
-"""Size limits checked on a parsed document before anything runs.
+"""Limits checked on an operation before anything runs: shape, estimated cost, time.
 
 A few hundred bytes of GraphQL can ask for millions of values: nested
-relations multiply, and every root alias is a separate upstream read. These
-limits bound a document's shape; they are checked once per document text.
-Fragments count where they are spread.
+relations multiply, and every root alias is a separate upstream read. The
+shape limits (depth, fields, root fields) are checked once per document
+text, with fragments counted where they are spread. The cost estimate is
+computed per request from the plan, because ``first`` may come from a
+variable, and before any upstream call.
+
+The estimate counts the objects the response may contain plus a weight per
+upstream read. A list multiplies the objects of its parent by its ``first``
+argument, or by the default page size (50) when it has none. Denied and
+skipped fields read nothing, so they cost nothing.
 """
 
 from __future__ import annotations
@@ -20,14 +27,74 @@ from graphql import (
     SelectionSetNode,
 )
 
+from gateway.graphql_schema import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from gateway.plan import FieldPick, Plan, Selection
+
+# An upstream read costs a round trip and a share of the system's API quota,
+# whatever the number of keys it carries, so it weighs as much as 10 objects.
+FETCH_WEIGHT = 10
+
 
 @dataclass(frozen=True)
 class OperationLimits:
-    """The largest document shape the gateway runs."""
+    """The largest operation the gateway runs, and the time one request may take."""
 
     max_depth: int = 10
     max_fields: int = 1000
     max_root_fields: int = 10
+    # 50,000 admits 500 customers with one list of related rows each (25,520)
+    # but not a second nested list below it. A client lowers an estimate by
+    # passing a smaller ``first`` to its lists.
+    max_cost: int = 50_000
+    # Seconds that the upstream reads of one request may take in all, from
+    # the first read on. Reads still running then are cancelled and their
+    # fields nulled with REQUEST_TIMEOUT.
+    request_timeout: float = 30.0
+
+
+def estimate_cost(plan: Plan) -> int:
+    """Return the estimated cost of the reads ``plan`` makes: objects plus weighted fetches.
+
+    Reads are batched per nesting level, so a relation costs one fetch
+    weight whatever the number of its parents, while its objects multiply.
+    """
+    cost = 0
+    for pick in plan.roots:
+        if pick.child is None or not pick.decision.allowed:
+            continue
+        rows = _root_rows(pick)
+        if rows == 0:
+            continue
+        cost += FETCH_WEIGHT + _selection_cost(pick.child, rows)
+    return cost
+
+
+def _root_rows(pick: FieldPick) -> int:
+    if not pick.decl.connection:
+        return 1  # a lookup by id reads at most one record
+    first = pick.arguments.get("first")
+    if not isinstance(first, int) or not 1 <= first <= MAX_PAGE_SIZE:
+        return 0  # rejected on that field with BAD_REQUEST, so nothing is read
+    return first
+
+
+def _selection_cost(selection: Selection, rows: int) -> int:
+    cost = rows + FETCH_WEIGHT * len(selection.links_used())
+    for pick in selection.allowed():
+        if pick.child is None or pick.invalid is not None:
+            continue
+        cost += FETCH_WEIGHT + _selection_cost(pick.child, rows * _rows_per_parent(pick))
+    return cost
+
+
+def _rows_per_parent(pick: FieldPick) -> int:
+    if not pick.decl.is_list:
+        return 1
+    first = pick.arguments.get("first")
+    # NOTE: a nested list without `first` reads every related record. Their
+    # number is unknown before the read, so the estimate assumes the default
+    # page size.
+    return first if isinstance(first, int) else DEFAULT_PAGE_SIZE
 
 
 def check_limits(document: DocumentNode, limits: OperationLimits) -> str | None:

@@ -157,7 +157,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
                         resilience: dict[str, ResiliencePolicy] | None = None,
                         erp: SystemSettings | None = None,
                         policy_dir: Path | None = None,
-                        settings_changes: dict[str, Any] | None = None,
+                        overrides: dict[str, Any] | None = None,
                         ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
@@ -166,8 +166,8 @@ async def start_harness(data: DemoData, data_dir: Path, *,
     or hold requests back. ``resilience`` replaces the fixture's no-retry
     policies; pass ``{}`` for the production defaults. ``erp`` replaces the
     ERP settings, to read the demo ERP with another dialect. ``policy_dir`` replaces
-    the shipped ``policies/`` folder (see ``write_policy_dir``). ``settings_changes``
-    replaces any other ``Settings`` fields, such as ``jwks`` or ``http``. The gateway's lifespan
+    the shipped ``policies/`` folder (see ``write_policy_dir``). ``overrides`` replaces
+    other ``Settings`` fields by name, such as ``operation_limits``. The gateway's lifespan
     ends, and its audit store is closed, when the ``async with`` block exits.
     """
     if resilience is None:
@@ -186,7 +186,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         resilience=resilience,
         policy_dir=policy_dir or default_policy_dir(),
     )
-    settings = replace(settings, **(settings_changes or {}))
+    settings = replace(settings, **(overrides or {}))
     clients = {
         "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
         "erp": httpx.AsyncClient(transport=wrap_erp(httpx.ASGITransport(app=erp_app))),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from conftest import Harness, field_errors, start_harness
 
 from gateway.demo.data import DemoData
+from gateway.limits import OperationLimits
 
 WIDE_QUERY = """query($n: Int!) { customers(first: $n) { edges { node {
   name pec creditLimit openBalance iban
@@ -35,6 +37,21 @@ EXPECTED_CALLS = {
     "finance": ({"Account": 1},
                 {"res.partner": 1, "res.partner.bank": 1, "sale.order": 1, "account.move": 1}),
 }
+
+
+@pytest.fixture
+async def harness(demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]:
+    """Return the shared harness with a higher cost limit.
+
+    WIDE_QUERY for 200 customers has nested lists without ``first``, which
+    the cost estimate counts as 50 rows per parent (about 530,000 in all),
+    above the default limit; these tests are about batching, not limits.
+    """
+    limits = OperationLimits(max_cost=1_000_000)
+    async with start_harness(demo_data, tmp_path / "data",
+                             overrides={"operation_limits": limits}) as started:
+        yield started
+
 
 @pytest.mark.parametrize(("role", "customers"), [
     ("sales", 1),

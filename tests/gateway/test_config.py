@@ -8,6 +8,7 @@ import pytest
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError
+from gateway.persisted import PersistedQuerySettings
 from gateway.sources.odoo import OdooSettings
 from gateway.sources.salesforce import SalesforceSettings
 
@@ -171,3 +172,47 @@ def test_audit_store_rejects_bad_url(tmp_path: Path, store: str, message: str) -
 
     assert str(caught.value) == message
 
+
+def test_cost_and_time_limits(tmp_path: Path) -> None:
+    text = VALID + "\n[limits]\nmax_cost = 800\nrequest_timeout = 2.5\n"
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.operation_limits.max_cost == 800
+    assert settings.operation_limits.request_timeout == 2.5
+
+
+def test_cost_and_time_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, VALID))
+
+    assert settings.operation_limits.max_cost == 50_000
+    assert settings.operation_limits.request_timeout == 30.0
+    assert settings.persisted_queries == PersistedQuerySettings(mode="off", manifest=None)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("max_cost = 0", r"\[limits\] max_cost = 0 must be a whole number from 1"),
+    ("max_cost = 1.5", r"\[limits\] max_cost = 1.5 must be a whole number"),
+    ("request_timeout = 0", r"\[limits\] request_timeout = 0 must be a positive number"),
+])
+def test_bad_cost_or_time_named(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, VALID + f"\n[limits]\n{line}\n"))
+
+
+def test_persisted_queries_section(tmp_path: Path) -> None:
+    text = VALID + '\n[persisted_queries]\nmode = "only"\nmanifest = "ops.json"\n'
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.persisted_queries == PersistedQuerySettings(
+        mode="only", manifest=tmp_path / "ops.json")
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ('mode = "strict"', r"\[persisted_queries\] mode = 'strict' is not a mode; use one of "
+                        "off, allow, only"),
+    ("manifest = 3", r"\[persisted_queries\] manifest = 3 must be the path of a JSON file"),
+    ('mode = "only"\nfile = "x"', r"\[persisted_queries\] file is not a setting"),
+])
+def test_bad_persisted_queries_named(tmp_path: Path, lines: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, VALID + f"\n[persisted_queries]\n{lines}\n"))

@@ -63,7 +63,7 @@ def jwks_changes(server: JwksServer, *, min_refetch: float = 0.0,
 @pytest.fixture
 async def idp(jwks: JwksServer, demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]:
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes=jwks_changes(jwks)) as harness:
+                             overrides=jwks_changes(jwks)) as harness:
         yield harness
 
 
@@ -146,7 +146,7 @@ async def test_jwks_down_503(jwks: JwksServer, demo_data: DemoData, tmp_path: Pa
     jwks.stop()  # connection refused from now on
 
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes=jwks_changes(jwks)) as harness:
+                             overrides=jwks_changes(jwks)) as harness:
         status, code, _ = await send(harness, token)
 
         assert (status, code) == (503, "AUTH_UNAVAILABLE")
@@ -168,7 +168,7 @@ async def test_unknown_kid_flood_bounded(jwks: JwksServer, demo_data: DemoData,
                                          tmp_path: Path) -> None:
     intruder = new_key("intruder")
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes=jwks_changes(jwks, min_refetch=60.0)) as harness:
+                             overrides=jwks_changes(jwks, min_refetch=60.0)) as harness:
         assert (await send(harness, jwks.sign()))[0] == 200
 
         for index in range(30):
@@ -184,7 +184,7 @@ async def test_concurrent_cold_start_one_fetch(jwks: JwksServer, demo_data: Demo
     intruder = new_key("made-up")
     tokens = [jwks.sign() for _ in range(10)] + [jwks.sign(key=intruder) for _ in range(10)]
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes=jwks_changes(jwks, min_refetch=60.0)) as harness:
+                             overrides=jwks_changes(jwks, min_refetch=60.0)) as harness:
         results = await asyncio.gather(*(send(harness, token) for token in tokens))
 
     assert [status for status, _, _ in results] == [200] * 10 + [401] * 10
@@ -322,7 +322,7 @@ async def test_static_rsa_key_file(jwks: JwksServer, demo_data: DemoData,
     changes = {"development_tokens": False, "token_public_key_file": key_file,
                "token_issuer": ISSUER, "token_audiences": (AUDIENCE,)}
     confused = hmac_token(token_claims(), jwks.current.public_pem(), jwks.current.kid)
-    async with start_harness(demo_data, tmp_path / "data", settings_changes=changes) as harness:
+    async with start_harness(demo_data, tmp_path / "data", overrides=changes) as harness:
         accepted = await send(harness, jwks.sign())
         rejected = await send(harness, confused)
 
@@ -526,7 +526,7 @@ async def test_provider_token_roles(jwks: JwksServer, demo_data: DemoData, tmp_p
     token = jwt.encode(token_claims({"roles": None, **claims}), jwks.current.private_key,
                        algorithm="RS256", headers={"kid": jwks.current.kid})
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes=jwks_changes(jwks, roles=mapping)) as harness:
+                             overrides=jwks_changes(jwks, roles=mapping)) as harness:
         with caplog.at_level(logging.DEBUG, logger="gateway"):
             status, _, _ = await send(harness, token)
 
@@ -541,7 +541,7 @@ async def test_unmapped_token_403(jwks: JwksServer, demo_data: DemoData, tmp_pat
                                   caplog: pytest.LogCaptureFixture) -> None:
     token = jwks.sign(roles=None, groups=[AZURE_OTHER_GROUP])
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes=jwks_changes(jwks, roles=AZURE)) as harness:
+                             overrides=jwks_changes(jwks, roles=AZURE)) as harness:
         with caplog.at_level(logging.DEBUG, logger="gateway"):
             status, code, body = await send(harness, token)
 

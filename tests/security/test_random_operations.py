@@ -8,7 +8,8 @@ The response is checked field by field against the decisions that
 ``PolicyEngine.view`` computes for that role and purpose:
 
 1. the status is 200, or 400 exactly when the document exceeds the
-   documented limits (10 levels, 1,000 fields, 10 root fields);
+   documented shape limits (10 levels, 1,000 fields, 10 root fields);
+   the cost limit is off here;
 2. a denied field is null with a ``FORBIDDEN`` error at its path, a masked
    value never equals the value seeded for that record (or any record), and
    a ``sales-rep`` receives only the customers of its region or its own;
@@ -51,6 +52,7 @@ from gateway.audit.export import ExportFilter, export_records
 from gateway.catalog import Catalog, load_catalog
 from gateway.demo.data import DemoData
 from gateway.graphql_schema import build_schema
+from gateway.limits import OperationLimits
 from gateway.policy import PolicyEngine, PolicyView
 
 # Examples per role, 10,000 in all. dpo gets fewer because its requests are
@@ -58,6 +60,9 @@ from gateway.policy import PolicyEngine, PolicyView
 EXAMPLES = {"sales": 2100, "sales-rep": 2100, "finance": 2000, "it": 2000, "dpo": 1800}
 ROLES = tuple(EXAMPLES)
 REP_USER = "u-rep-without-accounts"
+# The cost limit is set out of reach, so that the 400s are exactly those of
+# the shape limits; test_amplification.py checks exact cost estimates.
+NO_COST_LIMIT = OperationLimits(max_cost=10**12)
 # Checks each role must have run at least once, so that a change of the
 # generator or of the shipped policy cannot silently leave them unexercised.
 EXERCISED_BY_ALL = ("denied field", "document over a limit", "audit record")
@@ -163,7 +168,8 @@ def role_gateway(request: pytest.FixtureRequest, demo_data: DemoData,
     runner = asyncio.Runner()
     stack = AsyncExitStack()
     try:
-        harness = runner.run(stack.enter_async_context(start_harness(demo_data, data_dir)))
+        harness = runner.run(stack.enter_async_context(start_harness(
+            demo_data, data_dir, overrides={"operation_limits": NO_COST_LIMIT})))
         yield RoleGateway(role, harness, runner)
     finally:
         runner.run(stack.aclose())

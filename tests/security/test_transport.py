@@ -49,7 +49,7 @@ def error_code(body: dict[str, Any]) -> str:
 @pytest.fixture
 async def cors_harness(demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]:
     changes = {"http": HttpSettings(cors_origins=(CRM_ORIGIN,))}
-    async with start_harness(demo_data, tmp_path / "data", settings_changes=changes) as harness:
+    async with start_harness(demo_data, tmp_path / "data", overrides=changes) as harness:
         yield harness
 
 
@@ -234,7 +234,7 @@ async def test_accept_unsupported_406(harness: Harness) -> None:
 
 async def test_graphiql_disabled_404(demo_data: DemoData, tmp_path: Path) -> None:
     async with start_harness(demo_data, tmp_path / "data",
-                             settings_changes={"graphiql": False}) as harness:
+                             overrides={"graphiql": False}) as harness:
         response = await harness.client.get("/graphql")
 
     assert response.status_code == 404
@@ -315,7 +315,7 @@ async def audit_address(demo_data: DemoData, tmp_path: Path, trusted: tuple[str,
                         forwarded: str) -> str | None:
     proxies = tuple(ipaddress.ip_network(n) for n in trusted)
     changes = {"http": HttpSettings(trusted_proxies=proxies)}
-    async with start_harness(demo_data, tmp_path / "data", settings_changes=changes) as harness:
+    async with start_harness(demo_data, tmp_path / "data", overrides=changes) as harness:
         response = await harness.query(CUSTOMER_QUERY, headers={"X-Forwarded-For": forwarded})
         assert response.status_code == 200
         records = await read_audit_records(harness.data_dir)
@@ -340,7 +340,7 @@ async def test_trusted_proxy_forwarded_for(demo_data: DemoData, tmp_path: Path) 
 async def test_failed_tokens_limited_per_address(demo_data: DemoData, tmp_path: Path) -> None:
     changes = {"http": HttpSettings(trusted_proxies=PROXIES),
                "rate_limit": RateLimit(rate=0.001, burst=2)}
-    async with start_harness(demo_data, tmp_path / "data", settings_changes=changes) as harness:
+    async with start_harness(demo_data, tmp_path / "data", overrides=changes) as harness:
         statuses = []
         for _ in range(3):
             response = await harness.query(CUSTOMER_QUERY, token="not.a.jwt",
