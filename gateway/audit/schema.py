@@ -1,7 +1,8 @@
 """The tables of the audit store.
 
-``audit_checkpoint`` was added after the first release. `MetaData.create_all` creates it
-in an older store at the next open, and no other table changed.
+``audit_checkpoint`` and ``audit_subject_key`` were added after the first release.
+`MetaData.create_all` creates them in an older store at the next open, and no other
+table changed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -37,6 +39,8 @@ audit_record = Table(
     Index("ix_audit_record_time", "time"),
 )
 
+# The search index: which records name the subject with this pseudonym. `forget`
+# deletes a subject's rows here and in audit_subject_key.
 audit_subject = Table(
     "audit_subject",
     metadata,
@@ -44,6 +48,15 @@ audit_subject = Table(
     Column("ref", Text, nullable=False),
     PrimaryKeyConstraint("ref", "seq"),
     Index("ix_audit_subject_seq", "seq"),
+)
+
+# One random AES-256-GCM key per subject pseudonym, which seals the pseudonym in the
+# bodies of the subject's records (see gateway.audit.subject_keys).
+audit_subject_key = Table(
+    "audit_subject_key",
+    metadata,
+    Column("ref", Text, primary_key=True),
+    Column("key", LargeBinary, nullable=False),
 )
 
 audit_checkpoint = Table(

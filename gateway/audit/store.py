@@ -5,7 +5,9 @@ returns only after the commit. Concurrent requests share commits (group commit).
 writer task takes every pending event, up to ``max_batch``, and inserts them in one
 transaction. Opened with a checkpoint key, the same task also signs a checkpoint of the
 committed head every ``checkpoint_interval`` seconds while new records exist, and at
-`close`.
+`close`. Each subject's pseudonym is sealed in the record body with that subject's key,
+which is created in the same transaction as its first record (see
+`gateway.audit.subject_keys`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,14 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.record import AuditEvent, canonical_json, validate_event
-from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject, metadata
+from gateway.audit.record import AdminEvent, AuditEvent, canonical_json, validate_event
+from gateway.audit.schema import (
+    audit_checkpoint,
+    audit_record,
+    audit_subject,
+    audit_subject_key,
+    metadata,
+)
 from gateway.audit.sqlite import (
     check_pragmas,
     describe_error,
@@ -37,6 +45,7 @@ from gateway.audit.sqlite import (
     set_writer_pragmas,
     sqlite_url,
 )
+from gateway.audit.subject_keys import load_subject_keys, seal_subjects
 from gateway.errors import AuditError, AuditIntegrityError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,7 @@ __all__ = [
     "audit_checkpoint",
     "audit_record",
     "audit_subject",
+    "audit_subject_key",
     "describe_error",
     "metadata",
     "open_reader_engine",
@@ -60,7 +70,7 @@ DEFAULT_CHECKPOINT_INTERVAL = 60.0
 class AuditStore(Protocol):
     """Durable storage for audit records."""
 
-    async def append(self, event: AuditEvent) -> int:
+    async def append(self, event: AuditEvent | AdminEvent) -> int:
         """Store ``event`` as the next record and return its seq once it is durable.
 
         Raises AuditError if the record could not be stored.
@@ -126,6 +136,12 @@ class _Pending:
 @dataclass
 class _CheckpointRequest:
     future: asyncio.Future[Checkpoint | None]
+
+
+def _subject_refs(batch: list[_Pending]) -> set[str]:
+    return {
+        subject["ref"] for pending in batch for subject in pending.event.get("subjects", [])
+    }
 
 
 class _Signal:
@@ -232,7 +248,7 @@ class SQLiteAuditStore:
         logger.info("opened audit store %s at seq %d", path, head[0])
         return cls(engine, path, head, max_batch, writer, checkpoint_interval)
 
-    async def append(self, event: AuditEvent) -> int:
+    async def append(self, event: AuditEvent | AdminEvent) -> int:
         """Store ``event`` as the next record and return its seq once the commit is durable.
 
         Raises AuditError if the event is invalid, the store is closed or the commit
@@ -334,8 +350,9 @@ class SQLiteAuditStore:
         try:
             if self._head_stale:
                 await self._reload_head()
-            records, subjects, last_hash = self._build_rows(batch)
             async with self._engine.begin() as connection:
+                keys = await load_subject_keys(connection, _subject_refs(batch))
+                records, subjects, last_hash = self._build_rows(batch, keys)
                 await connection.execute(insert(audit_record), records)
                 if subjects:
                     await connection.execute(insert(audit_subject), subjects)
@@ -414,9 +431,13 @@ class SQLiteAuditStore:
         self._schedule_tick()
 
     def _build_rows(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], keys: dict[str, bytes]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-        """Chain the batch onto the head. Returns record rows, subject rows and the last hash."""
+        """Chain the batch onto the head. Returns record rows, subject rows and the last hash.
+
+        The body holds each subject's pseudonym sealed with the subject's key from
+        ``keys``, and the subject rows index the pseudonym itself.
+        """
         records: list[dict[str, Any]] = []
         subjects: list[dict[str, Any]] = []
         seq = self._head_seq
@@ -424,7 +445,11 @@ class SQLiteAuditStore:
         for pending in batch:
             seq += 1
             event_copy = pending.event
-            body = canonical_json({**event_copy, "seq": seq, "prev_hash": prev_hash})
+            event_subjects = event_copy.get("subjects", [])
+            sealed = {}
+            if "subjects" in event_copy:
+                sealed = {"subjects": seal_subjects(event_subjects, keys, seq)}
+            body = canonical_json({**event_copy, **sealed, "seq": seq, "prev_hash": prev_hash})
             record_hash = chain_hash(prev_hash, seq, body)
             records.append(
                 {
@@ -432,14 +457,14 @@ class SQLiteAuditStore:
                     "time": event_copy["time"],
                     "request_id": event_copy["request_id"],
                     "actor": event_copy["actor"],
-                    "purpose": event_copy["purpose"],
+                    "purpose": event_copy.get("purpose"),
                     "outcome": event_copy["outcome"],
                     "body": body.decode("utf-8"),
                     "prev_hash": prev_hash,
                     "hash": record_hash,
                 }
             )
-            refs = sorted({subject["ref"] for subject in event_copy["subjects"]})
+            refs = sorted({subject["ref"] for subject in event_subjects})
             subjects.extend({"seq": seq, "ref": ref} for ref in refs)
             prev_hash = record_hash
         return records, subjects, prev_hash
