@@ -55,7 +55,7 @@ async def fill_store(folder: Path) -> tuple[Path, Path, Path]:
 
 def files_containing(folder: Path, needles: list[bytes]) -> list[str]:
     """Return 'file: needle' for every file under ``folder`` that contains a needle."""
-    found = []
+    found: list[str] = []
     for file in sorted(folder.rglob("*")):
         if not file.is_file():
             continue
