@@ -31,6 +31,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from gateway.audit.anchor import anchor_from_setting
 from gateway.audit.keys import load_or_create_signing_key as load_or_create_checkpoint_key
 from gateway.audit.keys import publish_public_key
+from gateway.audit.operations import newest_checkpoint_key_name
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.store import SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
@@ -117,6 +118,7 @@ class Gateway:
             settings.checkpoint_key_path, name=settings.audit_checkpoint_key_name)
         publish_public_key(checkpoint_key, settings.checkpoint_public_key_dir)
         anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
+        previous_key = await newest_checkpoint_key_name(settings.audit_path)
         store = await SQLiteAuditStore.open(
             settings.audit_path, checkpoint_key=checkpoint_key, anchors=anchors,
             checkpoint_interval=settings.audit_checkpoint_interval)
@@ -125,6 +127,10 @@ class Gateway:
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()
         recorder = AuditRecorder(store, pseudonymizer, operation_key=operation_key,
                                  fail_open=settings.audit_fail_open)
+        if previous_key is not None and previous_key != checkpoint_key.name:
+            await recorder.record_admin("key_rotation", {"previous_key": previous_key,
+                                                         "key": checkpoint_key.name})
+        policy.on_change = recorder.policy_changed
         keys = PseudonymKeys(load_or_create_key(settings.mask_key_path))
         executor = Executor(catalog, schema, policy, sources, recorder, keys,
                             settings.operation_limits, settings.max_search_length)

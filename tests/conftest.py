@@ -8,6 +8,7 @@ opening sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -157,6 +158,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
                         resilience: dict[str, ResiliencePolicy] | None = None,
                         erp: SystemSettings | None = None,
                         policy_dir: Path | None = None,
+                        checkpoint_key: tuple[str, Path] | None = None,
                         ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
@@ -165,7 +167,8 @@ async def start_harness(data: DemoData, data_dir: Path, *,
     or hold requests back. ``resilience`` replaces the fixture's no-retry
     policies; pass ``{}`` for the production defaults. ``erp`` replaces the
     ERP settings, to read the demo ERP with another dialect. ``policy_dir`` replaces
-    the shipped ``policies/`` folder (see ``write_policy_dir``). The gateway's lifespan
+    the shipped ``policies/`` folder (see ``write_policy_dir``). ``checkpoint_key`` is the
+    name and file of the audit checkpoint key, instead of the default. The gateway's lifespan
     ends, and its audit store is closed, when the ``async with`` block exits.
     """
     if resilience is None:
@@ -184,6 +187,9 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         resilience=resilience,
         policy_dir=policy_dir or default_policy_dir(),
     )
+    if checkpoint_key is not None:
+        settings = dataclasses.replace(settings, audit_checkpoint_key_name=checkpoint_key[0],
+                                       audit_checkpoint_key_file=checkpoint_key[1])
     clients = {
         "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
         "erp": httpx.AsyncClient(transport=wrap_erp(httpx.ASGITransport(app=erp_app))),

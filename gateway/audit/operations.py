@@ -11,10 +11,16 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.record import AdminEvent, AdminKind, DetailValue, utc_timestamp
+from gateway.audit.schema import audit_checkpoint
+from gateway.audit.sqlite import describe_error, open_reader_engine
 from gateway.audit.store import SQLiteAuditStore
 from gateway.audit.subject_keys import ForgetResult, forget_subject
+from gateway.errors import AuditError
 
 
 def admin_event(kind: AdminKind, actor: str, details: Mapping[str, DetailValue]) -> AdminEvent:
@@ -42,6 +48,26 @@ async def record_admin_event(
         return await store.append(event)
     finally:
         await store.close()
+
+
+async def newest_checkpoint_key_name(path: Path) -> str | None:
+    """Return the key name of the newest stored checkpoint, or None if there is none."""
+    if not path.is_file():
+        return None
+    engine = open_reader_engine(path)
+    try:
+        async with engine.connect() as connection:
+            statement = (
+                select(audit_checkpoint.c.key_name)
+                .order_by(audit_checkpoint.c.id.desc())
+                .limit(1)
+            )
+            name = (await connection.execute(statement)).scalar()
+    except SQLAlchemyError as exc:
+        raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
+    finally:
+        await engine.dispose()
+    return None if name is None else str(name)
 
 
 async def forget(path: Path, ref: str, actor: str) -> tuple[ForgetResult, int]:
