@@ -8,13 +8,13 @@ verified offline: its subjects stay sealed. CSV is for reading, and lists in its
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+import orjson
 from sqlalchemy import Select, func, null, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -93,6 +93,9 @@ class ExportFilter:
 
     def matches_body(self, record: dict[str, Any]) -> bool:
         """Check the conditions on list items, which the SQL query does not apply."""
+        list_conditions = (self.role, self.system, self.field, self.category)
+        if all(condition is None for condition in list_conditions):
+            return True
         if self.role is not None and self.role not in (record.get("roles") or []):
             return False
         if self.system is not None and self.system not in (record.get("systems") or []):
@@ -128,9 +131,10 @@ async def export_records(
     spreadsheets show it as text instead of running it as a formula.
 
     Streams the rows, so memory use does not grow with the store. ``progress`` is called
-    with the seq of each record read, whether or not it matched. Returns the number of
-    records written. Raises ValueError for a bad ``fmt`` or filter, AuditError if the
-    store cannot be read, and AuditIntegrityError if a stored body is not a JSON object.
+    after each batch of rows read, matched or not, with the seq of the batch's last row.
+    Returns the number of records written. Raises ValueError for a bad ``fmt`` or
+    filter, AuditError if the store cannot be read, and AuditIntegrityError if a stored
+    body is not a JSON object.
     """
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"export format {fmt!r} is not supported; use 'jsonl' or 'csv'")
@@ -146,17 +150,20 @@ async def export_records(
     count = 0
     try:
         async with engine.connect() as connection, connection.stream(statement) as result:
-            async for row in result:
-                if progress is not None:
-                    progress(row.seq)
-                record = _decode_record(row.seq, row.body, row.hash)
-                if not filters.matches_body(record):
-                    continue
-                if csv_writer is None:
-                    out.write(canonical_json(record).decode("utf-8") + "\n")
-                else:
-                    csv_writer.writerow(_csv_row(record, row.subject_refs))
-                count += 1
+            # One await per batch of rows instead of per row keeps the driver's
+            # thread hand-offs out of the per-record cost.
+            async for rows in result.partitions(_FETCH_ROWS):
+                for row in rows:
+                    record = _decode_record(row.seq, row.body, row.hash)
+                    if not filters.matches_body(record):
+                        continue
+                    if csv_writer is None:
+                        out.write(_json_line(record))
+                    else:
+                        csv_writer.writerow(_csv_row(record, row.subject_refs))
+                    count += 1
+                if progress is not None and rows:
+                    progress(rows[-1].seq)
     except SQLAlchemyError as exc:
         raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
     finally:
@@ -222,9 +229,20 @@ def _filter_timestamp(name: str, moment: datetime | None) -> str | None:
         raise ValueError(f"export filter {name}: {exc}") from exc
 
 
+def _json_line(record: dict[str, Any]) -> str:
+    # orjson with sorted keys gives the bytes of canonical_json for the values a body
+    # holds (text, integers, booleans, null) and is several times faster; anything it
+    # cannot encode, such as an integer above 64 bits, goes through canonical_json.
+    try:
+        encoded = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        encoded = canonical_json(record)
+    return encoded.decode("utf-8") + "\n"
+
+
 def _decode_record(seq: int, body: str, record_hash: str) -> dict[str, Any]:
     try:
-        record = json.loads(body)
+        record = orjson.loads(body)
     except ValueError:
         record = None
     if not isinstance(record, dict):
