@@ -166,7 +166,7 @@ async def _open_and_close(path: Path) -> None:
 
 
 def export_only(store: Path, target: Path) -> None:
-    """The child process: export the whole store to ``target`` and print the count."""
+    """Export the whole store to ``target`` and print the count; runs in the child process."""
     with target.open("w", encoding="utf-8", newline="") as out:
         count = asyncio.run(export_records(store, out, fmt="jsonl", filters=ExportFilter()))
     print(count)

@@ -66,7 +66,7 @@ class PolicyHolder:
         self._next_reason = ""
         self._runner: asyncio.Task[None] | None = None
         # Awaited with the previous engine, the new one and the reason after each
-        # replacement; the gateway records the change in the audit log there.
+        # replacement. The gateway records the change in the audit log there.
         self.on_change: Callable[[PolicyEngine, PolicyEngine, str], Awaitable[None]] | None = None
 
     @property

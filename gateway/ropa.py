@@ -2,7 +2,7 @@
 
 It lists, per personal data category that a declared field carries: the description
 from the taxonomy, the data subjects, the source systems, the fields, and each role
-and purpose that receives the category, with the mask where the role sees it masked.
+and purpose that receives the category, with the mask applied for that role.
 The purposes come from the policy's purposes file, and retention from the audit
 settings. The controller's name and contacts, transfers and security measures are not
 in the schema, so the record leaves them to the controller.
@@ -89,7 +89,7 @@ def _subjects_by_type(catalog: Catalog) -> dict[str, set[str]]:
 
 
 def _system_of(catalog: Catalog, type_decl: TypeDecl, decl: FieldDecl) -> str:
-    """Return the system that holds the field's records: a relation's target's system."""
+    """Return the system that stores the field's records: for a relation, the target's."""
     if decl.is_relation and decl.base_type in catalog.types:
         return catalog.types[decl.base_type].system
     if decl.link is None:

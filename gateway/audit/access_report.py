@@ -1,8 +1,8 @@
 """The report for a data subject's access request: every consultation of their data.
 
 The Court of Justice of the EU held (case C-579/21, 22 June 2023) that a data subject
-may learn the dates and purposes of the consultations of their data, while the
-identities of the employees who consulted it need not be given as a rule. So the
+may learn the dates and purposes of the consultations of their data. The identities of
+the employees who consulted it need not be given as a rule. So the
 report lists, per record, the time, purpose, roles, data categories and systems, and
 the caller only when asked.
 
@@ -110,18 +110,18 @@ def _checked_record(seq: int, body: str, ref: str, key: bytes | None) -> dict[st
 
 
 def _consultation(record: dict[str, Any], include_callers: bool) -> Consultation | None:
-    shown = [
+    visible_fields = [
         item
         for item in record.get("fields") or []
         if isinstance(item, dict) and item.get("decision") in ("allow", "mask")
     ]
-    if not shown:
+    if not visible_fields:
         return None
     return Consultation(
         time=str(record.get("time")),
         purpose=record.get("purpose"),
         roles=sorted(record.get("roles") or []),
-        categories=sorted({str(item.get("category")) for item in shown}),
+        categories=sorted({str(item.get("category")) for item in visible_fields}),
         systems=sorted(record.get("systems") or []),
         caller=str(record.get("actor")) if include_callers else None,
     )

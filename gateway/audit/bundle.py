@@ -1,6 +1,6 @@
 """Audit bundles: a folder that an auditor can verify offline with Python and `cryptography`.
 
-A bundle holds:
+A bundle contains:
 
 - ``records.jsonl``: every record from 1 to the newest, as ``fonte audit export`` writes
   JSON Lines, with subjects sealed;
@@ -68,7 +68,7 @@ subjects appear only as sealed values that this bundle cannot open.
 
 @dataclass(frozen=True)
 class BundleSummary:
-    """What a written bundle contains."""
+    """Counts and verifier output of a written bundle."""
 
     folder: Path
     records: int

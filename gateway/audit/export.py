@@ -131,7 +131,8 @@ async def export_records(
     spreadsheets show it as text instead of running it as a formula.
 
     Streams the rows, so memory use does not grow with the store. ``progress`` is called
-    after each batch of rows read, matched or not, with the seq of the batch's last row.
+    after each batch of rows that the query returned, with the seq of the batch's last
+    row, including rows that the list conditions then drop.
     Returns the number of records written. Raises ValueError for a bad ``fmt`` or
     filter, AuditError if the store cannot be read, and AuditIntegrityError if a stored
     body is not a JSON object.
@@ -231,7 +232,7 @@ def _filter_timestamp(name: str, moment: datetime | None) -> str | None:
 
 def _json_line(record: dict[str, Any]) -> str:
     # orjson with sorted keys gives the bytes of canonical_json for the values a body
-    # holds (text, integers, booleans, null) and is several times faster; anything it
+    # contains (text, integers, booleans, null) and is several times faster; anything it
     # cannot encode, such as an integer above 64 bits, goes through canonical_json.
     try:
         encoded = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)

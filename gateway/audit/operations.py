@@ -1,7 +1,7 @@
 """Operations on the audit log that are recorded in the log itself.
 
 Exports, bundles, access reports and erasures run from the command line while no
-gateway holds the data folder, and each appends an `AdminEvent` to the same chain as
+gateway has locked the data folder, and each appends an `AdminEvent` to the same chain as
 the requests. The gateway records checkpoint key rotations and policy changes.
 """
 

@@ -77,7 +77,7 @@ class AuditEvent(TypedDict):
 class AdminEvent(TypedDict):
     """One operation on the audit log itself, recorded in the same chain as requests.
 
-    ``details`` holds the operation's parameters that identify no data subject: an
+    ``details`` contains the operation's parameters that identify no data subject: an
     export's filter names and non-subject values, a policy version, a key name.
     """
 

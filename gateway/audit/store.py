@@ -435,7 +435,7 @@ class SQLiteAuditStore:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
         """Chain the batch onto the head. Returns record rows, subject rows and the last hash.
 
-        The body holds each subject's pseudonym sealed with the subject's key from
+        The body contains each subject's pseudonym sealed with the subject's key from
         ``keys``, and the subject rows index the pseudonym itself.
         """
         records: list[dict[str, Any]] = []

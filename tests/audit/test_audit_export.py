@@ -311,3 +311,31 @@ async def test_export_rejects_body_that_is_not_json(store_path: Path) -> None:
 
     with pytest.raises(AuditIntegrityError, match="audit record 2 has a body that is not"):
         await export_text(store_path, "jsonl", ExportFilter())
+
+
+async def test_export_reports_progress_per_batch(store_path: Path) -> None:
+    seen: list[int] = []
+    out = io.StringIO()
+
+    count = await export_records(
+        store_path, out, fmt="jsonl", filters=ExportFilter(role="finance"), progress=seen.append
+    )
+
+    assert count == 1
+    assert seen == [3]
+
+
+def test_applied_filters_hide_subject() -> None:
+    filters = ExportFilter(
+        subject_ref=CUSTOMER_REF,
+        role="sales",
+        category="contact",
+        since=datetime(2026, 12, 4, 11, tzinfo=UTC),
+    )
+
+    assert filters.applied() == {
+        "subject": True,
+        "role": "sales",
+        "category": "contact",
+        "since": "2026-12-04T11:00:00.000Z",
+    }
