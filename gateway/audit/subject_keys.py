@@ -1,12 +1,17 @@
 """Per-subject keys that let one data subject be erased from the audit log (crypto-shredding).
 
 The hashed body of a record never holds a subject's pseudonym. For each subject it
-holds ``{"type": ..., "sealed": ...}``, where ``sealed`` is the standard base64 of a
-random 12-byte nonce followed by the AES-256-GCM ciphertext of the pseudonym under
-that subject's own random key. The associated data binds the ciphertext to the
-record's seq and the subject type, so a sealed value copied into another record does
-not open. A fresh nonce per record makes the sealed values of one subject unlinkable
-to each other without the key.
+contains ``{"type": ..., "sealed": ...}``, where ``sealed`` is the standard base64 of a
+12-byte nonce followed by the AES-256-GCM ciphertext of the pseudonym under that
+subject's own random key. The associated data binds the ciphertext to the record's seq
+and the subject type, so a sealed value copied into another record does not open.
+
+The nonce is HMAC-SHA256(key, "nonce" || seq) cut to 12 bytes. It differs in every
+record, so without the key the sealed values of one subject cannot be linked to each
+other. With the key, the verifier computes the nonce and finds the subject's sealed
+value in a record by its first 16 base64 characters, without trying every key on
+every value. A nonce repeats only for the same key and seq, that is for a subject
+listed twice in one record, and then the plaintext and the ciphertext repeat too.
 
 Two tables link a subject to its records while it is not erased:
 ``audit_subject_key`` (pseudonym -> key) and ``audit_subject`` (pseudonym -> seq, the
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,9 +57,19 @@ def _associated_data(seq: int, kind: str) -> bytes:
     return _AAD_PREFIX + seq.to_bytes(8, "big") + kind.encode("utf-8")
 
 
+def _nonce(key: bytes, seq: int) -> bytes:
+    digest = hmac.new(key, b"nonce" + seq.to_bytes(8, "big"), hashlib.sha256).digest()
+    return digest[:_NONCE_BYTES]
+
+
+def sealed_prefix(key: bytes, seq: int) -> str:
+    """Return the first characters of every value that ``key`` seals for record ``seq``."""
+    return base64.b64encode(_nonce(key, seq)).decode("ascii")
+
+
 def seal(key: bytes, ref: str, *, seq: int, kind: str) -> str:
     """Encrypt the pseudonym ``ref`` of a subject of type ``kind`` for record ``seq``."""
-    nonce = secrets.token_bytes(_NONCE_BYTES)
+    nonce = _nonce(key, seq)
     ciphertext = AESGCM(key).encrypt(nonce, ref.encode("ascii"), _associated_data(seq, kind))
     return base64.b64encode(nonce + ciphertext).decode("ascii")
 

@@ -55,7 +55,7 @@ from gateway.audit.store import (
     describe_error,
     open_reader_engine,
 )
-from gateway.audit.subject_keys import unseal
+from gateway.audit.subject_keys import sealed_prefix, unseal
 from gateway.audit.verify_checkpoints import (
     CheckpointFault,
     CheckpointMatcher,
@@ -70,6 +70,8 @@ from gateway.errors import AuditError
 _FETCH_ROWS = 500
 # Copied from the body into columns that exports filter on.
 _FILTER_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
+# The base64 of a 12-byte nonce, which starts every sealed value.
+_SEALED_PREFIX_CHARACTERS = 16
 
 
 @dataclass(frozen=True)
@@ -240,18 +242,18 @@ def _index_matches(
     if not plain_refs <= index_refs:
         return False
 
-    sealed_refs = index_refs - plain_refs
-    if len(sealed_refs) > len(sealed):
-        return False
-    for ref in sealed_refs:
+    # The nonce that each key derives for this seq finds its sealed value directly.
+    sealed_by_prefix = {
+        str(subject.get("sealed"))[:_SEALED_PREFIX_CHARACTERS]: subject for subject in sealed
+    }
+    for ref in index_refs - plain_refs:
         key = keys.get(ref)
         if key is None:
             return False
-        opened = (
-            unseal(key, subject.get("sealed"), seq=seq, kind=subject.get("type"))
-            for subject in sealed
-        )
-        if ref not in opened:
+        subject = sealed_by_prefix.get(sealed_prefix(key, seq))
+        if subject is None:
+            return False
+        if unseal(key, subject.get("sealed"), seq=seq, kind=subject.get("type")) != ref:
             return False
     return True
 

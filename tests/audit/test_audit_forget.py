@@ -212,3 +212,19 @@ async def test_forget_rejects_unsealed_record(tmp_path: Path) -> None:
     report = await verify_store(path)
     assert report.ok is True
     assert report.records == 2
+
+
+async def test_forget_one_of_many_subjects(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite3"
+    refs = [PSEUDONYMS.token("customer", f"CUST-{number}") for number in range(200)]
+    store = await SQLiteAuditStore.open(path)
+    await store.append(event_about(1, *refs))
+    await store.append(event_about(2, *reversed(refs)))
+    await store.close()
+
+    result, _ = await forget(path, refs[17], "dpo-1")
+    report = await verify_store(path)
+
+    assert result.records_unlinked == 2
+    assert report.ok is True
+    assert report.records == 3
