@@ -128,11 +128,13 @@ def fill_rows(path: Path, records: int, subjects: int, batch: int) -> float:
             rows, index_rows = [], []
             for index in range(first, min(first + batch, records)):
                 seq = index + 1
-                event = dict(make_event(index, refs))
+                event = make_event(index, refs)
                 ref = event["subjects"][0]["ref"]
-                event["subjects"] = seal_subjects(event["subjects"], keys, seq)
-                body = orjson.dumps({**event, "seq": seq, "prev_hash": prev_hash},
-                                    option=orjson.OPT_SORT_KEYS)
+                sealed = seal_subjects(event["subjects"], keys, seq)
+                body = orjson.dumps(
+                    {**event, "subjects": sealed, "seq": seq, "prev_hash": prev_hash},
+                    option=orjson.OPT_SORT_KEYS,
+                )
                 record_hash = chain_hash(prev_hash, seq, body)
                 rows.append((seq, event["time"], event["request_id"], event["actor"],
                              event["purpose"], event["outcome"], body.decode("utf-8"),

@@ -295,8 +295,15 @@ def _audit_path(data_dir: Path) -> Path:
 def _subject_ref(data_dir: Path, subject_type: str, subject: str) -> str:
     from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 
+    key_path = data_dir / "keys" / "audit-pseudonym.key"
+    if not key_path.is_file():
+        # A new key would give a pseudonym that matches no record, and an erasure
+        # or report with it would look successful.
+        errors.print(f"pseudonym key {key_path} not found; pass the gateway's --data-dir",
+                     soft_wrap=True)
+        raise typer.Exit(2)
     try:
-        key = load_or_create_key(data_dir / "keys" / "audit-pseudonym.key")
+        key = load_or_create_key(key_path)
     except GatewayError as exc:
         raise _fail(exc) from exc
     return Pseudonymizer(key).token(subject_type, subject)

@@ -44,6 +44,7 @@ from sqlalchemy import delete, event, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from gateway.audit.record import Subject
 from gateway.audit.schema import audit_record, audit_subject, audit_subject_key
 from gateway.audit.sqlite import describe_error, set_writer_pragmas, sqlite_url
 from gateway.errors import AuditError
@@ -89,7 +90,7 @@ def unseal(key: bytes, sealed: object, *, seq: int, kind: object) -> str | None:
 
 
 def seal_subjects(
-    subjects: Sequence[Mapping[str, str]], keys: Mapping[str, bytes], seq: int
+    subjects: Sequence[Subject], keys: Mapping[str, bytes], seq: int
 ) -> list[dict[str, str]]:
     """Replace each subject's ``ref`` by its sealed form, for the body of record ``seq``."""
     return [

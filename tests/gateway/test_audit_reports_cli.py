@@ -208,3 +208,13 @@ def test_bundle_needs_checkpoint_key(data_dir: Path, tmp_path: Path) -> None:
     assert "checkpoint key" in _text(result.stderr)
     assert "not found; pass --key-file" in _text(result.stderr)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_forget_needs_pseudonym_key(data_dir: Path, account_ids: list[str]) -> None:
+    (data_dir / "keys" / "audit-pseudonym.key").unlink()
+
+    result = _run("audit", "forget", account_ids[0], "--yes", "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert "audit-pseudonym.key not found" in _text(result.stderr)
+    assert len(_bodies(data_dir)) == 3
