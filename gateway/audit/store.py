@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
+# Subject keys kept in memory to save a query per commit. The cache is emptied when it
+# grows past this, about 100 bytes an entry.
+_SUBJECT_KEY_CACHE_SIZE = 50_000
 
 
 class AuditStore(Protocol):
@@ -190,6 +193,9 @@ class SQLiteAuditStore:
         self._queue: asyncio.Queue[_Pending | _Control] = asyncio.Queue()
         self._checkpoints = checkpoints
         self._checkpoint_interval = checkpoint_interval
+        # Only committed keys enter the cache. Safe while this store is the only writer,
+        # because forget runs only while no gateway holds the data folder.
+        self._subject_keys: dict[str, bytes] = {}
         self._loop = asyncio.get_running_loop()
         self._last_checkpoint_at = self._loop.time()
         self._tick: asyncio.TimerHandle | None = None
@@ -351,7 +357,9 @@ class SQLiteAuditStore:
             if self._head_stale:
                 await self._reload_head()
             async with self._engine.begin() as connection:
-                keys = await load_subject_keys(connection, _subject_refs(batch))
+                keys = await load_subject_keys(
+                    connection, _subject_refs(batch), self._subject_keys
+                )
                 records, subjects, last_hash = self._build_rows(batch, keys)
                 await connection.execute(insert(audit_record), records)
                 if subjects:
@@ -366,6 +374,9 @@ class SQLiteAuditStore:
         self._head_seq += len(batch)
         self._head_hash = last_hash
         self.commits += 1
+        if len(self._subject_keys) + len(keys) > _SUBJECT_KEY_CACHE_SIZE:
+            self._subject_keys.clear()
+        self._subject_keys.update(keys)
         if not self._healthy:
             logger.info("audit store %s commits again from seq %d", self._path, first_seq)
         self._healthy = True

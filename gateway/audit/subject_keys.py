@@ -102,19 +102,24 @@ def seal_subjects(
     ]
 
 
-async def load_subject_keys(connection: AsyncConnection, refs: Iterable[str]) -> dict[str, bytes]:
+async def load_subject_keys(
+    connection: AsyncConnection, refs: Iterable[str], known: Mapping[str, bytes] | None = None
+) -> dict[str, bytes]:
     """Return the key of every pseudonym in ``refs``, creating a random key for a new one.
 
-    Runs inside the caller's transaction, so new keys commit with the records that use
-    them.
+    Keys in ``known`` are taken from there without a query. Runs inside the caller's
+    transaction, so new keys commit with the records that use them.
     """
-    wanted = sorted(set(refs))
+    known = known or {}
+    cached = {ref: known[ref] for ref in set(refs) if ref in known}
+    wanted = sorted(set(refs) - cached.keys())
     if not wanted:
-        return {}
+        return cached
     statement = select(audit_subject_key.c.ref, audit_subject_key.c.key).where(
         audit_subject_key.c.ref.in_(wanted)
     )
     keys = {str(row.ref): bytes(row.key) for row in await connection.execute(statement)}
+    keys.update(cached)
 
     created = {ref: secrets.token_bytes(SUBJECT_KEY_BYTES) for ref in wanted if ref not in keys}
     if created:
