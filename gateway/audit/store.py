@@ -194,7 +194,7 @@ class SQLiteAuditStore:
         self._checkpoints = checkpoints
         self._checkpoint_interval = checkpoint_interval
         # Only committed keys enter the cache. Safe while this store is the only writer,
-        # because forget runs only while no gateway holds the data folder.
+        # because forget runs only while no gateway has locked the data folder.
         self._subject_keys: dict[str, bytes] = {}
         self._loop = asyncio.get_running_loop()
         self._last_checkpoint_at = self._loop.time()

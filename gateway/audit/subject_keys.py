@@ -1,6 +1,6 @@
 """Per-subject keys that let one data subject be erased from the audit log (crypto-shredding).
 
-The hashed body of a record never holds a subject's pseudonym. For each subject it
+The hashed body of a record never contains a subject's pseudonym. For each subject it
 contains ``{"type": ..., "sealed": ...}``, where ``sealed`` is the standard base64 of a
 12-byte nonce followed by the AES-256-GCM ciphertext of the pseudonym under that
 subject's own random key. The associated data binds the ciphertext to the record's seq
@@ -112,16 +112,16 @@ async def load_subject_keys(
     """
     known = known or {}
     cached = {ref: known[ref] for ref in set(refs) if ref in known}
-    wanted = sorted(set(refs) - cached.keys())
-    if not wanted:
+    missing = sorted(set(refs) - cached.keys())
+    if not missing:
         return cached
     statement = select(audit_subject_key.c.ref, audit_subject_key.c.key).where(
-        audit_subject_key.c.ref.in_(wanted)
+        audit_subject_key.c.ref.in_(missing)
     )
     keys = {str(row.ref): bytes(row.key) for row in await connection.execute(statement)}
     keys.update(cached)
 
-    created = {ref: secrets.token_bytes(SUBJECT_KEY_BYTES) for ref in wanted if ref not in keys}
+    created = {ref: secrets.token_bytes(SUBJECT_KEY_BYTES) for ref in missing if ref not in keys}
     if created:
         rows = [{"ref": ref, "key": key} for ref, key in created.items()]
         await connection.execute(insert(audit_subject_key), rows)
@@ -131,7 +131,7 @@ async def load_subject_keys(
 
 @dataclass(frozen=True)
 class ForgetResult:
-    """What `forget_subject` removed: the key (or not) and the number of index rows."""
+    """The outcome of `forget_subject`: whether a key was deleted, and how many index rows."""
 
     key_deleted: bool
     records_unlinked: int
