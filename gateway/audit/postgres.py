@@ -37,6 +37,7 @@ from gateway.audit.store import (
     check_open_arguments,
     read_head,
 )
+from gateway.audit.subject_keys import load_subject_keys
 from gateway.errors import AuditError
 
 logger = logging.getLogger(__name__)
@@ -164,16 +165,24 @@ class PostgresAuditStore(GroupCommitStore):
         logger.info("opened audit store %s at seq %d", location, head[0])
         return cls(engine, location, head, max_batch, writer, checkpoint_interval)
 
-    async def _insert_batch(self, batch: list[PendingAppend]) -> tuple[int, str]:
-        """Chain ``batch`` onto the head that the database holds, under the lock."""
+    async def _insert_batch(
+        self, batch: list[PendingAppend]
+    ) -> tuple[int, str, dict[str, bytes]]:
+        """Chain ``batch`` onto the head that the database holds, under the lock.
+
+        Subject keys are read under the lock on every commit, not from a cache, because
+        another process may have created or forgotten a subject's key meanwhile.
+        """
+        refs = {ref for pending in batch for ref in pending.event.refs}
         async with self._engine.begin() as connection:
             await connection.run_sync(lock_postgres)
             head_seq, head_hash = await read_head(connection, self._location)
+            keys = await load_subject_keys(connection, refs)
             records, subjects, last_hash = build_rows(
-                [pending.event for pending in batch], head_seq, head_hash
+                [pending.event for pending in batch], head_seq, head_hash, keys
             )
             await copy_rows(connection, records, subjects)
-        return head_seq + 1, last_hash
+        return head_seq + 1, last_hash, {}
 
     async def _write_checkpoint(self) -> Checkpoint | None:
         """Sign the head that the database holds, under the lock, unless it is covered."""

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -42,6 +43,8 @@ audit_record = Table(
     Index("ix_audit_record_time", "time"),
 )
 
+# The search index: which records name the subject with this pseudonym. `forget`
+# deletes a subject's rows here and in audit_subject_key.
 audit_subject = Table(
     "audit_subject",
     metadata,
@@ -49,6 +52,15 @@ audit_subject = Table(
     Column("ref", Text, nullable=False),
     PrimaryKeyConstraint("ref", "seq"),
     Index("ix_audit_subject_seq", "seq"),
+)
+
+# One random AES-256-GCM key per subject pseudonym, which seals the pseudonym in the
+# bodies of the subject's records (see gateway.audit.subject_keys).
+audit_subject_key = Table(
+    "audit_subject_key",
+    metadata,
+    Column("ref", Text, primary_key=True),
+    Column("key", LargeBinary, nullable=False),
 )
 
 audit_checkpoint = Table(
