@@ -69,16 +69,15 @@ def audit_bundle(
                      soft_wrap=True)
         raise typer.Exit(2)
     public_keys = data_dir / "keys" / "audit-checkpoint-public"
-    with _claim(data_dir):
-        try:
-            key = load_or_create_signing_key(key_path, name=key_name)
-            publish_public_key(key, public_keys)
-            event = admin_event("bundle", _operator(operator), {"folder": folder.name})
-            # Closing the store signs a checkpoint that covers this record.
-            asyncio.run(record_admin_event(path, event, checkpoint_key=key))
-            summary = asyncio.run(write_bundle(path, public_keys, folder))
-        except (GatewayError, ValueError) as exc:
-            raise _fail(ConfigError(str(exc)) if isinstance(exc, ValueError) else exc) from exc
+    try:
+        key = load_or_create_signing_key(key_path, name=key_name)
+        publish_public_key(key, public_keys)
+        event = admin_event("bundle", _operator(operator), {"folder": folder.name})
+        # Closing the store signs a checkpoint that covers this record.
+        asyncio.run(record_admin_event(path, event, checkpoint_key=key))
+        summary = asyncio.run(write_bundle(path, public_keys, folder))
+    except (GatewayError, ValueError) as exc:
+        raise _fail(ConfigError(str(exc)) if isinstance(exc, ValueError) else exc) from exc
     console.print(f"bundle written to {folder}: {_count(summary.records, 'record')} and "
                   f"{_count(summary.checkpoints, 'checkpoint')}; {summary.verifier_output}",
                   soft_wrap=True)
@@ -135,17 +134,16 @@ def audit_access_report(
     path = _audit_path(data_dir)
     ref = _subject_ref(data_dir, subject_type, subject)
     catalog, _ = _load_engine()
-    with _claim(data_dir):
-        try:
-            consultations = asyncio.run(
-                read_consultations(path, ref, include_callers=include_callers))
-            details: dict[str, DetailValue] = {
-                "format": fmt, "consultations": len(consultations),
-                "callers_included": include_callers}
-            asyncio.run(record_admin_event(
-                path, admin_event("access_report", _operator(operator), details)))
-        except GatewayError as exc:
-            raise _fail(exc) from exc
+    try:
+        consultations = asyncio.run(
+            read_consultations(path, ref, include_callers=include_callers))
+        details: dict[str, DetailValue] = {
+            "format": fmt, "consultations": len(consultations),
+            "callers_included": include_callers}
+        asyncio.run(record_admin_event(
+            path, admin_event("access_report", _operator(operator), details)))
+    except GatewayError as exc:
+        raise _fail(exc) from exc
     document = report_document(subject_type, consultations, include_callers=include_callers)
     if fmt == "json":
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"

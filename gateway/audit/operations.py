@@ -1,8 +1,9 @@
 """Operations on the audit log that are recorded in the log itself.
 
-Exports, bundles, access reports and erasures run from the command line while no
-gateway has locked the data folder, and each appends an `AdminEvent` to the same chain as
-the requests. The gateway records checkpoint key rotations and policy changes.
+Exports, bundles, access reports and erasures run from the command line, and each
+appends an `AdminEvent` to the same chain as the requests. The first three may run while
+a gateway appends to the same store. Erasures need the gateway stopped. The gateway
+records checkpoint key rotations and policy changes.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from gateway.audit.anchor import CheckpointAnchor
-from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.migrate import lock_postgres, upgrade_schema
@@ -183,23 +182,6 @@ class PostgresAuditStore(GroupCommitStore):
             )
             await copy_rows(connection, records, subjects)
         return head_seq + 1, last_hash, {}
-
-    async def _write_checkpoint(self) -> Checkpoint | None:
-        """Sign the head that the database holds, under the lock, unless it is covered."""
-        if self._checkpoints is None:
-            return None
-        self._last_checkpoint_at = self._loop.time()
-        try:
-            async with self._engine.begin() as connection:
-                await connection.run_sync(lock_postgres)
-                head_seq, head_hash = await read_head(connection, self._location)
-                if head_seq == 0:
-                    return None
-                return await self._checkpoints.write_in(connection, head_seq, head_hash)
-        except (SQLAlchemyError, OSError) as exc:
-            reason = describe_error(exc)
-            message = f"cannot save a checkpoint in audit store {self._location}: {reason}"
-            raise AuditError(message) from exc
 
 
 def open_reader(target: Path | str) -> tuple[AsyncEngine, str]:

@@ -9,9 +9,10 @@ committed head every ``checkpoint_interval`` seconds while new records exist, an
 which is created in the same transaction as its first record (see
 `gateway.audit.subject_keys`).
 
-`GroupCommitStore` is that machinery. `SQLiteAuditStore` keeps the head in memory,
-because one process writes the file. `gateway.audit.postgres.PostgresAuditStore`
-reads the head inside a lock on every commit, because several processes write.
+`GroupCommitStore` is that machinery. Both stores read the chain head inside the write
+transaction on every commit, under the database's write lock: ``BEGIN IMMEDIATE`` on
+SQLite and an advisory lock on PostgreSQL. So another process can append between two
+commits, as the CLI does when it records an export while a gateway runs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.migrate import upgrade_schema
+from gateway.audit.migrate import lock_postgres, upgrade_schema
 from gateway.audit.record import AdminEvent, AuditEvent, Subject, canonical_json, validate_event
 from gateway.audit.schema import (
     audit_checkpoint,
@@ -44,6 +45,7 @@ from gateway.audit.schema import (
     metadata,
 )
 from gateway.audit.sqlite import (
+    begin_immediate,
     check_pragmas,
     describe_error,
     open_reader_engine,
@@ -203,8 +205,9 @@ class GroupCommitStore:
         self._queue: asyncio.Queue[PendingAppend | _Control] = asyncio.Queue()
         self._checkpoints = checkpoints
         self._checkpoint_interval = checkpoint_interval
-        # Only committed keys enter the cache. Safe while this store is the only writer,
-        # because forget runs only while no gateway has locked the data folder.
+        # Only committed keys enter the cache. A key changes only when forget deletes it,
+        # and forget runs only while no gateway holds the data folder's lock. The
+        # PostgreSQL store does not use this cache.
         self._subject_keys: dict[str, bytes] = {}
         self._loop = asyncio.get_running_loop()
         self._last_checkpoint_at = self._loop.time()
@@ -342,20 +345,24 @@ class GroupCommitStore:
     async def _insert_batch(
         self, batch: list[PendingAppend]
     ) -> tuple[int, str, dict[str, bytes]]:
-        """Chain ``batch`` onto the head in memory and commit it.
+        """Chain ``batch`` onto the head that the database holds, in one write transaction.
 
         Returns the first seq, the last hash and the subject keys that sealed the batch.
-        Correct only while this object is the only writer of the store.
+        The head is read inside the transaction instead of taken from memory, so that
+        another process may append between two commits of this store without forking
+        the chain. The engine must make the transaction take the write lock at its
+        start (``BEGIN IMMEDIATE`` on SQLite).
         """
         async with self._engine.begin() as connection:
+            head_seq, head_hash = await read_head(connection, self._location)
             keys = await load_subject_keys(
                 connection, _subject_refs(batch), self._subject_keys
             )
             records, subjects, last_hash = build_rows(
-                [pending.event for pending in batch], self._head_seq, self._head_hash, keys
+                [pending.event for pending in batch], head_seq, head_hash, keys
             )
             await insert_rows(connection, records, subjects)
-        return self._head_seq + 1, last_hash, keys
+        return head_seq + 1, last_hash, keys
 
     def _cache_subject_keys(self, keys: dict[str, bytes]) -> None:
         """Keep the committed ``keys`` so that the next batches need no query for them."""
@@ -378,14 +385,18 @@ class GroupCommitStore:
             self._tick = None
 
     async def _write_checkpoint(self) -> Checkpoint | None:
+        """Sign the head that the database holds, under the write lock, unless it is covered."""
         if self._checkpoints is None:
             return None
-        if self._head_stale:
-            await self._reload_head()
         self._last_checkpoint_at = self._loop.time()
         try:
-            return await self._checkpoints.write(self._engine, self._head_seq, self._head_hash)
-        except SQLAlchemyError as exc:
+            async with self._engine.begin() as connection:
+                await connection.run_sync(lock_postgres)
+                head_seq, head_hash = await read_head(connection, self._location)
+                if head_seq == 0:
+                    return None
+                return await self._checkpoints.write_in(connection, head_seq, head_hash)
+        except (SQLAlchemyError, OSError) as exc:
             reason = describe_error(exc)
             message = f"cannot save a checkpoint in audit store {self._location}: {reason}"
             raise AuditError(message) from exc
@@ -476,9 +487,10 @@ class GroupCommitStore:
 class SQLiteAuditStore(GroupCommitStore):
     """An `AuditStore` in one SQLite file.
 
-    Use one store object per file. A second writer, in this process or another, cannot
-    fork the chain because ``seq`` is the primary key, but the two writers make each
-    other's commits fail.
+    Several store objects, in this process or others, may append to one file: each
+    commit reads the head inside ``BEGIN IMMEDIATE``, and a writer waits up to the
+    driver's 5 s busy timeout for another's commit. Only one gateway serves a data
+    folder, so the others are short-lived CLI commands that record their own operation.
     """
 
     @classmethod
@@ -510,6 +522,7 @@ class SQLiteAuditStore(GroupCommitStore):
 
         engine = create_async_engine(sqlite_url(path), hide_parameters=True)
         event.listen(engine.sync_engine, "connect", set_writer_pragmas)
+        begin_immediate(engine)
         try:
             async with engine.begin() as connection:
                 await check_pragmas(connection, path)

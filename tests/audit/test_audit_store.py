@@ -430,3 +430,23 @@ def test_prepare_rejects_seq_key() -> None:
         prepare_event(event)
 
     assert str(caught.value) == "audit event must not contain seq or prev_hash; the store sets them"
+
+
+async def test_two_stores_share_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    gateway_store = await SQLiteAuditStore.open(path)
+    command_store = await SQLiteAuditStore.open(path)
+
+    seqs = [
+        await gateway_store.append(make_event("req-1")),
+        await command_store.append(make_event("req-2")),
+        await gateway_store.append(make_event("req-3")),
+        await command_store.append(make_event("req-4")),
+    ]
+    await command_store.close()
+    await gateway_store.close()
+
+    assert seqs == [1, 2, 3, 4]
+    report = await verify_store(path, public_keys={})
+    assert report.ok, report.reason
+    assert report.records == 4

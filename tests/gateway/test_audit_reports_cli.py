@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +85,56 @@ def test_export_filters_by_role(data_dir: Path) -> None:
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [2]
 
 
-def test_export_refused_while_gateway_runs(data_dir: Path) -> None:
+async def test_export_while_gateway_runs(
+    demo_data: DemoData, tmp_path: Path, account_ids: list[str]
+) -> None:
+    directory = tmp_path / "data"
+    async with start_harness(demo_data, directory) as harness:
+        await harness.query(LOOKUP, variables={"id": account_ids[0]})
+        # A separate process, as a compliance officer's shell would be.
+        export = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "fonte"), "audit", "export",
+            "--operator", "dpo-1", "--data-dir", str(directory),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await export.communicate()
+        await harness.query(LOOKUP, variables={"id": account_ids[1]})
+    verify = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "fonte"), "audit", "verify",
+        "--data-dir", str(directory), stdout=asyncio.subprocess.PIPE)
+    verified, _ = await verify.communicate()
+
+    bodies = _bodies(directory)
+    assert export.returncode == 0, stderr.decode()
+    assert [json.loads(line)["seq"] for line in stdout.decode().splitlines()] == [1]
+    assert [body["seq"] for body in bodies] == [1, 2, 3]
+    assert [body.get("kind") for body in bodies] == [None, "export", None]
+    assert verify.returncode == 0, verified.decode()
+    assert _text(verified.decode()) == "audit log intact: 3 records and 1 checkpoint verified"
+
+
+def test_export_while_data_dir_locked(data_dir: Path) -> None:
     lock = claim_data_dir(data_dir)
     try:
         result = _run("audit", "export", "--data-dir", str(data_dir))
     finally:
         lock.close()
 
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 3
+    assert _bodies(data_dir)[-1]["kind"] == "export"
+
+
+def test_forget_rejected_while_gateway_runs(data_dir: Path, account_ids: list[str]) -> None:
+    lock = claim_data_dir(data_dir)
+    try:
+        result = _run("audit", "forget", account_ids[0], "--yes", "--data-dir", str(data_dir))
+    finally:
+        lock.close()
+
     assert result.exit_code == 2
     assert "is in use by another gateway process" in _text(result.stderr)
     assert "stop the gateway first" in _text(result.stderr)
-    assert result.stdout == ""
+    assert len(_bodies(data_dir)) == 3
 
 
 def test_verify_after_admin_records(data_dir: Path) -> None:
