@@ -248,6 +248,7 @@ def audit_export(
     output: Annotated[Path | None, typer.Option(help="File to write; default stdout.")] = None,
     operator: Operator = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    store: AuditStoreUrl = None,
 ) -> None:
     """Export audit records as JSON Lines or CSV, and record the export in the log."""
     from gateway.audit.export import ExportFilter
@@ -255,7 +256,7 @@ def audit_export(
     if fmt not in ("jsonl", "csv"):
         errors.print(f"--format {fmt!r} is not supported; use jsonl or csv", highlight=False)
         raise typer.Exit(2)
-    path = _audit_path(data_dir)
+    path = _audit_target(data_dir, store)
     subject_ref = None if subject is None else _subject_ref(data_dir, subject_type, subject)
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and since >= until:
@@ -276,10 +277,13 @@ def audit_export(
         asyncio.run(record_admin_event(path, event))
     except GatewayError as exc:
         raise _fail(exc) from exc
+    except ValueError as exc:
+        errors.print(f"error: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     errors.print(f"{_count(count, 'record')} exported")
 
 
-def _run_export(path: Path, fmt: str, filters: ExportFilter, output: Path | None) -> int:
+def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path | None) -> int:
     """Write the export, with a progress bar when standard error is a terminal."""
     from rich.progress import Progress
 

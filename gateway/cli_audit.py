@@ -1,7 +1,9 @@
 """The ``fonte audit bundle``, ``forget`` and ``access-report`` commands, and ``fonte ropa``.
 
-Each audit command here appends its own record to the log, so it holds the data folder's
-lock and fails while a gateway runs on that folder.
+Each audit command here appends its own record to the log. Bundle and access-report may
+run while a gateway appends to the same store. Forget on an SQLite store holds the data
+folder's lock, so it fails while a gateway runs on that folder. Bundle and access-report
+read only the SQLite store.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import json
 import os
 import tomllib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +20,11 @@ import typer
 
 from gateway.cli import (
     DEFAULT_DATA_DIR,
+    AuditStoreUrl,
     DataDir,
     Operator,
     _audit_path,
+    _audit_target,
     _claim,
     _count,
     _fail,
@@ -90,22 +95,28 @@ def audit_forget(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     operator: Operator = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    store: AuditStoreUrl = None,
 ) -> None:
     """Destroy a data subject's key, so that the log no longer leads to them (GDPR Art. 17)."""
     from gateway.audit.operations import forget
 
     _check_subject_type(subject_type)
-    path = _audit_path(data_dir)
+    target = _audit_target(data_dir, store)
     if not yes and not typer.confirm(
         f"Erase this {subject_type} from the audit log? This cannot be undone"
     ):
         raise typer.Exit(1)
     ref = _subject_ref(data_dir, subject_type, subject)
-    with _claim(data_dir):
+    # A PostgreSQL store caches no subject key and erases under its advisory lock, so
+    # gateways may keep running. An SQLite store needs its gateway stopped.
+    with nullcontext() if store is not None else _claim(data_dir):
         try:
-            result, seq = asyncio.run(forget(path, ref, _operator(operator)))
+            result, seq = asyncio.run(forget(target, ref, _operator(operator)))
         except GatewayError as exc:
             raise _fail(exc) from exc
+        except ValueError as exc:
+            errors.print(f"error: {exc}", soft_wrap=True)
+            raise typer.Exit(2) from exc
     key_state = "key destroyed" if result.key_deleted else "no key was stored"
     console.print(f"{key_state}; {_count(result.records_unlinked, 'record')} unlinked; "
                   f"erasure recorded as record {seq}")

@@ -18,8 +18,10 @@ import orjson
 from sqlalchemy import Select, func, null, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.audit.postgres import open_reader
 from gateway.audit.record import canonical_json, utc_timestamp
-from gateway.audit.store import audit_record, audit_subject, describe_error, open_reader_engine
+from gateway.audit.schema import join_text
+from gateway.audit.store import audit_record, audit_subject, describe_error
 from gateway.errors import AuditError, AuditIntegrityError
 
 CSV_COLUMNS = (
@@ -115,14 +117,16 @@ class ExportFilter:
 
 
 async def export_records(
-    path: Path,
+    target: Path | str,
     out: TextIO,
     *,
     fmt: Literal["jsonl", "csv"],
     filters: ExportFilter,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the records of the store at ``path`` that match ``filters`` to ``out``, in seq order.
+    """Write the records of the store at ``target`` that match ``filters`` to ``out``, in seq order.
+
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store.
 
     ``jsonl`` writes one canonical JSON object per line: the stored event plus ``seq``,
     ``prev_hash`` and ``hash``. ``csv`` writes a header row of `CSV_COLUMNS`, then one row
@@ -140,10 +144,10 @@ async def export_records(
     """
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"export format {fmt!r} is not supported; use 'jsonl' or 'csv'")
-    statement = _filtered_query(filters, with_refs=fmt == "csv")
+    engine, location = open_reader(target)
+    statement = _filtered_query(filters, with_refs=fmt == "csv", dialect_name=engine.dialect.name)
     statement = statement.execution_options(yield_per=_FETCH_ROWS)
 
-    engine = open_reader_engine(path)
     csv_writer = None
     if fmt == "csv":
         csv_writer = csv.writer(out, lineterminator="\n")
@@ -166,31 +170,31 @@ async def export_records(
                     count += 1
                 if progress is not None and rows:
                     progress(rows[-1].seq)
-    except SQLAlchemyError as exc:
-        raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
     finally:
         await engine.dispose()
     return count
 
 
-async def last_seq(path: Path) -> int:
-    """Return the seq of the newest record in the store at ``path``, or 0 when it is empty."""
-    engine = open_reader_engine(path)
+async def last_seq(target: Path | str) -> int:
+    """Return the seq of the newest record in the store at ``target``, or 0 when it is empty."""
+    engine, location = open_reader(target)
     try:
         async with engine.connect() as connection:
             value = (await connection.execute(select(func.max(audit_record.c.seq)))).scalar()
-    except SQLAlchemyError as exc:
-        raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
     finally:
         await engine.dispose()
     return int(value or 0)
 
 
-def _filtered_query(filters: ExportFilter, *, with_refs: bool) -> Select[Any]:
+def _filtered_query(filters: ExportFilter, *, with_refs: bool, dialect_name: str) -> Select[Any]:
     refs: Any = None
     if with_refs:
         refs = (
-            select(func.group_concat(audit_subject.c.ref, " "))
+            select(join_text(audit_subject.c.ref, dialect_name))
             .where(audit_subject.c.seq == audit_record.c.seq)
             .scalar_subquery()
         )

@@ -16,11 +16,11 @@ from sqlalchemy import Connection, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.postgres import open_reader
+from gateway.audit.postgres import PostgresAuditStore, open_reader
 from gateway.audit.record import AdminEvent, AdminKind, DetailValue, utc_timestamp
 from gateway.audit.schema import audit_checkpoint
 from gateway.audit.sqlite import describe_error
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
 from gateway.audit.subject_keys import ForgetResult, forget_subject
 from gateway.errors import AuditError
 
@@ -38,14 +38,19 @@ def admin_event(kind: AdminKind, actor: str, details: Mapping[str, DetailValue])
 
 
 async def record_admin_event(
-    path: Path, event: AdminEvent, *, checkpoint_key: CheckpointKey | None = None
+    target: Path | str, event: AdminEvent, *, checkpoint_key: CheckpointKey | None = None
 ) -> int:
-    """Append ``event`` to the store at ``path`` and return its seq.
+    """Append ``event`` to the store at ``target`` and return its seq.
 
-    With ``checkpoint_key``, the store signs a checkpoint that covers the new record
-    when it closes. Raises AuditError if the store cannot be opened or written.
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. With
+    ``checkpoint_key``, the store signs a checkpoint that covers the new record when it
+    closes. Raises AuditError if the store cannot be opened or written.
     """
-    store = await SQLiteAuditStore.open(path, checkpoint_key=checkpoint_key)
+    store: GroupCommitStore
+    if isinstance(target, Path):
+        store = await SQLiteAuditStore.open(target, checkpoint_key=checkpoint_key)
+    else:
+        store = await PostgresAuditStore.open(target, checkpoint_key=checkpoint_key)
     try:
         return await store.append(event)
     finally:
@@ -82,17 +87,17 @@ def _has_checkpoint_table(connection: Connection) -> bool:
     return inspect(connection).has_table(audit_checkpoint.name)
 
 
-async def forget(path: Path, ref: str, actor: str) -> tuple[ForgetResult, int]:
+async def forget(target: Path | str, ref: str, actor: str) -> tuple[ForgetResult, int]:
     """Erase the subject with pseudonym ``ref`` and record the erasure without it.
 
     Returns what was removed and the seq of the erasure record. The erasure is done
     before it is recorded: a crash between the two leaves an erasure without its
     record, never a record of an erasure that did not happen.
     """
-    result = await forget_subject(path, ref)
+    result = await forget_subject(target, ref)
     details: dict[str, DetailValue] = {
         "key_deleted": result.key_deleted,
         "records_unlinked": result.records_unlinked,
     }
-    seq = await record_admin_event(path, admin_event("forget", actor, details))
+    seq = await record_admin_event(target, admin_event("forget", actor, details))
     return result, seq

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
@@ -17,6 +18,8 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    func,
+    literal,
 )
 
 metadata = MetaData()
@@ -75,3 +78,21 @@ audit_checkpoint = Table(
     Column("note", Text, nullable=False),
     Index("ix_audit_checkpoint_size", "size"),
 )
+
+
+def join_text(expression: ColumnElement[str], dialect_name: str) -> ColumnElement[str]:
+    """Return the aggregate that joins ``expression`` over a group with single spaces.
+
+    SQLite calls it ``group_concat`` and PostgreSQL ``string_agg``. Neither orders the
+    items unless told, so callers must not rely on their order.
+    """
+    if dialect_name == "postgresql":
+        return func.string_agg(expression, literal(" "))
+    return func.group_concat(expression, literal(" "))
+
+
+def hex_text(expression: ColumnElement[bytes], dialect_name: str) -> ColumnElement[str]:
+    """Return ``expression`` in hexadecimal: upper case on SQLite, lower case on PostgreSQL."""
+    if dialect_name == "postgresql":
+        return func.encode(expression, literal("hex"))
+    return func.hex(expression)

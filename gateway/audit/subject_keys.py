@@ -15,10 +15,11 @@ listed twice in one record, and then the plaintext and the ciphertext repeat too
 
 Two tables link a subject to its records while it is not erased:
 ``audit_subject_key`` (pseudonym -> key) and ``audit_subject`` (pseudonym -> seq, the
-search index). `forget_subject` deletes both rows with SQLite's ``secure_delete`` on,
-then truncates the write-ahead log, so no byte of the database files holds the
-pseudonym any more. The sealed values stay in the bodies and the chain hashes still
-verify, but nothing can open them.
+search index). `forget_subject` deletes both rows. On SQLite it does so with ``secure_delete``
+on, then truncates the write-ahead log, so no byte of the database files holds the
+pseudonym any more. On PostgreSQL it runs VACUUM after the delete, which does not give
+that guarantee (see `_forget_in_postgres`). The sealed values stay in the bodies and
+the chain hashes still verify, but nothing can open them.
 
 Records written before subjects were sealed hold the pseudonym itself in
 ``{"type": ..., "ref": ...}``. `verify` still reads them, but `forget_subject` rejects a
@@ -43,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, event, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from gateway.audit.record import Subject
 from gateway.audit.schema import audit_record, audit_subject, audit_subject_key
@@ -147,14 +149,19 @@ def _set_secure_delete(dbapi_connection: Any, _connection_record: Any) -> None:
         cursor.close()
 
 
-async def forget_subject(path: Path, ref: str) -> ForgetResult:
+async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
     """Delete the key and the index rows of the subject with pseudonym ``ref``.
 
-    The caller must hold the data folder's lock, so that no gateway writes meanwhile.
-    Raises AuditError if the subject appears in a record written before subjects were
-    sealed, if the store cannot be written, or if the write-ahead log cannot be
-    truncated, which would leave old copies of the deleted rows in it.
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. For
+    SQLite, the caller must hold the data folder's lock, so that no gateway writes
+    meanwhile. Raises AuditError if the subject appears in a record written before
+    subjects were sealed, if the store cannot be written, or if SQLite's write-ahead log
+    cannot be truncated, which would leave old copies of the deleted rows in it.
     """
+    if isinstance(target, str):
+        return await _forget_in_postgres(target, ref)
+
+    path = target
     if not path.is_file():
         raise AuditError(f"audit store {path} not found; check the path")
 
@@ -163,13 +170,7 @@ async def forget_subject(path: Path, ref: str) -> ForgetResult:
     event.listen(engine.sync_engine, "connect", _set_secure_delete)
     try:
         async with engine.begin() as connection:
-            await _reject_unsealed(connection, ref, path)
-            unlinked = await connection.execute(
-                delete(audit_subject).where(audit_subject.c.ref == ref)
-            )
-            deleted = await connection.execute(
-                delete(audit_subject_key).where(audit_subject_key.c.ref == ref)
-            )
+            result = await _delete_subject(connection, ref, str(path))
         async with engine.connect() as connection:
             busy = (
                 await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -186,10 +187,51 @@ async def forget_subject(path: Path, ref: str) -> ForgetResult:
             "log could not be truncated because another process reads the store; stop it "
             "and run forget again"
         )
+    return result
+
+
+async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
+    """Delete the subject's key and index rows in one transaction, then VACUUM both tables.
+
+    Runs under the store's advisory lock, so no commit of a running gateway interleaves.
+    NOTE: VACUUM frees the dead row versions for reuse, but PostgreSQL does not promise
+    to overwrite their bytes, and WAL segments, a WAL archive and backups keep copies of
+    the key until they are recycled or expire. docs/audit.md describes what to do.
+    """
+    from gateway.audit.migrate import lock_postgres
+    from gateway.audit.postgres import describe_url, postgres_url
+
+    parsed = postgres_url(url)
+    location = describe_url(parsed)
+    engine = create_async_engine(parsed, hide_parameters=True, poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lock_postgres)
+            result = await _delete_subject(connection, ref, location)
+        # VACUUM cannot run inside a transaction block.
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit.connect() as connection:
+            await connection.exec_driver_sql(
+                f"VACUUM {audit_subject_key.name}, {audit_subject.name}"
+            )
+    except (SQLAlchemyError, OSError) as exc:
+        message = f"cannot erase a subject in audit store {location}: {describe_error(exc)}"
+        raise AuditError(message) from exc
+    finally:
+        await engine.dispose()
+    return result
+
+
+async def _delete_subject(connection: AsyncConnection, ref: str, location: str) -> ForgetResult:
+    await _reject_unsealed(connection, ref, location)
+    unlinked = await connection.execute(delete(audit_subject).where(audit_subject.c.ref == ref))
+    deleted = await connection.execute(
+        delete(audit_subject_key).where(audit_subject_key.c.ref == ref)
+    )
     return ForgetResult(key_deleted=deleted.rowcount > 0, records_unlinked=unlinked.rowcount)
 
 
-async def _reject_unsealed(connection: AsyncConnection, ref: str, path: Path) -> None:
+async def _reject_unsealed(connection: AsyncConnection, ref: str, location: str) -> None:
     # A record written before sealing lists the subject in the index but has no key row.
     has_key = (
         await connection.execute(
@@ -207,7 +249,7 @@ async def _reject_unsealed(connection: AsyncConnection, ref: str, path: Path) ->
     ).scalar()
     if unsealed is not None:
         raise AuditError(
-            f"the subject appears in audit record {unsealed} of {path}, which was written "
+            f"the subject appears in audit record {unsealed} of {location}, which was written "
             "before subjects were sealed with their own key; its hashed body contains the "
             "pseudonym, so forget cannot remove it without breaking the chain. Keep the "
             "store as it is and record the erasure request by other means, or start a new store"

@@ -57,6 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.postgres import open_reader
+from gateway.audit.schema import hex_text, join_text
 from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
 from gateway.audit.subject_keys import sealed_prefix, unseal
 from gateway.audit.verify_checkpoints import (
@@ -440,16 +441,8 @@ def _stored_rows_query(dialect_name: str) -> Select[Any]:
     # A correlated subquery keeps the scan in seq order without a GROUP BY, which
     # would make SQLite collect the rows before it returns the first.
     # Each item is "<ref>=<hex key>", with nothing after "=" when the ref has no key.
-    # SQLite's hex() gives upper case and PostgreSQL's encode() lower case, which
-    # bytes.fromhex both accepts.
-    if dialect_name == "postgresql":
-        key_hex = func.encode(audit_subject_key.c.key, literal("hex"))
-        item = audit_subject.c.ref + literal("=") + func.coalesce(key_hex, literal(""))
-        joined_refs = func.string_agg(item, literal(" "))
-    else:
-        key_hex = func.hex(audit_subject_key.c.key)
-        item = audit_subject.c.ref + "=" + func.coalesce(key_hex, "")
-        joined_refs = func.group_concat(item, " ")
+    key_hex = func.coalesce(hex_text(audit_subject_key.c.key, dialect_name), literal(""))
+    joined_refs = join_text(audit_subject.c.ref + literal("=") + key_hex, dialect_name)
     refs = (
         select(joined_refs)
         .select_from(
