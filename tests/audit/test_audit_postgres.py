@@ -231,3 +231,24 @@ async def test_export_from_postgres(database: str) -> None:
     assert count == 1
     assert rows[1].startswith("2,access,")
     assert PSEUDONYMS.token("customer", "C-2") in rows[1].split(",")
+
+
+async def test_store_before_subject_keys_upgrades(database: str) -> None:
+    store = await PostgresAuditStore.open(database)
+    await store.close()
+    engine = create_async_engine(database)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP TABLE audit_subject_key"))
+        await connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    await engine.dispose()
+
+    reopened = await PostgresAuditStore.open(database)
+    seq = await reopened.append(make_event(1))
+    await reopened.close()
+
+    assert seq == 1
+    assert await fetch_all(database, "SELECT version_num FROM alembic_version") == [("0003",)]
+    keys = await fetch_all(database, "SELECT ref, length(key) FROM audit_subject_key")
+    assert keys == [(PSEUDONYMS.token("customer", "C-1"), 32)]
+    report = await verify_store(database, public_keys={})
+    assert report.ok, report.reason
