@@ -239,6 +239,28 @@ def test_bundle_command_signs_and_verifies(data_dir: Path, tmp_path: Path) -> No
     assert _bodies(data_dir)[3]["details"] == {"folder": "bundle"}
 
 
+async def test_bundle_while_gateway_runs(
+    demo_data: DemoData, tmp_path: Path, account_ids: list[str]
+) -> None:
+    directory = tmp_path / "data"
+    folder = tmp_path / "bundle"
+    async with start_harness(demo_data, directory) as harness:
+        await harness.query(LOOKUP, variables={"id": account_ids[0]})
+        bundle = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "fonte"), "audit", "bundle", str(folder),
+            "--operator", "dpo-1", "--data-dir", str(directory),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await bundle.communicate()
+        await harness.query(LOOKUP, variables={"id": account_ids[1]})
+
+    assert bundle.returncode == 0, stderr.decode()
+    assert _text(stdout.decode()) == (
+        f"bundle written to {folder}: 2 records and 1 checkpoint; "
+        "OK: 2 records and 1 checkpoint verified"
+    )
+    assert [body.get("kind") for body in _bodies(directory)] == [None, "bundle", None]
+
+
 def test_bundle_needs_checkpoint_key(data_dir: Path, tmp_path: Path) -> None:
     (data_dir / "keys" / "audit-checkpoint.pem").unlink()
 
