@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
@@ -39,6 +40,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from gateway.audit.anchor import CheckpointAnchor, anchor_from_setting
 from gateway.audit.keys import CheckpointKey, publish_public_key
 from gateway.audit.keys import load_or_create_signing_key as load_or_create_checkpoint_key
+from gateway.audit.operations import newest_checkpoint_key_name
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
@@ -145,12 +147,17 @@ class Gateway:
             settings.checkpoint_key_path, name=settings.audit_checkpoint_key_name)
         publish_public_key(checkpoint_key, settings.checkpoint_public_key_dir)
         anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
+        previous_key = await newest_checkpoint_key_name(_audit_target(settings))
         store = await _open_audit_store(settings, checkpoint_key, anchors)
         audit_key = load_or_create_key(settings.pseudonym_key_path)
         pseudonymizer = Pseudonymizer(audit_key)
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()
         recorder = AuditRecorder(store, pseudonymizer, operation_key=operation_key,
                                  fail_open=settings.audit_fail_open)
+        if previous_key is not None and previous_key != checkpoint_key.name:
+            await recorder.record_admin("key_rotation", {"previous_key": previous_key,
+                                                         "key": checkpoint_key.name})
+        policy.on_change = recorder.policy_changed
         keys = PseudonymKeys(load_or_create_key(settings.mask_key_path))
         executor = Executor(catalog, schema, policy, sources, recorder, keys,
                             settings.operation_limits, settings.max_search_length)
@@ -174,6 +181,11 @@ class Gateway:
         await self.recorder.close()
         await self.verifier.aclose()
         self.lock.close()
+
+
+def _audit_target(settings: Settings) -> Path | str:
+    """Return the URL of the PostgreSQL store of ``[audit] store``, or else the SQLite path."""
+    return settings.audit_store_url or settings.audit_path
 
 
 async def _open_audit_store(settings: Settings, checkpoint_key: CheckpointKey,

@@ -12,18 +12,29 @@ import hmac
 import logging
 from typing import Literal
 
+from gateway.audit.operations import admin_event
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.record import AuditEvent, FieldDecision, Subject, utc_timestamp
+from gateway.audit.record import (
+    AdminKind,
+    AuditEvent,
+    DetailValue,
+    FieldDecision,
+    Subject,
+    utc_timestamp,
+)
 from gateway.audit.store import AuditStore
 from gateway.build import AuditFacts
 from gateway.errors import AuditError
 from gateway.fetch import FetchStats
 from gateway.plan import Plan
+from gateway.policy import PolicyEngine
 from gateway.principal import Principal
 
 log = logging.getLogger("gateway.audit")
 
 Outcome = Literal["success", "partial", "denied", "error"]
+# The actor of the records that the gateway writes about its own configuration.
+GATEWAY_ACTOR = "fonte-gateway"
 
 
 class AuditRecorder:
@@ -90,6 +101,25 @@ class AuditRecorder:
         would let a reader of the log confirm guesses of it.
         """
         return hmac.new(self._operation_key, query.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    async def record_admin(self, kind: AdminKind, details: dict[str, DetailValue]) -> None:
+        """Append a record of a change to the gateway itself; log the error if it fails.
+
+        The change has already taken effect, so a failed record must not undo it.
+        """
+        try:
+            seq = await self._store.append(admin_event(kind, GATEWAY_ACTOR, details))
+        except AuditError as exc:
+            log.error("audit record of %s %s not written: %s", kind, details, exc)
+            return
+        log.info("recorded %s as audit record %d", kind, seq)
+
+    async def policy_changed(self, previous: PolicyEngine, current: PolicyEngine,
+                             reason: str) -> None:
+        """Record that a reload replaced the policy, with both version hashes."""
+        await self.record_admin("policy_change", {
+            "previous_version": previous.version, "version": current.version,
+            "reason": reason})
 
     async def healthy(self) -> bool:
         return await self._store.healthy()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.console import Console
@@ -16,6 +19,7 @@ from rich.table import Table
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
+    from gateway.audit.export import ExportFilter
     from gateway.catalog import Catalog
     from gateway.policy import PolicyEngine
 
@@ -31,6 +35,9 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Folder of the audit l
 AuditStoreUrl = Annotated[str | None, typer.Option(
     "--store", help="PostgreSQL URL of the audit store, as in [audit] store, with the "
     "password if it needs one; default: the SQLite file in --data-dir.")]
+Operator = Annotated[str | None, typer.Option(
+    help="User id recorded as the actor of this command's own audit record; default: the "
+    "login name.")]
 # Messages quote settings such as "[systems.crm]", which rich markup would
 # take for style tags, so markup and highlighting are off.
 console = Console(markup=False, highlight=False)
@@ -227,45 +234,123 @@ def audit_export(
         help="Data subject: a customer or contact id, as the CRM knows it.")] = None,
     subject_type: Annotated[str, typer.Option(help="customer or contact.")] = "customer",
     actor: Annotated[str | None, typer.Option(help="Caller's user id.")] = None,
+    role: Annotated[str | None, typer.Option(help="One of the caller's roles.")] = None,
+    purpose: Annotated[str | None, typer.Option(help="Purpose of processing.")] = None,
+    system: Annotated[str | None, typer.Option(help="Source system read, e.g. crm.")] = None,
+    field: Annotated[str | None, typer.Option(
+        help="Field named by the request, as Type.field.")] = None,
+    category: Annotated[str | None, typer.Option(
+        help="Data category of a field, or a parent category such as contact.")] = None,
     since: Annotated[datetime | None, typer.Option(
         help="From this time, inclusive; without a zone it is UTC (2026-12-04T08:00).")] = None,
     until: Annotated[datetime | None, typer.Option(
         help="Before this time, exclusive; without a zone it is UTC.")] = None,
     output: Annotated[Path | None, typer.Option(help="File to write; default stdout.")] = None,
+    operator: Operator = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    store: AuditStoreUrl = None,
 ) -> None:
-    """Export audit records as JSON Lines or CSV."""
-    from gateway.audit.export import ExportFilter, export_records
-    from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
+    """Export audit records as JSON Lines or CSV, and record the export in the log."""
+    from gateway.audit.export import ExportFilter
 
     if fmt not in ("jsonl", "csv"):
         errors.print(f"--format {fmt!r} is not supported; use jsonl or csv", highlight=False)
         raise typer.Exit(2)
-    path = data_dir / "audit.sqlite3"
-    if not path.is_file():
-        errors.print(f"no audit log at {path}; pass the gateway's --data-dir", highlight=False)
-        raise typer.Exit(2)
-    subject_ref = None
-    if subject is not None:
-        key = load_or_create_key(data_dir / "keys" / "audit-pseudonym.key")
-        subject_ref = Pseudonymizer(key).token(subject_type, subject)
+    path = _audit_target(data_dir, store)
+    subject_ref = None if subject is None else _subject_ref(data_dir, subject_type, subject)
     since, until = _utc(since), _utc(until)
     if since is not None and until is not None and since >= until:
         errors.print(f"--since {since.isoformat()} is not before --until {until.isoformat()}; "
                      "swap them or widen the range")
         raise typer.Exit(2)
-    filters = ExportFilter(subject_ref=subject_ref, actor=actor, since=since, until=until)
+    filters = ExportFilter(subject_ref=subject_ref, actor=actor, role=role, purpose=purpose,
+                           system=system, field=field, category=category, since=since,
+                           until=until)
+    # No data folder lock: the store reads its head inside BEGIN IMMEDIATE, so this
+    # record and a running gateway's records extend one chain.
     try:
-        if output is None:
-            count = asyncio.run(export_records(path, sys.stdout, fmt=fmt,  # type: ignore[arg-type]
-                                               filters=filters))
-        else:
-            with output.open("w", encoding="utf-8", newline="") as handle:
-                count = asyncio.run(export_records(path, handle, fmt=fmt,  # type: ignore[arg-type]
-                                                   filters=filters))
+        count = _run_export(path, fmt, filters, output)
+        from gateway.audit.operations import admin_event, record_admin_event
+
+        details = {"format": fmt, "records": count, **filters.applied()}
+        event = admin_event("export", _operator(operator), details)
+        asyncio.run(record_admin_event(path, event))
     except GatewayError as exc:
         raise _fail(exc) from exc
+    except ValueError as exc:
+        errors.print(f"error: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     errors.print(f"{_count(count, 'record')} exported")
+
+
+def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path | None) -> int:
+    """Write the export, with a progress bar when standard error is a terminal."""
+    from rich.progress import Progress
+
+    from gateway.audit.export import export_records, last_seq
+
+    def run(handle: TextIO, progress: Callable[[int], None] | None) -> int:
+        return asyncio.run(export_records(path, handle, fmt=fmt,  # type: ignore[arg-type]
+                                          filters=filters, progress=progress))
+
+    def run_to(progress: Callable[[int], None] | None) -> int:
+        if output is None:
+            return run(sys.stdout, progress)
+        with output.open("w", encoding="utf-8", newline="") as handle:
+            return run(handle, progress)
+
+    if not errors.is_terminal:
+        return run_to(None)
+    total = asyncio.run(last_seq(path))
+    with Progress(console=errors, transient=True) as bar:
+        task = bar.add_task("exporting", total=total)
+        return run_to(lambda seq: bar.update(task, completed=seq))
+
+
+def _audit_path(data_dir: Path) -> Path:
+    path = data_dir / "audit.sqlite3"
+    if not path.is_file():
+        errors.print(f"no audit log at {path}; pass the gateway's --data-dir", highlight=False)
+        raise typer.Exit(2)
+    return path
+
+
+def _subject_ref(data_dir: Path, subject_type: str, subject: str) -> str:
+    from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
+
+    key_path = data_dir / "keys" / "audit-pseudonym.key"
+    if not key_path.is_file():
+        # A new key would give a pseudonym that matches no record, and an erasure
+        # or report with it would look successful.
+        errors.print(f"pseudonym key {key_path} not found; pass the gateway's --data-dir",
+                     soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        key = load_or_create_key(key_path)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
+    return Pseudonymizer(key).token(subject_type, subject)
+
+
+@contextmanager
+def _claim(data_dir: Path) -> Iterator[None]:
+    """Hold the data folder's lock, so that no gateway runs while a command erases a subject."""
+    from gateway.datadir import claim_data_dir
+
+    try:
+        lock = claim_data_dir(data_dir)
+    except GatewayError as exc:
+        errors.print(f"error: {exc}. This command deletes rows that a running gateway caches "
+                     "and reads; stop the gateway first", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def _operator(operator: str | None) -> str:
+    return operator or getpass.getuser()
 
 
 @audit_app.command("migrate")
@@ -507,3 +592,8 @@ def policy_push(
 
 def main() -> None:
     app()
+
+
+# The audit commands that need more than a few lines live in their own module, which
+# registers them on audit_app and app when imported.
+from gateway import cli_audit  # noqa: E402,F401

@@ -65,6 +65,9 @@ class PolicyHolder:
         self._next: asyncio.Future[bool] | None = None
         self._next_reason = ""
         self._runner: asyncio.Task[None] | None = None
+        # Awaited with the previous engine, the new one and the reason after each
+        # replacement. The gateway records the change in the audit log there.
+        self.on_change: Callable[[PolicyEngine, PolicyEngine, str], Awaitable[None]] | None = None
 
     @property
     def current(self) -> PolicyEngine:
@@ -148,6 +151,8 @@ class PolicyHolder:
         self._engine = engine
         log.info("policy reload (%s): policy %s replaced by %s", reason, previous.version,
                  engine.version)
+        if self.on_change is not None:
+            await self.on_change(previous, engine, reason)
         return True
 
 

@@ -158,6 +158,7 @@ async def start_harness(data: DemoData, data_dir: Path, *,
                         erp: SystemSettings | None = None,
                         policy_dir: Path | None = None,
                         overrides: dict[str, Any] | None = None,
+                        checkpoint_key: tuple[str, Path] | None = None,
                         ) -> AsyncIterator[Harness]:
     """Run a gateway like the ``harness`` fixture, with each upstream transport wrapped.
 
@@ -167,8 +168,10 @@ async def start_harness(data: DemoData, data_dir: Path, *,
     policies; pass ``{}`` for the production defaults. ``erp`` replaces the
     ERP settings, to read the demo ERP with another dialect. ``policy_dir`` replaces
     the shipped ``policies/`` folder (see ``write_policy_dir``). ``overrides`` replaces
-    other ``Settings`` fields by name, such as ``operation_limits``. The gateway's lifespan
-    ends, and its audit store is closed, when the ``async with`` block exits.
+    other ``Settings`` fields by name, such as ``operation_limits``, ``jwks`` or ``http``.
+    ``checkpoint_key`` is the name and file of the audit checkpoint key, instead of the
+    default. The gateway's lifespan ends, and its audit store is closed, when the
+    ``async with`` block exits.
     """
     if resilience is None:
         resilience = {"crm": ResiliencePolicy(retries=0), "erp": ResiliencePolicy(retries=0)}
@@ -187,6 +190,9 @@ async def start_harness(data: DemoData, data_dir: Path, *,
         policy_dir=policy_dir or default_policy_dir(),
     )
     settings = replace(settings, **(overrides or {}))
+    if checkpoint_key is not None:
+        settings = replace(settings, audit_checkpoint_key_name=checkpoint_key[0],
+                           audit_checkpoint_key_file=checkpoint_key[1])
     clients = {
         "crm": httpx.AsyncClient(transport=wrap_crm(httpx.ASGITransport(app=crm_app))),
         "erp": httpx.AsyncClient(transport=wrap_erp(httpx.ASGITransport(app=erp_app))),

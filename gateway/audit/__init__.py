@@ -4,7 +4,9 @@ denied a personal field.
 `SQLiteAuditStore` appends records with group commit and signs checkpoints of the
 chain with a `CheckpointKey`. `verify_store` checks the chain and the checkpoints,
 `export_records` writes records as JSON Lines or CSV, and `Pseudonymizer` turns subject
-identifiers into the keyed tokens that records contain instead of personal values.
+identifiers into the keyed tokens that the store seals into records, each with the
+subject's own key, instead of personal values. `gateway.audit.operations` erases a
+subject and records operations on the log.
 """
 
 from gateway.audit.anchor import FileAnchor, StreamAnchor, anchor_from_setting

@@ -26,6 +26,7 @@ POSTGRES_LOCK_KEY = 0x666F6E7465_417564  # "fonte" "Aud"
 # Revisions that match the tables of stores created before migrations existed.
 _FIRST_RELEASE_REVISION = "0001"
 _CHECKPOINT_REVISION = "0002"
+_SUBJECT_KEY_REVISION = "0003"
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -80,6 +81,9 @@ def _legacy_revision(connection: Connection) -> str | None:
     tables = set(inspect(connection).get_table_names())
     if "audit_record" not in tables:
         return None
+    # A store of the release that sealed subjects without migrations has both tables.
+    if "audit_subject_key" in tables:
+        return _SUBJECT_KEY_REVISION
     if "audit_checkpoint" in tables:
         return _CHECKPOINT_REVISION
     return _FIRST_RELEASE_REVISION

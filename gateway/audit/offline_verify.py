@@ -259,8 +259,8 @@ def _check_end(notes: list[Note], count: int, covered: int, origin: str) -> str:
     longest = max(notes, key=lambda note: note.size, default=None)
     if longest is not None and longest.size > count:
         raise VerifyFailure(
-            f"export has {count} records but {longest.label} signed {longest.size}; "
-            "records were removed from the end"
+            f"record {count + 1} missing: export has {count} records but {longest.label} "
+            f"signed {longest.size}; records were removed from the end"
         )
     for note in notes:
         if note.origin != origin:

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from gateway.audit.anchor import CheckpointAnchor
-from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.migrate import lock_postgres, upgrade_schema
@@ -37,6 +36,7 @@ from gateway.audit.store import (
     check_open_arguments,
     read_head,
 )
+from gateway.audit.subject_keys import load_subject_keys
 from gateway.errors import AuditError
 
 logger = logging.getLogger(__name__)
@@ -164,33 +164,24 @@ class PostgresAuditStore(GroupCommitStore):
         logger.info("opened audit store %s at seq %d", location, head[0])
         return cls(engine, location, head, max_batch, writer, checkpoint_interval)
 
-    async def _insert_batch(self, batch: list[PendingAppend]) -> tuple[int, str]:
-        """Chain ``batch`` onto the head that the database holds, under the lock."""
+    async def _insert_batch(
+        self, batch: list[PendingAppend]
+    ) -> tuple[int, str, dict[str, bytes]]:
+        """Chain ``batch`` onto the head that the database holds, under the lock.
+
+        Subject keys are read under the lock on every commit, not from a cache, because
+        another process may have created or forgotten a subject's key meanwhile.
+        """
+        refs = {ref for pending in batch for ref in pending.event.refs}
         async with self._engine.begin() as connection:
             await connection.run_sync(lock_postgres)
             head_seq, head_hash = await read_head(connection, self._location)
+            keys = await load_subject_keys(connection, refs)
             records, subjects, last_hash = build_rows(
-                [pending.event for pending in batch], head_seq, head_hash
+                [pending.event for pending in batch], head_seq, head_hash, keys
             )
             await copy_rows(connection, records, subjects)
-        return head_seq + 1, last_hash
-
-    async def _write_checkpoint(self) -> Checkpoint | None:
-        """Sign the head that the database holds, under the lock, unless it is covered."""
-        if self._checkpoints is None:
-            return None
-        self._last_checkpoint_at = self._loop.time()
-        try:
-            async with self._engine.begin() as connection:
-                await connection.run_sync(lock_postgres)
-                head_seq, head_hash = await read_head(connection, self._location)
-                if head_seq == 0:
-                    return None
-                return await self._checkpoints.write_in(connection, head_seq, head_hash)
-        except (SQLAlchemyError, OSError) as exc:
-            reason = describe_error(exc)
-            message = f"cannot save a checkpoint in audit store {self._location}: {reason}"
-            raise AuditError(message) from exc
+        return head_seq + 1, last_hash, {}
 
 
 def open_reader(target: Path | str) -> tuple[AsyncEngine, str]:

@@ -1,8 +1,13 @@
 """Audit record types, their validation and the canonical JSON that the hash chain covers.
 
-An audit record never contains a personal value. Data subjects appear only as keyed
-pseudonyms from ``Pseudonymizer.token``, and `validate_event` rejects a subject ref that
-does not have the token format.
+An audit record never contains a personal value. Data subjects reach the store only as
+keyed pseudonyms from ``Pseudonymizer.token``, and `validate_event` rejects a subject ref
+that does not have the token format. The store then seals each pseudonym with the
+subject's own key (see `gateway.audit.subject_keys`).
+
+Two kinds of event are recorded: an `AuditEvent` for each GraphQL request that read or
+was denied a personal field, and an `AdminEvent` for each operation on the log itself
+(exports, erasures, checkpoint key rotations, policy changes).
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ DECISIONS = frozenset({"allow", "mask", "deny"})
 # only because every stored timestamp has exactly this shape.
 TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 _SHA256_HEX_PATTERN = re.compile(r"[0-9a-f]{64}")
+_DETAIL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+ADMIN_KINDS = frozenset(
+    {"export", "bundle", "access_report", "forget", "key_rotation", "policy_change"}
+)
+AdminKind = Literal[
+    "export", "bundle", "access_report", "forget", "key_rotation", "policy_change"
+]
+DetailValue = str | int | bool | list[str] | None
 
 
 class Subject(TypedDict):
@@ -68,6 +82,21 @@ class AuditEvent(_OptionalEventKeys):
     policy_version: str
 
 
+class AdminEvent(TypedDict):
+    """One operation on the audit log itself, recorded in the same chain as requests.
+
+    ``details`` contains the operation's parameters that identify no data subject: an
+    export's filter names and non-subject values, a policy version, a key name.
+    """
+
+    kind: AdminKind
+    time: str  # RFC 3339 UTC with milliseconds
+    request_id: str  # a random id of the operation
+    actor: str  # the operator's user id
+    outcome: Literal["success"]
+    details: dict[str, DetailValue]
+
+
 def canonical_json(value: object) -> bytes:
     """Encode ``value`` as the canonical JSON bytes that the audit chain hashes.
 
@@ -108,12 +137,16 @@ def utc_timestamp(moment: datetime | None = None) -> str:
 
 
 def validate_event(event: object) -> None:
-    """Raise ValueError unless ``event`` is a well-formed `AuditEvent`.
+    """Raise ValueError unless ``event`` is a well-formed `AuditEvent` or `AdminEvent`.
 
     Unknown keys are rejected as well as missing ones, so that no extra value, personal
     or not, reaches the log. Messages name the key and never quote a value that could be
-    personal.
+    personal. An event with a ``kind`` key is checked as an `AdminEvent`.
     """
+    if isinstance(event, Mapping) and "kind" in event:
+        _validate_admin_event(event)
+        return
+
     record = _require_keys("audit event", event, AuditEvent.__required_keys__,
                            AuditEvent.__optional_keys__)
 
@@ -226,3 +259,27 @@ def _validate_fields(value: object) -> None:
             raise ValueError(f"fields[{index}].decision must be one of {sorted(DECISIONS)}")
         if decision["mask"] is not None:
             _require_text(f"fields[{index}].mask", decision["mask"])
+
+
+def _validate_admin_event(event: Mapping[str, object]) -> None:
+    record = _require_keys("admin event", event, AdminEvent.__required_keys__)
+    if record["kind"] not in ADMIN_KINDS:
+        raise ValueError(f"kind {record['kind']!r} must be one of {sorted(ADMIN_KINDS)}")
+    for key in ("request_id", "actor"):
+        _require_text(key, record[key])
+    _validate_time(record["time"])
+    if record["outcome"] != "success":
+        raise ValueError("outcome of an admin event must be 'success'")
+
+    details = record["details"]
+    if not isinstance(details, Mapping):
+        raise ValueError("details must be a dict")
+    for name, value in details.items():
+        if not isinstance(name, str) or not _DETAIL_NAME_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"details key {name!r} is invalid; use 1 to 40 lowercase letters, digits or '_'"
+            )
+        if isinstance(value, list):
+            _require_text_list(f"details.{name}", value)
+        elif value is not None and not isinstance(value, str | int):
+            raise ValueError(f"details.{name} must be a string, integer, boolean, list or null")

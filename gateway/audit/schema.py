@@ -9,13 +9,17 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
     Text,
+    func,
+    literal,
 )
 
 metadata = MetaData()
@@ -42,6 +46,8 @@ audit_record = Table(
     Index("ix_audit_record_time", "time"),
 )
 
+# The search index: which records name the subject with this pseudonym. `forget`
+# deletes a subject's rows here and in audit_subject_key.
 audit_subject = Table(
     "audit_subject",
     metadata,
@@ -49,6 +55,15 @@ audit_subject = Table(
     Column("ref", Text, nullable=False),
     PrimaryKeyConstraint("ref", "seq"),
     Index("ix_audit_subject_seq", "seq"),
+)
+
+# One random AES-256-GCM key per subject pseudonym, which seals the pseudonym in the
+# bodies of the subject's records (see gateway.audit.subject_keys).
+audit_subject_key = Table(
+    "audit_subject_key",
+    metadata,
+    Column("ref", Text, primary_key=True),
+    Column("key", LargeBinary, nullable=False),
 )
 
 audit_checkpoint = Table(
@@ -63,3 +78,21 @@ audit_checkpoint = Table(
     Column("note", Text, nullable=False),
     Index("ix_audit_checkpoint_size", "size"),
 )
+
+
+def join_text(expression: ColumnElement[str], dialect_name: str) -> ColumnElement[str]:
+    """Return the aggregate that joins ``expression`` over a group with single spaces.
+
+    SQLite calls it ``group_concat`` and PostgreSQL ``string_agg``. Neither orders the
+    items unless told, so callers must not rely on their order.
+    """
+    if dialect_name == "postgresql":
+        return func.string_agg(expression, literal(" "))
+    return func.group_concat(expression, literal(" "))
+
+
+def hex_text(expression: ColumnElement[bytes], dialect_name: str) -> ColumnElement[str]:
+    """Return ``expression`` in hexadecimal: upper case on SQLite, lower case on PostgreSQL."""
+    if dialect_name == "postgresql":
+        return func.encode(expression, literal("hex"))
+    return func.hex(expression)

@@ -7,6 +7,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -63,6 +64,26 @@ def set_writer_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def begin_immediate(engine: AsyncEngine) -> None:
+    """Make every transaction of ``engine`` start with ``BEGIN IMMEDIATE``.
+
+    The Python sqlite3 driver starts a transaction only at the first write, so a read
+    of the chain head would run before the write lock. ``BEGIN IMMEDIATE`` takes the
+    lock first, and a second writer waits for it (the driver's 5 s busy timeout) instead
+    of reading a head that is about to change. This follows SQLAlchemy's recipe for
+    SQLite transactions (documentation of the pysqlite dialect, "Serializable isolation").
+    """
+
+    def disable_driver_transactions(dbapi_connection: Any, _connection_record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    def begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine.sync_engine, "connect", disable_driver_transactions)
+    event.listen(engine.sync_engine, "begin", begin)
 
 
 async def check_pragmas(connection: AsyncConnection, path: Path) -> None:

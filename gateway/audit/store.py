@@ -5,11 +5,14 @@ returns only after the commit. Concurrent requests share commits (group commit).
 writer task takes every pending event, up to ``max_batch``, and inserts them in one
 transaction. Opened with a checkpoint key, the same task also signs a checkpoint of the
 committed head every ``checkpoint_interval`` seconds while new records exist, and at
-`close`.
+`close`. Each subject's pseudonym is sealed in the record body with that subject's key,
+which is created in the same transaction as its first record (see
+`gateway.audit.subject_keys`).
 
-`GroupCommitStore` is that machinery. `SQLiteAuditStore` keeps the head in memory,
-because one process writes the file. `gateway.audit.postgres.PostgresAuditStore`
-reads the head inside a lock on every commit, because several processes write.
+`GroupCommitStore` is that machinery. Both stores read the chain head inside the write
+transaction on every commit, under the database's write lock: ``BEGIN IMMEDIATE`` on
+SQLite and an advisory lock on PostgreSQL. So another process can append between two
+commits, as the CLI does when it records an export while a gateway runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,16 +35,24 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.migrate import upgrade_schema
-from gateway.audit.record import AuditEvent, canonical_json, validate_event
-from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject, metadata
+from gateway.audit.migrate import lock_postgres, upgrade_schema
+from gateway.audit.record import AdminEvent, AuditEvent, Subject, canonical_json, validate_event
+from gateway.audit.schema import (
+    audit_checkpoint,
+    audit_record,
+    audit_subject,
+    audit_subject_key,
+    metadata,
+)
 from gateway.audit.sqlite import (
+    begin_immediate,
     check_pragmas,
     describe_error,
     open_reader_engine,
     set_writer_pragmas,
     sqlite_url,
 )
+from gateway.audit.subject_keys import load_subject_keys, seal_subjects
 from gateway.errors import AuditError, AuditIntegrityError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +64,7 @@ __all__ = [
     "audit_checkpoint",
     "audit_record",
     "audit_subject",
+    "audit_subject_key",
     "describe_error",
     "metadata",
     "open_reader_engine",
@@ -60,12 +72,15 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
+# Subject keys kept in memory to save a query per commit. The cache is emptied when it
+# grows past this, about 100 bytes an entry.
+_SUBJECT_KEY_CACHE_SIZE = 50_000
 
 
 class AuditStore(Protocol):
     """Durable storage for audit records."""
 
-    async def append(self, event: AuditEvent) -> int:
+    async def append(self, event: AuditEvent | AdminEvent) -> int:
         """Store ``event`` as the next record and return its seq once it is durable.
 
         Raises AuditError if the record could not be stored.
@@ -135,6 +150,10 @@ class _CheckpointRequest:
     future: asyncio.Future[Checkpoint | None]
 
 
+def _subject_refs(batch: list[PendingAppend]) -> set[str]:
+    return {ref for pending in batch for ref in pending.event.refs}
+
+
 class _Signal:
     """A queue item that only wakes the writer task."""
 
@@ -186,6 +205,10 @@ class GroupCommitStore:
         self._queue: asyncio.Queue[PendingAppend | _Control] = asyncio.Queue()
         self._checkpoints = checkpoints
         self._checkpoint_interval = checkpoint_interval
+        # Only committed keys enter the cache. A key changes only when forget deletes it,
+        # and forget runs only while no gateway holds the data folder's lock. The
+        # PostgreSQL store does not use this cache.
+        self._subject_keys: dict[str, bytes] = {}
         self._loop = asyncio.get_running_loop()
         self._last_checkpoint_at = self._loop.time()
         self._tick: asyncio.TimerHandle | None = None
@@ -198,7 +221,7 @@ class GroupCommitStore:
         """The file path or URL of the store, with any password hidden."""
         return self._location
 
-    async def append(self, event: AuditEvent) -> int:
+    async def append(self, event: AuditEvent | AdminEvent) -> int:
         """Store ``event`` as the next record and return its seq once the commit is durable.
 
         Raises AuditError if the event is invalid, the store is closed or the commit
@@ -300,7 +323,7 @@ class GroupCommitStore:
         try:
             if self._head_stale:
                 await self._reload_head()
-            first_seq, last_hash = await self._insert_batch(batch)
+            first_seq, last_hash, keys = await self._insert_batch(batch)
         except Exception as exc:
             # Catch every error, a bug included, so that only this batch fails. If the
             # writer task died, every later append would wait forever.
@@ -310,6 +333,7 @@ class GroupCommitStore:
         self._head_seq = first_seq + len(batch) - 1
         self._head_hash = last_hash
         self.commits += 1
+        self._cache_subject_keys(keys)
         if not self._healthy:
             logger.info("audit store %s commits again from seq %d", self._location, first_seq)
         self._healthy = True
@@ -318,18 +342,33 @@ class GroupCommitStore:
                 pending.future.set_result(first_seq + offset)
         self._schedule_tick()
 
-    async def _insert_batch(self, batch: list[PendingAppend]) -> tuple[int, str]:
-        """Chain ``batch`` onto the head in memory and commit it.
+    async def _insert_batch(
+        self, batch: list[PendingAppend]
+    ) -> tuple[int, str, dict[str, bytes]]:
+        """Chain ``batch`` onto the head that the database holds, in one write transaction.
 
-        Returns the first seq and the last hash. Correct only while this object is the
-        only writer of the store.
+        Returns the first seq, the last hash and the subject keys that sealed the batch.
+        The head is read inside the transaction instead of taken from memory, so that
+        another process may append between two commits of this store without forking
+        the chain. The engine must make the transaction take the write lock at its
+        start (``BEGIN IMMEDIATE`` on SQLite).
         """
-        records, subjects, last_hash = build_rows(
-            [pending.event for pending in batch], self._head_seq, self._head_hash
-        )
         async with self._engine.begin() as connection:
+            head_seq, head_hash = await read_head(connection, self._location)
+            keys = await load_subject_keys(
+                connection, _subject_refs(batch), self._subject_keys
+            )
+            records, subjects, last_hash = build_rows(
+                [pending.event for pending in batch], head_seq, head_hash, keys
+            )
             await insert_rows(connection, records, subjects)
-        return self._head_seq + 1, last_hash
+        return head_seq + 1, last_hash, keys
+
+    def _cache_subject_keys(self, keys: dict[str, bytes]) -> None:
+        """Keep the committed ``keys`` so that the next batches need no query for them."""
+        if len(self._subject_keys) + len(keys) > _SUBJECT_KEY_CACHE_SIZE:
+            self._subject_keys.clear()
+        self._subject_keys.update(keys)
 
     def _schedule_tick(self) -> None:
         """Start the checkpoint timer unless it runs or every committed record is covered."""
@@ -346,14 +385,18 @@ class GroupCommitStore:
             self._tick = None
 
     async def _write_checkpoint(self) -> Checkpoint | None:
+        """Sign the head that the database holds, under the write lock, unless it is covered."""
         if self._checkpoints is None:
             return None
-        if self._head_stale:
-            await self._reload_head()
         self._last_checkpoint_at = self._loop.time()
         try:
-            return await self._checkpoints.write(self._engine, self._head_seq, self._head_hash)
-        except SQLAlchemyError as exc:
+            async with self._engine.begin() as connection:
+                await connection.run_sync(lock_postgres)
+                head_seq, head_hash = await read_head(connection, self._location)
+                if head_seq == 0:
+                    return None
+                return await self._checkpoints.write_in(connection, head_seq, head_hash)
+        except (SQLAlchemyError, OSError) as exc:
             reason = describe_error(exc)
             message = f"cannot save a checkpoint in audit store {self._location}: {reason}"
             raise AuditError(message) from exc
@@ -444,9 +487,10 @@ class GroupCommitStore:
 class SQLiteAuditStore(GroupCommitStore):
     """An `AuditStore` in one SQLite file.
 
-    Use one store object per file. A second writer, in this process or another, cannot
-    fork the chain because ``seq`` is the primary key, but the two writers make each
-    other's commits fail.
+    Several store objects, in this process or others, may append to one file: each
+    commit reads the head inside ``BEGIN IMMEDIATE``, and a writer waits up to the
+    driver's 5 s busy timeout for another's commit. Only one gateway serves a data
+    folder, so the others are short-lived CLI commands that record their own operation.
     """
 
     @classmethod
@@ -478,6 +522,7 @@ class SQLiteAuditStore(GroupCommitStore):
 
         engine = create_async_engine(sqlite_url(path), hide_parameters=True)
         event.listen(engine.sync_engine, "connect", set_writer_pragmas)
+        begin_immediate(engine)
         try:
             async with engine.begin() as connection:
                 await check_pragmas(connection, path)
@@ -502,31 +547,41 @@ class SQLiteAuditStore(GroupCommitStore):
 class PreparedEvent:
     """A validated event, encoded once, with the values that the other columns copy.
 
-    The record body is the canonical JSON of the event plus ``prev_hash`` and ``seq``.
-    With sorted keys, the event's keys fall into three runs: before ``prev_hash``,
-    between it and ``seq``, and after ``seq``. Each run is encoded here, outside the
-    writer's commit (and outside the PostgreSQL lock), and `body` joins the runs
-    around the two values that are known only at commit.
+    The record body is the canonical JSON of the event plus ``prev_hash`` and ``seq``,
+    with each subject's pseudonym sealed. With sorted keys, the event's other keys fall
+    into four runs: before ``prev_hash``, between it and ``seq``, between ``seq`` and
+    ``subjects``, and after ``subjects``. Each run is encoded here, outside the writer's
+    commit (and outside the PostgreSQL lock), and `body` joins the runs around the
+    three values that are known only at commit: ``prev_hash``, ``seq`` and the sealed
+    subjects, whose nonce depends on the seq.
     """
 
     columns: dict[str, Any]
+    subjects: tuple[Subject, ...] | None
     refs: tuple[str, ...]
-    runs: tuple[bytes, bytes, bytes]
+    runs: tuple[bytes, bytes, bytes, bytes]
 
-    def body(self, seq: int, prev_hash: str) -> bytes:
-        """Return ``canonical_json({**event, "seq": seq, "prev_hash": prev_hash})``."""
-        before, between, after = self.runs
+    def body(self, seq: int, prev_hash: str, keys: Mapping[str, bytes]) -> bytes:
+        """Return the canonical JSON of the event with ``seq``, ``prev_hash`` and sealed subjects.
+
+        ``keys`` maps each pseudonym in ``refs`` to its subject key.
+        """
+        before, between, after_seq, after_subjects = self.runs
         parts = [
             before,
             b'"prev_hash":"' + prev_hash.encode("ascii") + b'"',
             between,
             b'"seq":' + str(seq).encode("ascii"),
-            after,
+            after_seq,
         ]
+        if self.subjects is not None:
+            sealed = seal_subjects(self.subjects, keys, seq)
+            parts.append(b'"subjects":' + canonical_json(sealed))
+        parts.append(after_subjects)
         return b"{" + b",".join(part for part in parts if part) + b"}"
 
 
-def prepare_event(event: AuditEvent) -> PreparedEvent:
+def prepare_event(event: AuditEvent | AdminEvent) -> PreparedEvent:
     """Encode a validated event for `build_rows`.
 
     Raises ValueError if the event has a ``seq`` or ``prev_hash`` key of its own, and
@@ -534,31 +589,45 @@ def prepare_event(event: AuditEvent) -> PreparedEvent:
     """
     if "seq" in event or "prev_hash" in event:
         raise ValueError("audit event must not contain seq or prev_hash; the store sets them")
-    runs: list[dict[str, Any]] = [{}, {}, {}]
+    runs: list[dict[str, Any]] = [{}, {}, {}, {}]
     for key, value in event.items():
+        if key == "subjects":
+            continue
         if key < "prev_hash":
             runs[0][key] = value
         elif key < "seq":
             runs[1][key] = value
-        else:
+        elif key < "subjects":
             runs[2][key] = value
+        else:
+            runs[3][key] = value
     # canonical_json of each run without its braces; an empty run gives b"".
     encoded = tuple(canonical_json(run)[1:-1] for run in runs)
-    columns = {name: event[name] for name in _COPIED_COLUMNS}  # type: ignore[literal-required]
-    refs = tuple(sorted({subject["ref"] for subject in event["subjects"]}))
-    return PreparedEvent(columns, refs, (encoded[0], encoded[1], encoded[2]))
+    columns = {name: event.get(name) for name in _COPIED_COLUMNS}
+    subjects: tuple[Subject, ...] | None = None
+    if "kind" not in event:
+        subjects = tuple(event["subjects"])
+    refs = tuple(sorted({subject["ref"] for subject in subjects or ()}))
+    return PreparedEvent(
+        columns, subjects, refs, (encoded[0], encoded[1], encoded[2], encoded[3])
+    )
 
 
 # Columns of audit_record that copy body values, so that exports can filter in SQL.
+# An AdminEvent has no purpose, so its purpose column is NULL.
 _COPIED_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
 
 
 def build_rows(
-    events: Sequence[PreparedEvent], head_seq: int, head_hash: str
+    events: Sequence[PreparedEvent],
+    head_seq: int,
+    head_hash: str,
+    keys: Mapping[str, bytes],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
-    """Chain ``events`` onto the head.
+    """Chain ``events`` onto the head, sealing subjects with ``keys``.
 
-    Returns the record rows, the subject rows and the hash of the last record.
+    Returns the record rows, the subject rows and the hash of the last record. The
+    subject rows index the pseudonyms themselves, for search and for `forget`.
     """
     records: list[dict[str, Any]] = []
     subjects: list[dict[str, Any]] = []
@@ -566,7 +635,7 @@ def build_rows(
     prev_hash = head_hash
     for prepared in events:
         seq += 1
-        body = prepared.body(seq, prev_hash)
+        body = prepared.body(seq, prev_hash, keys)
         record_hash = chain_hash(prev_hash, seq, body)
         records.append(
             {

@@ -12,7 +12,9 @@ report names that record's seq and one of these faults:
   recomputed its hash.
 - ``column NAME differs from body`` or ``subject index differs from body``: a copy
   that exports filter on (time, request_id, actor, purpose, outcome, subject refs)
-  was edited.
+  was edited. The index of a sealed subject must name a pseudonym whose key opens
+  one of the record's sealed values. The sealed values of an erased subject have
+  no index row and no key, and are not checked beyond the chain hash.
 
 Stored checkpoints (see `gateway.audit.checkpoint`) add these faults, which name the
 checkpoint:
@@ -55,7 +57,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
 from gateway.audit.postgres import open_reader
-from gateway.audit.store import audit_record, audit_subject, describe_error
+from gateway.audit.schema import hex_text, join_text
+from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
+from gateway.audit.subject_keys import sealed_prefix, unseal
 from gateway.audit.verify_checkpoints import (
     CheckpointFault,
     CheckpointMatcher,
@@ -70,6 +74,8 @@ from gateway.errors import AuditError
 _FETCH_ROWS = 500
 # Copied from the body into columns that exports filter on.
 _FILTER_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
+# The base64 of a 12-byte nonce, which starts every sealed value.
+_SEALED_PREFIX_CHARACTERS = 16
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,8 @@ class StoredRow:
     """One row of ``audit_record``, as the verifier reads it.
 
     ``subject_refs`` is the set of refs that ``audit_subject`` lists for this seq, or None
-    to skip the subject index check (an export file has no index).
+    to skip the subject index check (an export file has no index). ``subject_keys``
+    maps those of the refs that have a row in ``audit_subject_key`` to their key.
     """
 
     seq: int
@@ -90,6 +97,7 @@ class StoredRow:
     prev_hash: str
     hash: str
     subject_refs: frozenset[str] | None = None
+    subject_keys: Mapping[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,13 +252,41 @@ def _find_index_fault(row: StoredRow, body: dict[str, Any]) -> tuple[int, str] |
     if row.subject_refs is None:
         return None
 
-    subjects = body.get("subjects")
-    if not isinstance(subjects, list):
+    subjects = body.get("subjects", [])
+    if not isinstance(subjects, list) or not all(isinstance(item, dict) for item in subjects):
         return row.seq, "subject index differs from body"
-    body_refs = {subject.get("ref") for subject in subjects if isinstance(subject, dict)}
-    if body_refs != row.subject_refs:
+    if not _index_matches(row.seq, subjects, row.subject_refs, row.subject_keys or {}):
         return row.seq, "subject index differs from body"
     return None
+
+
+def _index_matches(
+    seq: int,
+    subjects: list[dict[str, Any]],
+    index_refs: frozenset[str],
+    keys: Mapping[str, bytes],
+) -> bool:
+    # Records written before sealing list the pseudonym itself under "ref", and
+    # every one of those must be indexed.
+    plain_refs = {subject.get("ref") for subject in subjects if "ref" in subject}
+    sealed = [subject for subject in subjects if "sealed" in subject]
+    if not plain_refs <= index_refs:
+        return False
+
+    # The nonce that each key derives for this seq finds its sealed value directly.
+    sealed_by_prefix = {
+        str(subject.get("sealed"))[:_SEALED_PREFIX_CHARACTERS]: subject for subject in sealed
+    }
+    for ref in index_refs - plain_refs:
+        key = keys.get(ref)
+        if key is None:
+            return False
+        subject = sealed_by_prefix.get(sealed_prefix(key, seq))
+        if subject is None:
+            return False
+        if unseal(key, subject.get("sealed"), seq=seq, kind=subject.get("type")) != ref:
+            return False
+    return True
 
 
 def verify_rows(rows: Iterable[StoredRow]) -> VerifyReport:
@@ -404,12 +440,16 @@ def _checkpoint_failure(records: int, fault: CheckpointFault) -> VerifyReport:
 def _stored_rows_query(dialect_name: str) -> Select[Any]:
     # A correlated subquery keeps the scan in seq order without a GROUP BY, which
     # would make SQLite collect the rows before it returns the first.
-    if dialect_name == "postgresql":
-        joined_refs = func.string_agg(audit_subject.c.ref, literal(" "))
-    else:
-        joined_refs = func.group_concat(audit_subject.c.ref, " ")
+    # Each item is "<ref>=<hex key>", with nothing after "=" when the ref has no key.
+    key_hex = func.coalesce(hex_text(audit_subject_key.c.key, dialect_name), literal(""))
+    joined_refs = join_text(audit_subject.c.ref + literal("=") + key_hex, dialect_name)
     refs = (
         select(joined_refs)
+        .select_from(
+            audit_subject.outerjoin(
+                audit_subject_key, audit_subject_key.c.ref == audit_subject.c.ref
+            )
+        )
         .where(audit_subject.c.seq == audit_record.c.seq)
         .scalar_subquery()
     )
@@ -444,8 +484,19 @@ def _to_stored_row(row: Row[Any]) -> StoredRow:
     # the text "None", which fails the checks instead of raising here.
     refs_text = row.subject_refs
     parts = refs_text.split(" ") if refs_text else []
-    refs = frozenset(parts)
-    if len(parts) != int(row.subject_rows) or len(refs) != len(parts):
+    keys: dict[str, bytes] = {}
+    names = []
+    malformed = False
+    for part in parts:
+        ref, separator, key_hex = part.rpartition("=")
+        names.append(ref if separator else part)
+        try:
+            if key_hex and separator:
+                keys[ref] = bytes.fromhex(key_hex)
+        except ValueError:
+            malformed = True
+    refs = frozenset(names)
+    if malformed or len(parts) != int(row.subject_rows) or len(refs) != len(parts):
         # A ref with a space inside, or a repeated ref, is not what append writes.
         refs = frozenset({*refs, "<malformed subject index>"})
     return StoredRow(
@@ -459,4 +510,5 @@ def _to_stored_row(row: Row[Any]) -> StoredRow:
         prev_hash=str(row.prev_hash),
         hash=str(row.hash),
         subject_refs=refs,
+        subject_keys=keys,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.export import ExportFilter, export_records
+from gateway.audit.operations import admin_event, record_admin_event
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.store import SQLiteAuditStore
@@ -109,20 +111,6 @@ EVENTS: list[AuditEvent] = [
 ]
 
 
-def expected_hashes() -> list[str]:
-    """Compute the chain independently of the store."""
-    hashes = []
-    prev_hash = GENESIS_HASH
-    for seq, event in enumerate(EVENTS, start=1):
-        body = canonical_json({**event, "seq": seq, "prev_hash": prev_hash})
-        prev_hash = chain_hash(prev_hash, seq, body)
-        hashes.append(prev_hash)
-    return hashes
-
-
-HASH_1, HASH_2, HASH_3 = expected_hashes()
-
-
 @pytest.fixture
 async def store_path(tmp_path: Path) -> Path:
     path = tmp_path / "audit.db"
@@ -135,6 +123,26 @@ async def store_path(tmp_path: Path) -> Path:
     return path
 
 
+def sealed_subjects(path: Path) -> dict[int, list[dict[str, str]]]:
+    """Read the sealed subjects of each stored body, the only random part of a record."""
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT seq, body FROM audit_record ORDER BY seq").fetchall()
+    return {seq: json.loads(body)["subjects"] for seq, body in rows}
+
+
+def expected_records(path: Path) -> list[dict[str, object]]:
+    """Compute the exported records independently of the store, from the sealed subjects."""
+    sealed = sealed_subjects(path)
+    records: list[dict[str, object]] = []
+    prev_hash = GENESIS_HASH
+    for seq, event in enumerate(EVENTS, start=1):
+        body = {**event, "subjects": sealed[seq], "seq": seq, "prev_hash": prev_hash}
+        record_hash = chain_hash(prev_hash, seq, canonical_json(body))
+        records.append({**body, "hash": record_hash})
+        prev_hash = record_hash
+    return records
+
+
 async def export_text(path: Path, fmt: str, filters: ExportFilter) -> tuple[int, str]:
     out = io.StringIO()
     count = await export_records(path, out, fmt=fmt, filters=filters)  # type: ignore[arg-type]
@@ -143,6 +151,9 @@ async def export_text(path: Path, fmt: str, filters: ExportFilter) -> tuple[int,
 
 async def test_jsonl_export_is_exact(store_path: Path) -> None:
     count, output = await export_text(store_path, "jsonl", ExportFilter())
+    expected = expected_records(store_path)
+    hash_1 = expected[0]["hash"]
+    sealed_1 = sealed_subjects(store_path)[1][0]["sealed"]
 
     lines = output.split("\n")
     assert count == 3
@@ -154,38 +165,55 @@ async def test_jsonl_export_is_exact(store_path: Path) -> None:
         '"mask":null,"rule":"sales-read-contact"},'
         '{"category":"contact.phone","decision":"mask","field":"Customer.phone",'
         '"mask":"last4","rule":"support-masked-phone"}],'
-        f'"hash":"{HASH_1}","operation_hash":"{OPERATION_HASH}",'
+        f'"hash":"{hash_1}","operation_hash":"{OPERATION_HASH}",'
         '"operation_name":"CustomerCard","outcome":"success","policy_version":"7",'
         f'"prev_hash":"{GENESIS_HASH}","purpose":"support","records":1,'
         '"request_id":"req-1","roles":["sales","support"],"seq":1,'
-        f'"subjects":[{{"ref":"{CUSTOMER_REF}","type":"customer"}}],'
+        f'"subjects":[{{"sealed":"{sealed_1}","type":"customer"}}],'
         '"systems":["crm"],"time":"2026-12-04T10:00:00.000Z"}'
     )
-    assert lines[1] == canonical_json(
-        {**EVENTS[1], "seq": 2, "prev_hash": HASH_1, "hash": HASH_2}
-    ).decode("utf-8")
-    assert lines[2] == canonical_json(
-        {**EVENTS[2], "seq": 3, "prev_hash": HASH_2, "hash": HASH_3}
-    ).decode("utf-8")
+    assert lines[1] == canonical_json(expected[1]).decode("utf-8")
+    assert lines[2] == canonical_json(expected[2]).decode("utf-8")
+
+
+async def test_jsonl_export_holds_no_pseudonym(store_path: Path) -> None:
+    _, output = await export_text(store_path, "jsonl", ExportFilter())
+
+    assert CUSTOMER_REF not in output
+    assert CONTACT_REF not in output
 
 
 async def test_csv_export_is_exact(store_path: Path) -> None:
     count, output = await export_text(store_path, "csv", ExportFilter())
+    hash_1, hash_2, hash_3 = (record["hash"] for record in expected_records(store_path))
+    both_refs = ";".join(sorted([CUSTOMER_REF, CONTACT_REF]))
 
     assert count == 3
     assert output.split("\n") == [
-        "seq,time,request_id,actor,roles,purpose,client,client_address,operation_name,"
-        "operation_hash,"
-        "subjects,fields,systems,records,outcome,policy_version,hash",
-        f"1,2026-12-04T10:00:00.000Z,req-1,emp-1,sales;support,support,crm-web,,CustomerCard,"
-        f"{OPERATION_HASH},{CUSTOMER_REF},Customer.email=allow;Customer.phone=mask,crm,1,"
-        f"success,7,{HASH_1}",
-        f"2,2026-12-04T11:00:00.000Z,req-2,emp-2,finance,,,,,{OPERATION_HASH},"
-        f"{CUSTOMER_REF};{CONTACT_REF},Customer.iban=deny,crm;erp,2,partial,7,{HASH_2}",
-        f"3,2026-12-04T12:00:00.000Z,req-3,emp-1,,marketing,crm-web,,"
-        f'"\'=HYPERLINK(""x"")",{OPERATION_HASH},{CONTACT_REF},,,0,denied,7,{HASH_3}',
+        "seq,kind,time,request_id,actor,roles,purpose,client,client_address,operation_name,"
+        "operation_hash,subjects,fields,systems,records,outcome,policy_version,details,hash",
+        f"1,access,2026-12-04T10:00:00.000Z,req-1,emp-1,sales;support,support,crm-web,,"
+        f"CustomerCard,{OPERATION_HASH},{CUSTOMER_REF},Customer.email=allow;Customer.phone=mask,"
+        f"crm,1,success,7,,{hash_1}",
+        f"2,access,2026-12-04T11:00:00.000Z,req-2,emp-2,finance,,,,,{OPERATION_HASH},"
+        f"{both_refs},Customer.iban=deny,crm;erp,2,partial,7,,{hash_2}",
+        f"3,access,2026-12-04T12:00:00.000Z,req-3,emp-1,,marketing,crm-web,,"
+        f'"\'=HYPERLINK(""x"")",{OPERATION_HASH},{CONTACT_REF},,,0,denied,7,,{hash_3}',
         "",
     ]
+
+
+async def test_csv_export_lists_admin_event(store_path: Path) -> None:
+    event = admin_event("export", "dpo-1", {"format": "csv", "subject": True})
+    await record_admin_event(store_path, event)
+
+    _, output = await export_text(store_path, "csv", ExportFilter(actor="dpo-1"))
+
+    row = output.split("\n")[1].split(",")
+    assert row[:5] == ["4", "export", event["time"], event["request_id"], "dpo-1"]
+    assert output.split("\n")[1].endswith(
+        ',,,,,,,,,,success,,"{""format"":""csv"",""subject"":true}",' + row[-1]
+    )
 
 
 async def test_csv_export_of_no_records_has_header(store_path: Path) -> None:
@@ -193,9 +221,8 @@ async def test_csv_export_of_no_records_has_header(store_path: Path) -> None:
 
     assert count == 0
     assert output == (
-        "seq,time,request_id,actor,roles,purpose,client,client_address,operation_name,"
-        "operation_hash,"
-        "subjects,fields,systems,records,outcome,policy_version,hash\n"
+        "seq,kind,time,request_id,actor,roles,purpose,client,client_address,operation_name,"
+        "operation_hash,subjects,fields,systems,records,outcome,policy_version,details,hash\n"
     )
 
 
@@ -221,6 +248,21 @@ FILTER_CASES = [
     # 13:00 in UTC+2 is 11:00 UTC, so the time zone must be converted before comparing.
     (ExportFilter(since=datetime(2026, 12, 4, 13, tzinfo=timezone(timedelta(hours=2)))), [2, 3]),
     (ExportFilter(subject_ref=CONTACT_REF, actor="emp-1"), [3]),
+    (ExportFilter(role="sales"), [1]),
+    (ExportFilter(role="finance"), [2]),
+    (ExportFilter(role="dpo"), []),
+    (ExportFilter(purpose="support"), [1]),
+    (ExportFilter(purpose="marketing"), [3]),
+    (ExportFilter(system="erp"), [2]),
+    (ExportFilter(system="crm"), [1, 2]),
+    (ExportFilter(field="Customer.iban"), [2]),
+    (ExportFilter(field="Customer"), []),
+    (ExportFilter(category="contact"), [1]),
+    (ExportFilter(category="contact.phone"), [1]),
+    (ExportFilter(category="financial"), [2]),
+    # A category matches at a dot boundary only.
+    (ExportFilter(category="cont"), []),
+    (ExportFilter(role="sales", system="erp"), []),
 ]
 
 
@@ -269,3 +311,31 @@ async def test_export_rejects_body_that_is_not_json(store_path: Path) -> None:
 
     with pytest.raises(AuditIntegrityError, match="audit record 2 has a body that is not"):
         await export_text(store_path, "jsonl", ExportFilter())
+
+
+async def test_export_reports_progress_per_batch(store_path: Path) -> None:
+    seen: list[int] = []
+    out = io.StringIO()
+
+    count = await export_records(
+        store_path, out, fmt="jsonl", filters=ExportFilter(role="finance"), progress=seen.append
+    )
+
+    assert count == 1
+    assert seen == [3]
+
+
+def test_applied_filters_hide_subject() -> None:
+    filters = ExportFilter(
+        subject_ref=CUSTOMER_REF,
+        role="sales",
+        category="contact",
+        since=datetime(2026, 12, 4, 11, tzinfo=UTC),
+    )
+
+    assert filters.applied() == {
+        "subject": True,
+        "role": "sales",
+        "category": "contact",
+        "since": "2026-12-04T11:00:00.000Z",
+    }

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from checkpoint_support import make_event, new_key
 from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, Text, create_engine, insert
 
-from gateway.audit.chain import GENESIS_HASH
+from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.migrate import head_revision
+from gateway.audit.record import canonical_json
 from gateway.audit.schema import metadata
-from gateway.audit.store import SQLiteAuditStore, build_rows, prepare_event
+from gateway.audit.store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 
 
@@ -54,13 +56,34 @@ def first_release_tables() -> MetaData:
     return old
 
 
+def unsealed_rows(
+    count: int, head_seq: int = 0, head_hash: str = GENESIS_HASH
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Chain events as releases before subject keys did: the pseudonym in the body."""
+    records: list[dict[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+    prev_hash = head_hash
+    for seq in range(head_seq + 1, head_seq + count + 1):
+        event = make_event(seq)
+        body = canonical_json({**event, "seq": seq, "prev_hash": prev_hash})
+        record_hash = chain_hash(prev_hash, seq, body)
+        records.append({
+            "seq": seq, "time": event["time"], "request_id": event["request_id"],
+            "actor": event["actor"], "purpose": event["purpose"], "outcome": event["outcome"],
+            "body": body.decode("utf-8"), "prev_hash": prev_hash, "hash": record_hash,
+        })
+        subjects.extend({"seq": seq, "ref": ref}
+                        for ref in sorted({subject["ref"] for subject in event["subjects"]}))
+        prev_hash = record_hash
+    return records, subjects
+
+
 def write_first_release_store(path: Path, count: int) -> None:
     """Create a store as the first release did: create_all, then chained rows."""
     old = first_release_tables()
     engine = create_engine(f"sqlite:///{path}")
     old.create_all(engine)
-    events = [make_event(index) for index in range(1, count + 1)]
-    records, subjects, _ = build_rows([prepare_event(e) for e in events], 0, GENESIS_HASH)
+    records, subjects = unsealed_rows(count)
     with engine.begin() as connection:
         connection.execute(insert(old.tables["audit_record"]), records)
         connection.execute(insert(old.tables["audit_subject"]), subjects)
@@ -77,6 +100,7 @@ async def test_new_store_is_at_head_revision(tmp_path: Path) -> None:
         "audit_checkpoint",
         "audit_record",
         "audit_subject",
+        "audit_subject_key",
     }
 
 
@@ -128,3 +152,55 @@ async def test_store_without_version_table_is_stamped(tmp_path: Path) -> None:
     assert report.ok, report.reason
     assert report.records == 2
     assert report.checkpoints == 2
+
+
+async def test_store_before_subject_keys_migrates(tmp_path: Path) -> None:
+    # A store at revision 0002 holds pseudonyms in its bodies and has no key table.
+    path = tmp_path / "audit.db"
+    key = new_key()
+    store = await SQLiteAuditStore.open(path, checkpoint_key=key)
+    await store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE audit_subject_key")
+        connection.execute("UPDATE alembic_version SET version_num = '0002'")
+    engine = create_engine(f"sqlite:///{path}")
+    records, subjects = unsealed_rows(3)
+    with engine.begin() as connection:
+        connection.execute(insert(metadata.tables["audit_record"]), records)
+        connection.execute(insert(metadata.tables["audit_subject"]), subjects)
+    engine.dispose()
+
+    reopened = await SQLiteAuditStore.open(path, checkpoint_key=key)
+    seq = await reopened.append(make_event(4))
+    await reopened.close()
+
+    assert seq == 4
+    assert stored_revision(path) == "0003"
+    assert "audit_subject_key" in table_names(path)
+    with sqlite3.connect(path) as connection:
+        body = connection.execute("SELECT body FROM audit_record WHERE seq = 4").fetchone()[0]
+        key_rows = connection.execute("SELECT count(*) FROM audit_subject_key").fetchone()[0]
+    assert '"sealed":' in body
+    assert key_rows == 1
+    report = await verify_store(path, public_keys={key.name: key.private_key.public_key()})
+    assert report.ok, report.reason
+    assert report.records == 4
+
+
+async def test_unversioned_store_with_subject_keys_is_stamped(tmp_path: Path) -> None:
+    # The release that sealed subjects created its tables with create_all.
+    path = tmp_path / "audit.db"
+    store = await SQLiteAuditStore.open(path)
+    await store.append(make_event(1))
+    await store.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE alembic_version")
+
+    reopened = await SQLiteAuditStore.open(path)
+    await reopened.append(make_event(2))
+    await reopened.close()
+
+    assert stored_revision(path) == "0003"
+    report = await verify_store(path, public_keys={})
+    assert report.ok, report.reason
+    assert report.records == 2

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from checkpoint_support import make_event, new_key
+from checkpoint_support import PSEUDONYMS, make_event, new_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from services import postgres_url
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.migrate import head_revision
+from gateway.audit.operations import forget
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.retention import purge_records
 from gateway.audit.verify import verify_store
@@ -186,3 +190,65 @@ async def test_failed_commit_fails_batch_then_recovers(database: str) -> None:
     assert healthy_after_failure is False
     assert seq == 2
     assert healthy_after_recovery is True
+
+
+async def test_forget_in_postgres(database: str) -> None:
+    key = new_key()
+    store = await PostgresAuditStore.open(database, checkpoint_key=key)
+    for index in (1, 2, 1):
+        await store.append(make_event(index))
+    await store.close()
+    forgotten = PSEUDONYMS.token("customer", "C-1")
+    kept = PSEUDONYMS.token("customer", "C-2")
+
+    result, seq = await forget(database, forgotten, "dpo-1")
+
+    assert result.key_deleted is True
+    assert result.records_unlinked == 2
+    assert seq == 4
+    assert await fetch_all(database, "SELECT ref FROM audit_subject_key") == [(kept,)]
+    assert await fetch_all(database, "SELECT ref, seq FROM audit_subject") == [(kept, 2)]
+    bodies = [str(body) for (body,) in await fetch_all(
+        database, "SELECT body FROM audit_record ORDER BY seq")]
+    assert all(forgotten not in body for body in bodies)
+    assert json.loads(bodies[3])["kind"] == "forget"
+    report = await verify_store(database, public_keys=public_keys(key))
+    assert report.ok, report.reason
+    assert report.records == 4
+
+
+async def test_export_from_postgres(database: str) -> None:
+    store = await PostgresAuditStore.open(database)
+    for index in (1, 2):
+        await store.append(make_event(index))
+    await store.close()
+    out = io.StringIO()
+
+    count = await export_records(database, out, fmt="csv", filters=ExportFilter(
+        subject_ref=PSEUDONYMS.token("customer", "C-2")))
+
+    rows = out.getvalue().splitlines()
+    assert count == 1
+    assert rows[1].startswith("2,access,")
+    assert PSEUDONYMS.token("customer", "C-2") in rows[1].split(",")
+
+
+async def test_store_before_subject_keys_upgrades(database: str) -> None:
+    store = await PostgresAuditStore.open(database)
+    await store.close()
+    engine = create_async_engine(database)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP TABLE audit_subject_key"))
+        await connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    await engine.dispose()
+
+    reopened = await PostgresAuditStore.open(database)
+    seq = await reopened.append(make_event(1))
+    await reopened.close()
+
+    assert seq == 1
+    assert await fetch_all(database, "SELECT version_num FROM alembic_version") == [("0003",)]
+    keys = await fetch_all(database, "SELECT ref, length(key) FROM audit_subject_key")
+    assert keys == [(PSEUDONYMS.token("customer", "C-1"), 32)]
+    report = await verify_store(database, public_keys={})
+    assert report.ok, report.reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.store import SQLiteAuditStore, prepare_event, sqlite_url
+from gateway.audit.subject_keys import seal_subjects, unseal
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -112,13 +114,40 @@ async def test_stored_row_matches_chain(tmp_path: Path, store: SQLiteAuditStore)
             "FROM audit_record"
         ).fetchone()
         subjects = connection.execute("SELECT seq, ref FROM audit_subject").fetchall()
+        keys = connection.execute("SELECT ref, key FROM audit_subject_key").fetchall()
 
-    expected_body = canonical_json({**event, "seq": 1, "prev_hash": GENESIS_HASH})
+    ref = PSEUDONYMS.token("customer", "C-1001")
+    body = json.loads(row[6])
+    sealed = body["subjects"][0]["sealed"]
+    expected_body = canonical_json(
+        {
+            **event,
+            "subjects": [{"type": "customer", "sealed": sealed}],
+            "seq": 1,
+            "prev_hash": GENESIS_HASH,
+        }
+    )
     assert row[:6] == (1, "2026-12-04T20:17:39.123Z", "req-chain", "emp-17", "support", "success")
     assert row[6] == expected_body.decode("utf-8")
+    assert ref not in row[6]
     assert row[7] == GENESIS_HASH
     assert row[8] == chain_hash(GENESIS_HASH, 1, expected_body)
-    assert subjects == [(1, PSEUDONYMS.token("customer", "C-1001"))]
+    assert subjects == [(1, ref)]
+    assert [stored_ref for stored_ref, _ in keys] == [ref]
+    assert unseal(keys[0][1], sealed, seq=1, kind="customer") == ref
+
+
+async def test_sealed_subject_differs_per_record(tmp_path: Path, store: SQLiteAuditStore) -> None:
+    await store.append(make_event("req-1"))
+    await store.append(make_event("req-2"))
+
+    with sqlite3.connect(tmp_path / "audit.db") as connection:
+        bodies = [row[0] for row in connection.execute("SELECT body FROM audit_record")]
+        key_rows = count_rows(tmp_path / "audit.db", "audit_subject_key")
+
+    first, second = (json.loads(body)["subjects"][0]["sealed"] for body in bodies)
+    assert first != second
+    assert key_rows == 1
 
 
 async def test_concurrent_appends_share_commits(tmp_path: Path, store: SQLiteAuditStore) -> None:
@@ -384,10 +413,14 @@ async def test_store_opens_path_with_reserved_characters(tmp_path: Path) -> None
 )
 def test_prepared_body_is_canonical_json(changes: dict[str, object]) -> None:
     event = make_event("req-ü", **changes)
+    keys = {subject["ref"]: bytes([index + 1]) * 32
+            for index, subject in enumerate(event["subjects"])}
 
-    body = prepare_event(event).body(12345, "ab" * 32)
+    body = prepare_event(event).body(12345, "ab" * 32, keys)
 
-    assert body == canonical_json({**event, "seq": 12345, "prev_hash": "ab" * 32})
+    sealed = seal_subjects(event["subjects"], keys, 12345)
+    expected = {**event, "subjects": sealed, "seq": 12345, "prev_hash": "ab" * 32}
+    assert body == canonical_json(expected)
 
 
 def test_prepare_rejects_seq_key() -> None:
@@ -397,3 +430,23 @@ def test_prepare_rejects_seq_key() -> None:
         prepare_event(event)
 
     assert str(caught.value) == "audit event must not contain seq or prev_hash; the store sets them"
+
+
+async def test_two_stores_share_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    gateway_store = await SQLiteAuditStore.open(path)
+    command_store = await SQLiteAuditStore.open(path)
+
+    seqs = [
+        await gateway_store.append(make_event("req-1")),
+        await command_store.append(make_event("req-2")),
+        await gateway_store.append(make_event("req-3")),
+        await command_store.append(make_event("req-4")),
+    ]
+    await command_store.close()
+    await gateway_store.close()
+
+    assert seqs == [1, 2, 3, 4]
+    report = await verify_store(path, public_keys={})
+    assert report.ok, report.reason
+    assert report.records == 4

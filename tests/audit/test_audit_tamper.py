@@ -247,8 +247,8 @@ async def test_truncated_tail_is_detected(
     )
     assert status == 1
     assert output == (
-        "FAILED: export has 3 records but checkpoint 2 signed 5; records were removed "
-        "from the end"
+        "FAILED: record 4 missing: export has 3 records but checkpoint 2 signed 5; "
+        "records were removed from the end"
     )
 
 

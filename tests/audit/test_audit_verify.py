@@ -268,10 +268,32 @@ async def test_edited_filter_column_is_detected(store_path: Path) -> None:
     assert await verify_store(store_path) == failure(1, 2, "column actor differs from body")
 
 
-async def test_removed_subject_index_row_is_detected(store_path: Path) -> None:
-    run_sql(store_path, "DELETE FROM audit_subject WHERE seq = 4")
+async def test_removed_subject_key_is_detected(store_path: Path) -> None:
+    ref = PSEUDONYMS.token("customer", "C-4")
+    run_sql(store_path, f"DELETE FROM audit_subject_key WHERE ref = '{ref}'")
 
     assert await verify_store(store_path) == failure(3, 4, "subject index differs from body")
+
+
+async def test_subject_index_moved_to_other_record_is_detected(store_path: Path) -> None:
+    run_sql(store_path, "UPDATE audit_subject SET seq = 5 WHERE seq = 4")
+
+    # Record 4 now looks like a record of an erased subject, but the key of that
+    # subject opens no sealed value of record 5.
+    assert await verify_store(store_path) == failure(4, 5, "subject index differs from body")
+
+
+async def test_swapped_subject_keys_are_detected(store_path: Path) -> None:
+    first = PSEUDONYMS.token("customer", "C-1")
+    second = PSEUDONYMS.token("customer", "C-2")
+    run_sql(
+        store_path,
+        f"UPDATE audit_subject_key SET ref = 'swap' WHERE ref = '{first}'",
+        f"UPDATE audit_subject_key SET ref = '{first}' WHERE ref = '{second}'",
+        f"UPDATE audit_subject_key SET ref = '{second}' WHERE ref = 'swap'",
+    )
+
+    assert await verify_store(store_path) == failure(0, 1, "subject index differs from body")
 
 
 async def test_orphan_subject_index_row_is_detected(store_path: Path) -> None:

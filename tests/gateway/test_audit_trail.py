@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from conftest import Harness, seeded_iban
 from gateway.audit.chain import GENESIS_HASH
 from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
+from gateway.audit.subject_keys import unseal
 from gateway.catalog import load_catalog
 from gateway.policy import DEFAULT_DENY, PolicyEngine, rule_id
 
@@ -34,6 +36,18 @@ async def read_records(data_dir: Path) -> list[dict[str, Any]]:
     out = io.StringIO()
     await export_records(data_dir / "audit.sqlite3", out, fmt="jsonl", filters=ExportFilter())
     return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def opened_subjects(data_dir: Path, record: dict[str, Any]) -> list[dict[str, str]]:
+    """Open the record's sealed subjects with the stored subject keys, in body order."""
+    with sqlite3.connect(data_dir / "audit.sqlite3") as connection:
+        keys = [bytes(row[0]) for row in connection.execute("SELECT key FROM audit_subject_key")]
+    opened = []
+    for subject in record["subjects"]:
+        refs = [unseal(key, subject["sealed"], seq=record["seq"], kind=subject["type"])
+                for key in keys]
+        opened.append({"type": subject["type"], "ref": next(ref for ref in refs if ref)})
+    return opened
 
 
 def _pseudonym(data_dir: Path, kind: str, key: str) -> str:
@@ -127,7 +141,8 @@ async def test_record_subject_pseudonyms(card: CardRun) -> None:
         {"type": "customer",
          "ref": _pseudonym(harness.data_dir, "customer", harness.customer_ids(1)[0])},
     ]
-    assert sorted(record["subjects"], key=lambda subject: subject["type"]) == expected
+    subjects = opened_subjects(harness.data_dir, record)
+    assert sorted(subjects, key=lambda subject: subject["type"]) == expected
 
 
 async def test_record_chain_fields(card: CardRun) -> None:
@@ -161,7 +176,7 @@ async def test_two_roles_recorded_sorted(harness: Harness) -> None:
 async def test_list_subjects_per_row(harness: Harness) -> None:
     await harness.query("{ customers(first: 3) { edges { node { name } } } }")
     records = await read_records(harness.data_dir)
-    refs = {subject["ref"] for subject in records[0]["subjects"]}
+    refs = {subject["ref"] for subject in opened_subjects(harness.data_dir, records[0])}
     assert refs == {_pseudonym(harness.data_dir, "customer", account_id)
                     for account_id in harness.customer_ids(3)}
     assert records[0]["records"] == 3
@@ -218,7 +233,7 @@ async def test_masked_field_recorded(harness: Harness) -> None:
     ]
     # A masked personal field counts as read: the customer is a subject of the record.
     assert records[0]["outcome"] == "success"
-    assert records[0]["subjects"] == [
+    assert opened_subjects(harness.data_dir, records[0]) == [
         {"type": "customer", "ref": _pseudonym(harness.data_dir, "customer", account_id)}]
     assert name.startswith("pn:")
     assert name not in json.dumps(records[0])

@@ -1,0 +1,256 @@
+"""Per-subject keys that let one data subject be erased from the audit log (crypto-shredding).
+
+The hashed body of a record never contains a subject's pseudonym. For each subject it
+contains ``{"type": ..., "sealed": ...}``, where ``sealed`` is the standard base64 of a
+12-byte nonce followed by the AES-256-GCM ciphertext of the pseudonym under that
+subject's own random key. The associated data binds the ciphertext to the record's seq
+and the subject type, so a sealed value copied into another record does not open.
+
+The nonce is HMAC-SHA256(key, "nonce" || seq) cut to 12 bytes. It differs in every
+record, so without the key the sealed values of one subject cannot be linked to each
+other. With the key, the verifier computes the nonce and finds the subject's sealed
+value in a record by its first 16 base64 characters, without trying every key on
+every value. A nonce repeats only for the same key and seq, that is for a subject
+listed twice in one record, and then the plaintext and the ciphertext repeat too.
+
+Two tables link a subject to its records while it is not erased:
+``audit_subject_key`` (pseudonym -> key) and ``audit_subject`` (pseudonym -> seq, the
+search index). `forget_subject` deletes both rows. On SQLite it does so with ``secure_delete``
+on, then truncates the write-ahead log, so no byte of the database files holds the
+pseudonym any more. On PostgreSQL it runs VACUUM after the delete, which does not give
+that guarantee (see `_forget_in_postgres`). The sealed values stay in the bodies and
+the chain hashes still verify, but nothing can open them.
+
+Records written before subjects were sealed hold the pseudonym itself in
+``{"type": ..., "ref": ...}``. `verify` still reads them, but `forget_subject` rejects a
+subject that appears in one, because removing the pseudonym from a hashed body would
+break the chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete, event, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from gateway.audit.record import Subject
+from gateway.audit.schema import audit_record, audit_subject, audit_subject_key
+from gateway.audit.sqlite import describe_error, set_writer_pragmas, sqlite_url
+from gateway.errors import AuditError
+
+SUBJECT_KEY_BYTES = 32
+_NONCE_BYTES = 12
+_AAD_PREFIX = b"fonte-audit-subject-v1\x00"
+
+
+def _associated_data(seq: int, kind: str) -> bytes:
+    return _AAD_PREFIX + seq.to_bytes(8, "big") + kind.encode("utf-8")
+
+
+def _nonce(key: bytes, seq: int) -> bytes:
+    digest = hmac.new(key, b"nonce" + seq.to_bytes(8, "big"), hashlib.sha256).digest()
+    return digest[:_NONCE_BYTES]
+
+
+def sealed_prefix(key: bytes, seq: int) -> str:
+    """Return the first characters of every value that ``key`` seals for record ``seq``."""
+    return base64.b64encode(_nonce(key, seq)).decode("ascii")
+
+
+def seal(key: bytes, ref: str, *, seq: int, kind: str) -> str:
+    """Encrypt the pseudonym ``ref`` of a subject of type ``kind`` for record ``seq``."""
+    nonce = _nonce(key, seq)
+    ciphertext = AESGCM(key).encrypt(nonce, ref.encode("ascii"), _associated_data(seq, kind))
+    return base64.b64encode(nonce + ciphertext).decode("ascii")
+
+
+def unseal(key: bytes, sealed: object, *, seq: int, kind: object) -> str | None:
+    """Return the pseudonym in ``sealed``, or None if ``key`` does not open it."""
+    if not isinstance(sealed, str) or not isinstance(kind, str):
+        return None
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+        plaintext = AESGCM(key).decrypt(
+            raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated_data(seq, kind)
+        )
+    except (binascii.Error, InvalidTag, ValueError):
+        return None
+    return plaintext.decode("ascii", errors="replace")
+
+
+def seal_subjects(
+    subjects: Sequence[Subject], keys: Mapping[str, bytes], seq: int
+) -> list[dict[str, str]]:
+    """Replace each subject's ``ref`` by its sealed form, for the body of record ``seq``."""
+    return [
+        {
+            "type": subject["type"],
+            "sealed": seal(keys[subject["ref"]], subject["ref"], seq=seq, kind=subject["type"]),
+        }
+        for subject in subjects
+    ]
+
+
+async def load_subject_keys(
+    connection: AsyncConnection, refs: Iterable[str], known: Mapping[str, bytes] | None = None
+) -> dict[str, bytes]:
+    """Return the key of every pseudonym in ``refs``, creating a random key for a new one.
+
+    Keys in ``known`` are taken from there without a query. Runs inside the caller's
+    transaction, so new keys commit with the records that use them.
+    """
+    known = known or {}
+    cached = {ref: known[ref] for ref in set(refs) if ref in known}
+    missing = sorted(set(refs) - cached.keys())
+    if not missing:
+        return cached
+    statement = select(audit_subject_key.c.ref, audit_subject_key.c.key).where(
+        audit_subject_key.c.ref.in_(missing)
+    )
+    keys = {str(row.ref): bytes(row.key) for row in await connection.execute(statement)}
+    keys.update(cached)
+
+    created = {ref: secrets.token_bytes(SUBJECT_KEY_BYTES) for ref in missing if ref not in keys}
+    if created:
+        rows = [{"ref": ref, "key": key} for ref, key in created.items()]
+        await connection.execute(insert(audit_subject_key), rows)
+        keys.update(created)
+    return keys
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """The outcome of `forget_subject`: whether a key was deleted, and how many index rows."""
+
+    key_deleted: bool
+    records_unlinked: int
+
+
+def _set_secure_delete(dbapi_connection: Any, _connection_record: Any) -> None:
+    # secure_delete makes SQLite overwrite deleted rows with zeros instead of only
+    # marking their space free (SQLite documentation of PRAGMA secure_delete).
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA secure_delete=ON")
+    finally:
+        cursor.close()
+
+
+async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
+    """Delete the key and the index rows of the subject with pseudonym ``ref``.
+
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. For
+    SQLite, the caller must hold the data folder's lock, so that no gateway writes
+    meanwhile. Raises AuditError if the subject appears in a record written before
+    subjects were sealed, if the store cannot be written, or if SQLite's write-ahead log
+    cannot be truncated, which would leave old copies of the deleted rows in it.
+    """
+    if isinstance(target, str):
+        return await _forget_in_postgres(target, ref)
+
+    path = target
+    if not path.is_file():
+        raise AuditError(f"audit store {path} not found; check the path")
+
+    engine = create_async_engine(sqlite_url(path), hide_parameters=True)
+    event.listen(engine.sync_engine, "connect", set_writer_pragmas)
+    event.listen(engine.sync_engine, "connect", _set_secure_delete)
+    try:
+        async with engine.begin() as connection:
+            result = await _delete_subject(connection, ref, str(path))
+        async with engine.connect() as connection:
+            busy = (
+                await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            ).first()
+    except SQLAlchemyError as exc:
+        message = f"cannot erase a subject in audit store {path}: {describe_error(exc)}"
+        raise AuditError(message) from exc
+    finally:
+        await engine.dispose()
+
+    if busy is None or busy[0] != 0:
+        raise AuditError(
+            f"the subject's rows are deleted from audit store {path}, but its write-ahead "
+            "log could not be truncated because another process reads the store; stop it "
+            "and run forget again"
+        )
+    return result
+
+
+async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
+    """Delete the subject's key and index rows in one transaction, then VACUUM both tables.
+
+    Runs under the store's advisory lock, so no commit of a running gateway interleaves.
+    NOTE: VACUUM frees the dead row versions for reuse, but PostgreSQL does not promise
+    to overwrite their bytes, and WAL segments, a WAL archive and backups keep copies of
+    the key until they are recycled or expire. docs/audit.md describes what to do.
+    """
+    from gateway.audit.migrate import lock_postgres
+    from gateway.audit.postgres import describe_url, postgres_url
+
+    parsed = postgres_url(url)
+    location = describe_url(parsed)
+    engine = create_async_engine(parsed, hide_parameters=True, poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lock_postgres)
+            result = await _delete_subject(connection, ref, location)
+        # VACUUM cannot run inside a transaction block.
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit.connect() as connection:
+            await connection.exec_driver_sql(
+                f"VACUUM {audit_subject_key.name}, {audit_subject.name}"
+            )
+    except (SQLAlchemyError, OSError) as exc:
+        message = f"cannot erase a subject in audit store {location}: {describe_error(exc)}"
+        raise AuditError(message) from exc
+    finally:
+        await engine.dispose()
+    return result
+
+
+async def _delete_subject(connection: AsyncConnection, ref: str, location: str) -> ForgetResult:
+    await _reject_unsealed(connection, ref, location)
+    unlinked = await connection.execute(delete(audit_subject).where(audit_subject.c.ref == ref))
+    deleted = await connection.execute(
+        delete(audit_subject_key).where(audit_subject_key.c.ref == ref)
+    )
+    return ForgetResult(key_deleted=deleted.rowcount > 0, records_unlinked=unlinked.rowcount)
+
+
+async def _reject_unsealed(connection: AsyncConnection, ref: str, location: str) -> None:
+    # A record written before sealing lists the subject in the index but has no key row.
+    has_key = (
+        await connection.execute(
+            select(func.count()).where(audit_subject_key.c.ref == ref)
+        )
+    ).scalar()
+    if has_key:
+        return
+    unsealed = (
+        await connection.execute(
+            select(func.min(audit_subject.c.seq))
+            .join(audit_record, audit_record.c.seq == audit_subject.c.seq)
+            .where(audit_subject.c.ref == ref)
+        )
+    ).scalar()
+    if unsealed is not None:
+        raise AuditError(
+            f"the subject appears in audit record {unsealed} of {location}, which was written "
+            "before subjects were sealed with their own key; its hashed body contains the "
+            "pseudonym, so forget cannot remove it without breaking the chain. Keep the "
+            "store as it is and record the erasure request by other means, or start a new store"
+        )
