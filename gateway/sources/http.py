@@ -10,10 +10,12 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.errors import (
     UpstreamError,
@@ -31,6 +33,13 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+# 19 or more digits that start a number token (at the start of the body, or
+# after whitespace, ':', ',' or '['), so the integer may exceed 64 bits. Such
+# digits inside a string also match, which only sends that body to the
+# slower standard decoder.
+_LONG_INTEGER = re.compile(rb"(?:^|[\s:,\[])-?\d{19}")
+
+
 async def send(client: httpx.AsyncClient, system: str, what: str, method: str, url: str,
                **kwargs: Any) -> httpx.Response:
     """Send one request; map transport failures to the gateway's errors."""
@@ -45,9 +54,22 @@ async def send(client: httpx.AsyncClient, system: str, what: str, method: str, u
 
 
 def json_body(response: httpx.Response, system: str, what: str) -> Any:
-    """Return the decoded JSON body or raise ``UpstreamUnavailable`` naming the fault."""
+    """Return the decoded JSON body or raise ``UpstreamUnavailable`` naming the fault.
+
+    orjson decodes UTF-8 bodies. A body it rejects goes through the standard
+    decoder, as ``response.json()`` does, which also reads UTF-16 and UTF-32,
+    and NaN and Infinity. orjson 3.13 turns an integer of more than 64 bits
+    into a float, so a body that may hold one also goes to the standard
+    decoder, which keeps the exact integer.
+    """
+    content = response.content
+    if _LONG_INTEGER.search(content) is None:
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        return response.json()
+        return json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UpstreamUnavailable(
             system, f"system {system!r} answered {what} with HTTP {response.status_code} and a "
