@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,11 +32,11 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-# 19 or more digits that start a number token (at the start of the body, or
-# after whitespace, ':', ',' or '['), so the integer may exceed 64 bits. Such
-# digits inside a string also match, which only sends that body to the
-# slower standard decoder.
-_LONG_INTEGER = re.compile(rb"(?:^|[\s:,\[])-?\d{19}")
+# Maps every digit to b"0" and every byte that may come just before a JSON
+# number to b":", so that one substring search finds a number that may
+# have 19 or more digits.
+_NUMBER_SHAPE = bytes.maketrans(b"123456789,[- \n\t\r", b"000000000:::::::")
+_LONG_NUMBER = b":" + b"0" * 19
 
 
 async def send(client: httpx.AsyncClient, system: str, what: str, method: str, url: str,
@@ -63,7 +62,7 @@ def json_body(response: httpx.Response, system: str, what: str) -> Any:
     decoder, which keeps the exact integer.
     """
     content = response.content
-    if _LONG_INTEGER.search(content) is None:
+    if not _may_hold_long_integer(content):
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -74,6 +73,15 @@ def json_body(response: httpx.Response, system: str, what: str) -> Any:
         raise UpstreamUnavailable(
             system, f"system {system!r} answered {what} with HTTP {response.status_code} and a "
             "body that is not JSON") from exc
+
+
+def _may_hold_long_integer(content: bytes) -> bool:
+    """Return whether a number token in ``content`` may have 19 or more digits.
+
+    A string with such digits after one of the number's leading bytes also
+    counts, which only sends that body to the slower standard decoder.
+    """
+    return _LONG_NUMBER in b":" + content.translate(_NUMBER_SHAPE)
 
 
 def status_error(system: str, what: str, response: httpx.Response,

@@ -59,3 +59,13 @@ def test_json_body_long_digits_in_string() -> None:
 def test_json_body_negative_long_integer_in_list() -> None:
     body = json_body(response(b'[1,-98765432109876543210]'), "erp", "read")
     assert body == [1, -98765432109876543210]
+
+
+def test_json_body_long_integer_after_space() -> None:
+    body = json_body(response(b'{"id":\n 12345678901234567890123}'), "erp", "read")
+    assert body == {"id": 12345678901234567890123}
+
+
+def test_json_body_body_is_long_integer() -> None:
+    assert json_body(response(b"12345678901234567890123"), "erp", "read") == (
+        12345678901234567890123)
