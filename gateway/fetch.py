@@ -280,8 +280,7 @@ def _first_per_parent(rows: list[Row], remote: str, first: int) -> list[Row]:
 def _index_link(outcome: Outcome, link: Link) -> dict[str, Row] | UpstreamError:
     if isinstance(outcome, UpstreamError):
         return outcome
-    # One pass with the attribute name in a local and no call per row: this
-    # runs for every row of every linked read. The first row of a key wins.
+    # The first row of a key wins.
     remote = link.remote
     index: dict[str, Row] = {}
     for row in outcome:

@@ -1,8 +1,8 @@
 """uvicorn settings shared by ``fonte serve``, the demo and the benchmarks.
 
 uvloop and httptools are dependencies, because uvicorn's pure-Python h11
-protocol and the stock asyncio loop cost a gateway under load a large share
-of its CPU. uvloop has no Windows build, so where either package is missing
+protocol and the stock asyncio loop took 13 % of the gateway's CPU samples
+under load (profile in bench/README.md). uvloop has no Windows build, so where either package is missing
 the server falls back to asyncio's loop and h11 and logs that once.
 """
 

@@ -32,9 +32,9 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-# Maps every digit to b"0" and every byte that may come just before a JSON
-# number to b":", so that one substring search finds a number that may
-# have 19 or more digits.
+# Translation table from every digit to b"0" and from every byte that may
+# come just before a JSON number to b":". After it, one substring search
+# finds a number that may have 19 or more digits.
 _NUMBER_SHAPE = bytes.maketrans(b"123456789,[- \n\t\r", b"000000000:::::::")
 _LONG_NUMBER = b":" + b"0" * 19
 

@@ -66,6 +66,6 @@ def test_json_body_long_integer_after_space() -> None:
     assert body == {"id": 12345678901234567890123}
 
 
-def test_json_body_body_is_long_integer() -> None:
+def test_json_body_bare_long_integer() -> None:
     assert json_body(response(b"12345678901234567890123"), "erp", "read") == (
         12345678901234567890123)
