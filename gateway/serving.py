@@ -2,8 +2,9 @@
 
 uvloop and httptools are dependencies, because uvicorn's pure-Python h11
 protocol and the stock asyncio loop took 13 % of the gateway's CPU samples
-under load (profile in bench/README.md). uvloop has no Windows build, so where either package is missing
-the server falls back to asyncio's loop and h11 and logs that once.
+under load (profile in bench/README.md). uvloop has no Windows build, so
+where either package is missing the server falls back to asyncio's loop or
+h11 and logs a warning.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import Callable
+from typing import TypedDict
 
 log = logging.getLogger("gateway.serving")
 
 
-def uvicorn_options() -> dict[str, str]:
+class ServerOptions(TypedDict):
+    """The ``loop`` and ``http`` arguments of ``uvicorn.run`` and ``uvicorn.Config``."""
+
+    loop: str
+    http: str
+
+
+def uvicorn_options() -> ServerOptions:
     """Return uvicorn's ``loop`` and ``http`` settings: uvloop and httptools when installed."""
     loop = "uvloop" if _installed("uvloop") else "asyncio"
     http = "httptools" if _installed("httptools") else "h11"
