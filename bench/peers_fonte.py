@@ -33,6 +33,7 @@ from gateway.config import Settings
 from gateway.demo.mappings import demo_rest_settings
 from gateway.plan import Plan
 from gateway.policy import default_policy_dir
+from gateway.serving import uvicorn_options
 from gateway.sources.odoo import OdooSettings
 from gateway.sources.rest import RestSettings
 from gateway.sources.salesforce import SalesforceSettings
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         AuditRecorder.must_record = staticmethod(_record_nothing)  # type: ignore[method-assign]
     settings = settings_from(upstreams, args.erp, args.data_dir, args.port, policy_dir)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", **uvicorn_options())
     return 0
 
 

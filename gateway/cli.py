@@ -85,6 +85,7 @@ def demo(
 ) -> None:
     """Start a demo CRM, a demo ERP and the gateway in front of them."""
     from gateway.demo.launch import ERP_DIALECTS, ERP_LABELS, DemoSystems, graphiql_link, run_demo
+    from gateway.serving import event_loop_factory
 
     _configure_logging(log_level)
     if erp not in ERP_DIALECTS:
@@ -111,8 +112,9 @@ def demo(
         console.print("Press Ctrl+C to stop.")
 
     try:
-        asyncio.run(run_demo(port=port, data_dir=data_dir, customers=customers, erp=erp,
-                             announce=announce, settings_file=write_settings))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(run_demo(port=port, data_dir=data_dir, customers=customers, erp=erp,
+                                announce=announce, settings_file=write_settings))
     except GatewayError as exc:
         raise _fail(exc) from exc
     except KeyboardInterrupt:
@@ -130,6 +132,7 @@ def serve(
 
     from gateway.app import create_app
     from gateway.config import load_settings
+    from gateway.serving import uvicorn_options
 
     _configure_logging(log_level)
     try:
@@ -139,7 +142,8 @@ def serve(
     # proxy_headers off: the gateway reads X-Forwarded-For itself, and only
     # from [http] trusted_proxies.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=log_level.lower(), access_log=False, proxy_headers=False)
+                log_level=log_level.lower(), access_log=False, proxy_headers=False,
+                **uvicorn_options())
 
 
 @app.command()

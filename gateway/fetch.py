@@ -309,9 +309,14 @@ def _first_per_parent(rows: list[Row], remote: str, first: int) -> list[Row]:
 def _index_link(outcome: Outcome, link: Link) -> dict[str, Row] | UpstreamError:
     if isinstance(outcome, UpstreamError):
         return outcome
+    # The first row of a key wins.
+    remote = link.remote
     index: dict[str, Row] = {}
     for row in outcome:
-        key = key_text(row.get(link.remote))
-        if key is not None:
-            index.setdefault(key, row)
+        value = row.get(remote)
+        if value is None:
+            continue
+        key = value if type(value) is str else str(value)
+        if key not in index:
+            index[key] = row
     return index

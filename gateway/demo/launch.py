@@ -40,6 +40,7 @@ from gateway.demo.sql import load_demo_erp
 from gateway.errors import ConfigError
 from gateway.identity import issue_token, load_or_create_signing_key
 from gateway.policy import default_policy_dir, read_policy_dir
+from gateway.serving import uvicorn_options
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
 from gateway.sources.rest import RestSettings
@@ -136,7 +137,7 @@ class DemoSystems:
 async def serve_in_background(app: ASGIApp, port: int = 0) -> tuple[uvicorn.Server, int]:
     """Start ``app`` on loopback and return the server and its bound port."""
     config = uvicorn.Config(app, host=LOOPBACK, port=port, log_level="warning",
-                            access_log=False, lifespan="on")
+                            access_log=False, lifespan="on", **uvicorn_options())
     server = _BackgroundServer(config)
     task = asyncio.create_task(server.serve())
     server.fonte_task = task  # type: ignore[attr-defined]
@@ -293,7 +294,7 @@ async def _serve_demo(data: DemoData, *, port: int, data_dir: Path, erp: str, sc
     # client address from X-Forwarded-For of any local caller.
     config = uvicorn.Config(create_app(settings), host=LOOPBACK, port=port,
                             log_level="warning", access_log=False, lifespan="on",
-                            proxy_headers=False)
+                            proxy_headers=False, **uvicorn_options())
     server = _ForegroundServer(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.errors import (
     UpstreamError,
@@ -31,6 +32,13 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+# Translation table from every digit to b"0" and from every byte that may
+# come just before a JSON number to b":". After it, one substring search
+# finds a number that may have 19 or more digits.
+_NUMBER_SHAPE = bytes.maketrans(b"123456789,[- \n\t\r", b"000000000:::::::")
+_LONG_NUMBER = b":" + b"0" * 19
+
+
 async def send(client: httpx.AsyncClient, system: str, what: str, method: str, url: str,
                **kwargs: Any) -> httpx.Response:
     """Send one request; map transport failures to the gateway's errors."""
@@ -45,13 +53,35 @@ async def send(client: httpx.AsyncClient, system: str, what: str, method: str, u
 
 
 def json_body(response: httpx.Response, system: str, what: str) -> Any:
-    """Return the decoded JSON body or raise ``UpstreamUnavailable`` naming the fault."""
+    """Return the decoded JSON body or raise ``UpstreamUnavailable`` naming the fault.
+
+    orjson decodes UTF-8 bodies. A body it rejects goes through the standard
+    decoder, as ``response.json()`` does, which also reads UTF-16 and UTF-32,
+    and NaN and Infinity. orjson 3.13 turns an integer of more than 64 bits
+    into a float, so a body that may hold one also goes to the standard
+    decoder, which keeps the exact integer.
+    """
+    content = response.content
+    if not _may_hold_long_integer(content):
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        return response.json()
+        return json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UpstreamUnavailable(
             system, f"system {system!r} answered {what} with HTTP {response.status_code} and a "
             "body that is not JSON") from exc
+
+
+def _may_hold_long_integer(content: bytes) -> bool:
+    """Return whether a number token in ``content`` may have 19 or more digits.
+
+    A string with such digits after one of the number's leading bytes also
+    counts, which only sends that body to the slower standard decoder.
+    """
+    return _LONG_NUMBER in b":" + content.translate(_NUMBER_SHAPE)
 
 
 def status_error(system: str, what: str, response: httpx.Response,
