@@ -13,7 +13,7 @@ requests from the fakes' request logs and the subgraphs' counters. It writes
     bench/run [--quick] [--gateways fonte-on,fonte-off,fonte-rest,apollo,hive]
               [--customers 100] [--crm-latency-ms 0] [--erp-latency-ms 0] [--no-readme]
 
-Exit status: 0 when every check passed, 1 when an answer differed from Fonte's or a
+Exit status: 0 when every check passed, 1 when a response differed from Fonte's or a
 response had a non-200 status, errors or a timeout, 2 when a process did not start.
 """
 

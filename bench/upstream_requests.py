@@ -19,7 +19,7 @@ with a SQLAlchemy event on the gateway's engine. See ``bench/README.md``.
     .venv/bin/python bench/upstream_requests.py [--sizes 10,100,1000]
         [--dialects odoo,odoo-json2,sql,dataverse,sap,rest] [--workload ten-fields|example]
 
-Exit status: 0 when every query answered without errors, 1 otherwise.
+Exit status: 0 when every query returned without errors, 1 otherwise.
 """
 
 from __future__ import annotations

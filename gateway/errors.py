@@ -86,7 +86,7 @@ class UpstreamTimeout(UpstreamError):
 
 
 class RequestTimeout(UpstreamError):
-    """The system had not answered when the request's time budget ran out."""
+    """The system had not responded when the request's time budget ran out."""
 
     code = "REQUEST_TIMEOUT"
 

@@ -236,9 +236,9 @@ def _filter_timestamp(name: str, moment: datetime | None) -> str | None:
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    # orjson with sorted keys gives the bytes of canonical_json for the values a body
-    # contains (text, integers, booleans, null) and is several times faster; anything it
-    # cannot encode, such as an integer above 64 bits, goes through canonical_json.
+    # orjson with sorted keys gives the same bytes as canonical_json for the values a body
+    # contains (text, integers, booleans, null), and it is faster. Anything it cannot
+    # encode, such as an integer above 64 bits, goes through canonical_json.
     try:
         encoded = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
     except TypeError:

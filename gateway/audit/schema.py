@@ -84,7 +84,7 @@ def join_text(expression: ColumnElement[str], dialect_name: str) -> ColumnElemen
     """Return the aggregate that joins ``expression`` over a group with single spaces.
 
     SQLite calls it ``group_concat`` and PostgreSQL ``string_agg``. Neither orders the
-    items unless told, so callers must not rely on their order.
+    items unless an ORDER BY is given, so callers must not rely on their order.
     """
     if dialect_name == "postgresql":
         return func.string_agg(expression, literal(" "))

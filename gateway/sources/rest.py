@@ -62,7 +62,7 @@ _PAGING_MARGIN = 200
 
 @dataclass(frozen=True)
 class Paging:
-    """How a collection read continues past its first page.
+    """The paging rule that reads a collection past its first page.
 
     ``style`` is one of ``PAGING_STYLES``. ``next_link``: the body contains
     the URL of the next page at the dotted ``next_path``. ``cursor``: the

@@ -155,7 +155,7 @@ async def test_store_without_version_table_is_stamped(tmp_path: Path) -> None:
 
 
 async def test_store_before_subject_keys_migrates(tmp_path: Path) -> None:
-    # A store at revision 0002 holds pseudonyms in its bodies and has no key table.
+    # A store at revision 0002 contains pseudonyms in its bodies and has no key table.
     path = tmp_path / "audit.db"
     key = new_key()
     store = await SQLiteAuditStore.open(path, checkpoint_key=key)

@@ -44,8 +44,8 @@ async def harness(demo_data: DemoData, tmp_path: Path) -> AsyncIterator[Harness]
     """Return the shared harness with a higher cost limit.
 
     WIDE_QUERY for 200 customers has nested lists without ``first``, which
-    the cost estimate counts as 50 rows per parent (about 530,000 in all),
-    above the default limit; these tests are about batching, not limits.
+    the cost estimate counts as 50 rows per parent (about 530,000 in all).
+    That is above the default limit, and these tests are about batching.
     """
     limits = OperationLimits(max_cost=1_000_000)
     async with start_harness(demo_data, tmp_path / "data",

@@ -40,8 +40,8 @@ CLIENTS = 20
 # are committed and others are in flight at the kill.
 KILL_AFTER_RESPONSES = 300
 MAX_REQUESTS = 2000
-# The kill normally comes within a few seconds; the deadline only ends a load that
-# cannot reach it, and is long enough for a machine busy with other work.
+# The kill normally comes within a few seconds. The deadline only ends a load that
+# cannot reach the kill, so it is long enough for a machine busy with other work.
 LOAD_SECONDS = 45.0
 REQUEST_TIMEOUT_SECONDS = 10.0
 START_SECONDS = 20.0
