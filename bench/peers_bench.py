@@ -60,7 +60,7 @@ SOAK_SAMPLE_S = 10.0
 GATEWAY_LABELS = {
     "fonte-on": "Fonte, policy + audit",
     "fonte-off": "Fonte, allow-all, no audit",
-    "fonte-rest": "Fonte, ERP as REST, policy + audit",
+    "fonte-rest": "Fonte, REST sources, policy + audit",
     "apollo": "Apollo Gateway",
     "hive": "Hive Gateway",
 }
@@ -239,7 +239,7 @@ class Upstreams:
     """The running fakes and subgraphs, and how to read their request counters."""
 
     description: Path  # JSON written by peers_upstreams.py, with addresses and credentials
-    fake_urls: tuple[str, ...]  # the CRM, the Odoo ERP and the REST ERP
+    fake_urls: tuple[str, ...]  # the Salesforce CRM, the Odoo ERP, the REST ERP and CRM
     subgraph_urls: dict[str, str]
     subgraph_control: str
 
@@ -362,7 +362,7 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
         command = [sys.executable, str(BENCH_DIR / "peers_fonte.py"),
                    "--upstreams", str(description), "--data-dir", str(data_dir),
                    "--port", str(port), "--mode", "off" if name == "fonte-off" else "on",
-                   "--erp", "rest" if name == "fonte-rest" else "odoo"]
+                   "--dialects", "rest" if name == "fonte-rest" else "vendor"]
         service = start(name, command, args.gateway_cpus, scratch)
     elif supergraph is None:
         raise StartError(f"{name} needs the composed supergraph, which was not built")
@@ -583,7 +583,8 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         subgraphs, subgraph_urls, control = start_subgraphs(args, export, scratch)
         running.append(subgraphs)
         supergraph = compose_supergraph(subgraph_urls, scratch)
-        fake_urls = tuple(upstream_urls[name] for name in ("crm_url", "erp_url", "rest_url"))
+        fake_urls = tuple(upstream_urls[name]
+                          for name in ("crm_url", "erp_url", "rest_url", "rest_crm_url"))
         upstreams = Upstreams(description, fake_urls, subgraph_urls, control)
 
         for name in args.gateways:
