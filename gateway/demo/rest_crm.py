@@ -14,11 +14,11 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from gateway.demo.data import DemoData, Record
-from gateway.demo.mappings import entity_maps
+from gateway.demo.mappings import rest_fake_settings
 from gateway.demo.odata_fake import EntitySetSpec
-from gateway.demo.rest import API_PATH, MAX_IDS, MAX_PAGE_SIZE, openapi_limits, rest_app
+from gateway.demo.rest import openapi_limits, rest_app
 from gateway.demo.rest_openapi import openapi_document
-from gateway.sources.rest import Paging, Resource, RestSettings
+from gateway.sources.rest import RestSettings
 
 # Each resource maps its field names to the Salesforce fields of one sObject.
 REST_CRM_RESOURCES = [
@@ -60,14 +60,4 @@ def create_rest_crm_app(data: DemoData, *, api_key: str | None) -> Starlette:
 
 def demo_rest_crm_settings(base_url: str, api_key: str) -> RestSettings:
     """Return the settings with which the ``rest`` dialect reads the demo REST CRM."""
-    paging = Paging(style="cursor", page_size=MAX_PAGE_SIZE, size_param="limit",
-                    cursor_param="cursor", cursor_path="meta.next_cursor")
-    resources = {}
-    for spec in REST_CRM_RESOURCES:
-        filters = {name: name for name in REST_CRM_FILTERS if name in spec.properties}
-        resources[spec.name] = Resource(path=spec.name, max_ids=MAX_IDS, max_url_bytes=8000,
-                                        sort_param="sort", rows_path="data", filters=filters,
-                                        paging=paging)
-    return RestSettings(base_url=f"{base_url}{API_PATH}", resources=resources,
-                        entities=entity_maps(REST_CRM_RESOURCES),
-                        auth_header=("Authorization", f"Bearer {api_key}"))
+    return rest_fake_settings(REST_CRM_RESOURCES, REST_CRM_FILTERS, base_url, api_key)
