@@ -645,6 +645,11 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                                      measured[card.name]["fixed_rate"]["rate"], args)
             entry["peak_rss_mib"] = round(peak_rss_mib(service.process.pid), 1)
             results["gateways"].append(entry)
+            if peers_report.failures({"gateways": [entry]}):
+                # The log is deleted with the scratch folder, and the peers hide
+                # the cause of a failed field from the client in production mode.
+                log.warning("%s had failed responses; its log ends:\n%s", name,
+                            service.log_path.read_text(errors="replace")[-3000:])
             if service is not reference_service:
                 service.stop()
     return results

@@ -29,6 +29,8 @@ SUBJECT = "fonte-on"
 RATIOS = (("fonte-on", "apollo"), ("fonte-on", "hive"), ("fonte-rest", "hive-rest"))
 ALWAYS_SHOWN = frozenset({("fonte-on", "apollo"), ("fonte-on", "hive")})
 UNCONTROLLED = "fonte-off"
+# The member of a load run that keeps the start of the first response of each counter.
+SAMPLES = {"non_200": "non_200_sample", "with_errors": "errors_sample"}
 
 
 class ResultsError(ValueError):
@@ -228,8 +230,10 @@ def failures(results: Mapping[str, Any]) -> list[str]:
                     continue
                 for counter in ("non_200", "with_errors", "timeouts", "socket_errors"):
                     if stage.get(counter):
+                        sample = stage.get(SAMPLES.get(counter, ""))
                         found.append(f"{gateway['name']} {workload} {stage_name}: "
-                                     f"{stage[counter]} {counter.replace('_', ' ')}")
+                                     f"{stage[counter]} {counter.replace('_', ' ')}"
+                                     + (f", the first: {sample}" if sample else ""))
     return found
 
 

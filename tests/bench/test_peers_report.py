@@ -155,6 +155,20 @@ def test_failures_lists_each_counter(results: dict[str, Any]) -> None:
     ]
 
 
+def test_failures_quote_first_samples(results: dict[str, Any]) -> None:
+    stage = results["gateways"][3]["workloads"]["W1"]["saturation"]
+    stage["with_errors"] = 2
+    stage["errors_sample"] = '"errors":[{"message":"Unexpected error."}]}'
+    stage["non_200"] = 1
+    stage["non_200_sample"] = "Bad Gateway"
+
+    assert report.failures(results) == [
+        "hive W1 saturation: 1 non 200, the first: Bad Gateway",
+        'hive W1 saturation: 2 with errors, the first: "errors":[{"message":"Unexpected '
+        'error."}]}',
+    ]
+
+
 def test_failures_empty_when_clean(results: dict[str, Any]) -> None:
     assert report.failures(results) == []
 
