@@ -103,6 +103,8 @@ const typeDefs = /* GraphQL */ `
 const ACCOUNT_FIELDS = `id erp_customer_number name vat_number pec_email phone street city
   postal_code province region industry`;
 
+// NOTE: toFixed rounds the binary float, while Fonte rounds its shortest decimal form
+// half to even. They agree on amounts with at most two decimals, as the demo's are.
 function money(value) {
   return value == null ? null : Number(value).toFixed(2);
 }
