@@ -2,15 +2,17 @@
 
 ``bench/run`` calls this script after it has installed the Python and Node
 dependencies. The script starts the demo CRM and ERP (Salesforce, Odoo and REST fakes)
-and the CRM and ERP GraphQL subgraphs on loopback, with the injected latencies.
-Then it starts each gateway in turn as one process pinned to ``--gateway-cpus``.
+and the CRM and ERP GraphQL subgraphs on loopback, with the injected latencies. It
+composes the supergraph of the subgraphs and, for ``hive-rest``, that of the REST
+fakes with GraphQL Mesh. Then it starts each gateway in turn as one process pinned
+to ``--gateway-cpus``.
 It checks that each gateway's response to each workload equals Fonte's, drives each
 workload at saturation (autocannon) and at a fixed rate (open-loop, node:http), and
 reads CPU time and peak RSS of the gateway from /proc. It counts the upstream
 requests from the fakes' request logs and the subgraphs' counters. It writes
 ``bench/results/peers-<UTC time>.json`` and the tables into ``bench/README.md``.
 
-    bench/run [--quick] [--gateways fonte-on,fonte-off,fonte-rest,apollo,hive]
+    bench/run [--quick] [--gateways fonte-on,fonte-off,fonte-rest,apollo,hive,hive-rest]
               [--customers 100] [--crm-latency-ms 0] [--erp-latency-ms 0] [--no-readme]
 
 Exit status: 0 when every check passed, 1 when a response differed from Fonte's or a
@@ -60,12 +62,16 @@ SOAK_SAMPLE_S = 10.0
 GATEWAY_LABELS = {
     "fonte-on": "Fonte, policy + audit",
     "fonte-off": "Fonte, allow-all, no audit",
-    "fonte-rest": "Fonte, ERP as REST, policy + audit",
+    "fonte-rest": "Fonte, REST sources, policy + audit",
     "apollo": "Apollo Gateway",
     "hive": "Hive Gateway",
+    "hive-rest": "Hive Gateway, Mesh over REST",
 }
+# Gateways that read the fakes; the others read the GraphQL subgraphs.
+READS_FAKES = frozenset({"fonte-on", "fonte-off", "fonte-rest", "hive-rest"})
 NPM_PACKAGES = ("@apollo/gateway", "@apollo/server", "@apollo/subgraph",
-                "@graphql-hive/gateway", "autocannon", "graphql")
+                "@graphql-hive/gateway", "@graphql-mesh/compose-cli", "@omnigraph/openapi",
+                "autocannon", "graphql")
 PYTHON_PACKAGES = ("strawberry-graphql", "graphql-core", "starlette", "uvicorn", "httpx",
                    "orjson")
 
@@ -239,7 +245,7 @@ class Upstreams:
     """The running fakes and subgraphs, and how to read their request counters."""
 
     description: Path  # JSON written by peers_upstreams.py, with addresses and credentials
-    fake_urls: tuple[str, ...]  # the CRM, the Odoo ERP and the REST ERP
+    fake_urls: tuple[str, ...]  # the Salesforce CRM, the Odoo ERP, the REST ERP and CRM
     subgraph_urls: dict[str, str]
     subgraph_control: str
 
@@ -349,10 +355,15 @@ def export_data_set(url: str, tokens: Mapping[str, list[str]], customers: int,
 
 
 def start_gateway(name: str, args: argparse.Namespace, scratch: Path, description: Path,
-                  supergraph: Path | None) -> tuple[Service, str]:
-    """Start gateway ``name`` on a free port and return it with its GraphQL address."""
+                  supergraphs: Mapping[str, Path]) -> tuple[Service, str]:
+    """Start gateway ``name`` on a free port and return it with its GraphQL address.
+
+    ``supergraphs`` maps "subgraphs" and "rest" to the supergraph files composed
+    over the GraphQL subgraphs and over the REST fakes; a peer needs its own.
+    """
     port = free_port()
     node_env = {"NODE_ENV": "production"}
+    supergraph = supergraphs.get("rest" if name == "hive-rest" else "subgraphs")
     if name.startswith("fonte-"):
         data_dir = scratch / f"{name}-data"
         (data_dir / "keys").mkdir(parents=True)
@@ -362,10 +373,19 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
         command = [sys.executable, str(BENCH_DIR / "peers_fonte.py"),
                    "--upstreams", str(description), "--data-dir", str(data_dir),
                    "--port", str(port), "--mode", "off" if name == "fonte-off" else "on",
-                   "--erp", "rest" if name == "fonte-rest" else "odoo"]
+                   "--dialects", "rest" if name == "fonte-rest" else "vendor"]
         service = start(name, command, args.gateway_cpus, scratch)
     elif supergraph is None:
         raise StartError(f"{name} needs the composed supergraph, which was not built")
+    elif name == "hive-rest":
+        upstreams = json.loads(description.read_text(encoding="utf-8"))
+        service = start(name, [str(NODE_BIN / "hive-gateway"), "supergraph", str(supergraph),
+                               "--config-path", str(PEERS_DIR / "gateway-rest.config.mjs"),
+                               "--host", LOOPBACK, "--port", str(port), "--fork", "1"],
+                        args.gateway_cpus, scratch,
+                        env={**node_env,
+                             "FONTE_BENCH_REST_CRM_KEY": upstreams["rest_crm_api_key"],
+                             "FONTE_BENCH_REST_ERP_KEY": upstreams["rest_api_key"]})
     elif name == "apollo":
         service = start(name, ["node", str(PEERS_DIR / "apollo.mjs"), "--supergraph",
                                str(supergraph), "--port", str(port)],
@@ -387,6 +407,21 @@ def compose_supergraph(urls: Mapping[str, str], scratch: Path) -> Path:
                                capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise StartError(f"composing the supergraph failed: {completed.stderr[-2000:]}")
+    return path
+
+
+def compose_rest_supergraph(upstream_urls: Mapping[str, str], scratch: Path) -> Path:
+    """Compose the supergraph of the REST fakes with GraphQL Mesh, from their OpenAPI documents."""
+    path = scratch / "rest-supergraph.graphql"
+    env = {**os.environ, "FONTE_BENCH_REST_CRM_URL": upstream_urls["rest_crm_url"],
+           "FONTE_BENCH_REST_ERP_URL": upstream_urls["rest_url"]}
+    completed = subprocess.run([str(NODE_BIN / "mesh-compose"), "--config-path",
+                                str(PEERS_DIR / "mesh.config.mjs"), "--output", str(path)],
+                               capture_output=True, text=True, check=False, env=env,
+                               cwd=PEERS_DIR)
+    if completed.returncode != 0 or not path.exists():
+        raise StartError(f"composing the REST supergraph with GraphQL Mesh failed: "
+                         f"{(completed.stderr + completed.stdout)[-2000:]}")
     return path
 
 
@@ -451,7 +486,7 @@ def measure_workload(gateway: str, service: Service, url: str, workload: Workloa
     saturation = run_load(url, body, tokens, args.connections, args.saturation_s,
                           args.other_cpus)
     cpu_used = cpu_seconds(pid) - cpu_before
-    calls = (upstreams.fake_requests() if gateway.startswith("fonte")
+    calls = (upstreams.fake_requests() if gateway in READS_FAKES
              else upstreams.subgraph_requests())
     done = max(saturation["requests"], 1)
     saturation["cpu_ms_per_request"] = round(cpu_used * 1000 / done, 3)
@@ -570,7 +605,7 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         tokens = issue_tokens(scratch, {"sales", "finance"}, args.connections)
 
         reference_service, reference_url = start_gateway("fonte-on", args, scratch,
-                                                         description, None)
+                                                         description, {})
         running.append(reference_service)
         export = scratch / "subgraph-data.json"
         export_data_set(reference_url, tokens, args.customers, export)
@@ -582,15 +617,18 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
         subgraphs, subgraph_urls, control = start_subgraphs(args, export, scratch)
         running.append(subgraphs)
-        supergraph = compose_supergraph(subgraph_urls, scratch)
-        fake_urls = tuple(upstream_urls[name] for name in ("crm_url", "erp_url", "rest_url"))
+        supergraphs = {"subgraphs": compose_supergraph(subgraph_urls, scratch)}
+        if "hive-rest" in args.gateways:
+            supergraphs["rest"] = compose_rest_supergraph(upstream_urls, scratch)
+        fake_urls = tuple(upstream_urls[name]
+                          for name in ("crm_url", "erp_url", "rest_url", "rest_crm_url"))
         upstreams = Upstreams(description, fake_urls, subgraph_urls, control)
 
         for name in args.gateways:
             if name == "fonte-on":
                 service, url = reference_service, reference_url
             else:
-                service, url = start_gateway(name, args, scratch, description, supergraph)
+                service, url = start_gateway(name, args, scratch, description, supergraphs)
                 running.append(service)
             measured: dict[str, Any] = {}
             for workload in items:
@@ -607,6 +645,11 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                                      measured[card.name]["fixed_rate"]["rate"], args)
             entry["peak_rss_mib"] = round(peak_rss_mib(service.process.pid), 1)
             results["gateways"].append(entry)
+            if peers_report.failures({"gateways": [entry]}):
+                # The log is deleted with the scratch folder, and the peers hide
+                # the cause of a failed field from the client in production mode.
+                log.warning("%s had failed responses; its log ends:\n%s", name,
+                            service.log_path.read_text(errors="replace")[-3000:])
             if service is not reference_service:
                 service.stop()
     return results
@@ -614,7 +657,7 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gateways", default="fonte-on,fonte-off,fonte-rest,apollo,hive",
+    parser.add_argument("--gateways", default="fonte-on,fonte-off,fonte-rest,apollo,hive,hive-rest",
                         help="comma-separated gateways to measure, from "
                              f"{', '.join(GATEWAY_LABELS)} (default: all)")
     parser.add_argument("--customers", type=int, default=100,

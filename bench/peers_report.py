@@ -20,10 +20,17 @@ from typing import Any
 START_MARKER = "<!-- peers-table:start (written by bench/run) -->"
 END_MARKER = "<!-- peers-table:end -->"
 WORKLOADS = ("W1", "W2", "W3")
-# The gateway whose throughput the ratios compare, and the peers it is compared with.
+# The gateway that the policy + audit cost is measured on.
 SUBJECT = "fonte-on"
-PEERS = ("apollo", "hive")
+# The throughput ratios: Fonte over the vendor dialects beside the peers over GraphQL
+# subgraphs, and Fonte over plain REST beside Hive Gateway over the same REST through
+# GraphQL Mesh. The first two always get a column, the others only when one of their
+# gateways ran.
+RATIOS = (("fonte-on", "apollo"), ("fonte-on", "hive"), ("fonte-rest", "hive-rest"))
+ALWAYS_SHOWN = frozenset({("fonte-on", "apollo"), ("fonte-on", "hive")})
 UNCONTROLLED = "fonte-off"
+# The member of a load run that keeps the start of the first response of each counter.
+SAMPLES = {"non_200": "non_200_sample", "with_errors": "errors_sample"}
 
 
 class ResultsError(ValueError):
@@ -120,15 +127,18 @@ def ratio_table(results: Mapping[str, Any], figure: Any = throughput) -> list[st
     ``figure`` is ``throughput`` (measured at saturation) or ``core_capacity``.
     """
     gateways = results["gateways"]
+    names = {g["name"] for g in gateways}
+    pairs = [pair for pair in RATIOS if pair in ALWAYS_SHOWN or names & set(pair)]
     header = ["workload", *[f"{g['label']} (req/s)" for g in gateways]]
-    header += [f"{SUBJECT} / {peer}" for peer in PEERS]
+    header += [f"{left} / {right}" for left, right in pairs]
     header.append("policy + audit cost")
     rows = []
     for workload in WORKLOADS:
         row = [workload]
         row += [_number(figure(results, g["name"], workload)) for g in gateways]
+        row += [_times(ratio(figure(results, left, workload), figure(results, right, workload)))
+                for left, right in pairs]
         subject = figure(results, SUBJECT, workload)
-        row += [_times(ratio(subject, figure(results, peer, workload))) for peer in PEERS]
         share = ratio(subject, figure(results, UNCONTROLLED, workload))
         row.append("n/a" if share is None else f"{(1 - share) * 100:.0f} %")
         rows.append(row)
@@ -220,8 +230,10 @@ def failures(results: Mapping[str, Any]) -> list[str]:
                     continue
                 for counter in ("non_200", "with_errors", "timeouts", "socket_errors"):
                     if stage.get(counter):
+                        sample = stage.get(SAMPLES.get(counter, ""))
                         found.append(f"{gateway['name']} {workload} {stage_name}: "
-                                     f"{stage[counter]} {counter.replace('_', ' ')}")
+                                     f"{stage[counter]} {counter.replace('_', ' ')}"
+                                     + (f", the first: {sample}" if sample else ""))
     return found
 
 

@@ -1,9 +1,10 @@
 """Serve the demo CRM and ERP for the peer benchmark.
 
-The CRM speaks the Salesforce dialect. The ERP is served twice over the same
-records: as Odoo JSON-RPC and as plain REST with an OpenAPI description.
-``bench/run`` starts this script as its own process, pinned to the cores that the
-gateways do not use. It generates the demo data set, starts the three fakes on free
+Each system is served twice over the same records: the CRM in the Salesforce
+dialect and the ERP as Odoo JSON-RPC, and both as plain REST with an OpenAPI
+description. ``bench/run`` starts this script as its own process, pinned to the
+cores that the gateways do not use. It generates the demo data set, starts the four
+fakes on free
 127.0.0.1 ports, sets the injected latency of every vendor API call, writes the
 addresses and the random credentials to ``--output`` (mode 0600) and serves until
 SIGTERM or SIGINT.
@@ -33,6 +34,7 @@ from gateway.demo.launch import (
     stop_background,
 )
 from gateway.demo.rest import create_rest_app
+from gateway.demo.rest_crm import create_rest_crm_app
 from gateway.sources.odoo import OdooSettings
 
 log = logging.getLogger("bench.peers_upstreams")
@@ -55,10 +57,16 @@ async def serve(customers: int, crm_latency_ms: float, erp_latency_ms: float,
                                                                        api_key=rest_api_key))
     servers.append(rest_server)
     rest_url = f"http://{LOOPBACK}:{rest_port}"
+    rest_crm_api_key = secrets.token_hex(20)
+    rest_crm_server, rest_crm_port = await serve_in_background(
+        create_rest_crm_app(data, api_key=rest_crm_api_key))
+    servers.append(rest_crm_server)
+    rest_crm_url = f"http://{LOOPBACK}:{rest_crm_port}"
     try:
         await set_latency(systems.crm_url, crm_latency_ms)
         await set_latency(systems.erp_url, erp_latency_ms)
         await set_latency(rest_url, erp_latency_ms)
+        await set_latency(rest_crm_url, crm_latency_ms)
         if not isinstance(systems.erp, OdooSettings):
             raise RuntimeError("the benchmark reads the demo ERP with the Odoo JSON-RPC dialect")
         description = {
@@ -71,11 +79,14 @@ async def serve(customers: int, crm_latency_ms: float, erp_latency_ms: float,
             "erp_api_key": systems.erp.api_key,
             "rest_url": rest_url,
             "rest_api_key": rest_api_key,
+            "rest_crm_url": rest_crm_url,
+            "rest_crm_api_key": rest_crm_api_key,
         }
         output.touch(mode=0o600)
         output.write_text(json.dumps(description), encoding="utf-8")
-        log.info("demo CRM at %s, demo ERP at %s (Odoo) and %s (REST), %d customers",
-                 systems.crm_url, systems.erp_url, rest_url, customers)
+        log.info("demo CRM at %s (Salesforce) and %s (REST), demo ERP at %s (Odoo) and %s "
+                 "(REST), %d customers", systems.crm_url, rest_crm_url, systems.erp_url,
+                 rest_url, customers)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -21,8 +21,9 @@
 //
 // Output on stdout: {"mode", "requests", "duration_s", "requests_per_s", "latency_ms":
 // {"p50", "p95", "p99", "max"}, "non_200", "non_200_statuses" (count per status),
-// "non_200_sample" (the start of the first such body), "with_errors", "timeouts",
-// "socket_errors"}. Latencies are in milliseconds, percentiles by nearest rank over
+// "non_200_sample" (the start of the first such body), "with_errors",
+// "errors_sample" (the start of the first "errors" member of a 200 response),
+// "timeouts", "socket_errors"}. Latencies are in milliseconds, percentiles by nearest rank over
 // all responses.
 
 import { readFileSync } from 'node:fs';
@@ -61,8 +62,8 @@ if (tokens.length < connections) {
 }
 
 const tally = {
-  latencies: [], non200: 0, statuses: {}, sample: null, withErrors: 0, timeouts: 0,
-  socketErrors: 0,
+  latencies: [], non200: 0, statuses: {}, sample: null, withErrors: 0, errorsSample: null,
+  timeouts: 0, socketErrors: 0,
 };
 
 function countResponse(status, responseBody) {
@@ -73,7 +74,11 @@ function countResponse(status, responseBody) {
     return;
   }
   // "errors" at any level of a GraphQL response means that a field failed.
-  if (responseBody.includes('"errors":')) tally.withErrors += 1;
+  const errorsAt = responseBody.indexOf('"errors":');
+  if (errorsAt !== -1) {
+    tally.withErrors += 1;
+    tally.errorsSample ??= responseBody.slice(errorsAt, errorsAt + 500);
+  }
 }
 
 function headersFor(token) {
@@ -175,6 +180,7 @@ process.stdout.write(JSON.stringify({
   non_200_statuses: tally.statuses,
   non_200_sample: tally.sample,
   with_errors: tally.withErrors,
+  errors_sample: tally.errorsSample,
   timeouts: tally.timeouts,
   socket_errors: tally.socketErrors,
 }) + '\n');

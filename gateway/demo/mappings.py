@@ -33,13 +33,24 @@ REST_FILTERS = ("customer_id", "order_id", "order_number", "kind", "status")
 
 def demo_rest_settings(base_url: str, api_key: str) -> RestSettings:
     """Return the settings with which the ``rest`` dialect reads the demo REST ERP."""
+    return rest_fake_settings(REST_RESOURCES, REST_FILTERS, base_url, api_key)
+
+
+def rest_fake_settings(specs: list[EntitySetSpec], filter_names: tuple[str, ...],
+                       base_url: str, api_key: str) -> RestSettings:
+    """Return the ``rest`` dialect's settings for a fake of ``gateway.demo.rest`` serving ``specs``.
+
+    ``filter_names`` are the attributes, in the fake's names, that reads match
+    or filter by other than the id.
+    """
     paging = Paging(style="cursor", page_size=MAX_PAGE_SIZE, size_param="limit",
                     cursor_param="cursor", cursor_path="meta.next_cursor")
     resources = {}
-    for spec in REST_RESOURCES:
-        filters = {name: name for name in REST_FILTERS if name in spec.properties}
+    for spec in specs:
+        filters = {name: name for name in filter_names if name in spec.properties}
         resources[spec.name] = Resource(path=spec.name, max_ids=MAX_IDS, max_url_bytes=8000,
                                         sort_param="sort", rows_path="data", filters=filters,
                                         paging=paging)
     return RestSettings(base_url=f"{base_url}{API_PATH}", resources=resources,
-                        entities=REST_ENTITIES, auth_header=("Authorization", f"Bearer {api_key}"))
+                        entities=entity_maps(specs),
+                        auth_header=("Authorization", f"Bearer {api_key}"))

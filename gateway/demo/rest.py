@@ -58,7 +58,7 @@ API_KEY_HEADER = "X-API-Key"
 CONTROL_PARAMETERS = frozenset({"ids", "fields", "sort", "limit", "cursor", "offset"})
 # Fields that hold the key of a parent record: the request log counts their
 # filter values as keys, like the values of ids.
-KEY_FIELDS = frozenset({"customer_id", "order_id", "order_number"})
+KEY_FIELDS = frozenset({"customer_id", "order_id", "order_number", "account_id"})
 
 REST_RESOURCES = [
     EntitySetSpec("customers", "res.partner", {
@@ -122,15 +122,16 @@ class Page:
 
 
 class RestFake:
-    """State of one fake REST ERP; tests reach it as ``app.state.fake``.
+    """State of one fake REST system; tests reach it as ``app.state.fake``.
 
-    ``api_key`` is the only accepted key, sent as ``Authorization: Bearer``
-    or in the ``X-API-Key`` header; None serves without authentication.
+    ``resources`` maps each resource name to its records. ``api_key`` is the
+    only accepted key, sent as ``Authorization: Bearer`` or in the
+    ``X-API-Key`` header, which wins when both are sent. None serves without
+    authentication.
     """
 
-    def __init__(self, data: DemoData, api_key: str | None) -> None:
-        self.resources = {name: entity_set.records
-                          for name, entity_set in build_sets(data, REST_RESOURCES).items()}
+    def __init__(self, resources: Mapping[str, list[Record]], api_key: str | None) -> None:
+        self.resources = dict(resources)
         self.api_key = api_key
         self.control = DemoControl()
         self._cursors: dict[str, tuple[str, list[Record], list[str] | None, str | None]] = {}
@@ -292,11 +293,24 @@ def _error(error: ApiError) -> Response:
 
 def create_rest_app(data: DemoData, *, api_key: str | None) -> Starlette:
     """Build the fake REST ERP; its ``RestFake`` is ``app.state.fake``."""
-    fake = RestFake(data, api_key)
-    routes = _Routes(fake, openapi_document(
-        {spec.name: list(spec.properties) for spec in REST_RESOURCES}, api_path=API_PATH,
-        max_ids=MAX_IDS, max_page_size=MAX_PAGE_SIZE, default_page_size=DEFAULT_PAGE_SIZE,
-        api_key_header=API_KEY_HEADER))
+    resources = {name: entity_set.records
+                 for name, entity_set in build_sets(data, REST_RESOURCES).items()}
+    return rest_app(resources, openapi_document(
+        {spec.name: list(spec.properties) for spec in REST_RESOURCES}, **openapi_limits()),
+        api_key=api_key)
+
+
+def openapi_limits() -> dict[str, Any]:
+    """Return the path, limits and key header that the OpenAPI document states."""
+    return {"api_path": API_PATH, "max_ids": MAX_IDS, "max_page_size": MAX_PAGE_SIZE,
+            "default_page_size": DEFAULT_PAGE_SIZE, "api_key_header": API_KEY_HEADER}
+
+
+def rest_app(resources: Mapping[str, list[Record]], document: dict[str, Any], *,
+             api_key: str | None) -> Starlette:
+    """Serve ``resources`` as a fake REST system, with ``document`` at ``/openapi.json``."""
+    fake = RestFake(resources, api_key)
+    routes = _Routes(fake, document)
     app = Starlette(routes=[
         Route("/openapi.json", routes.openapi, methods=["GET"]),
         Route(API_PATH + "/{resource}", routes.collection, methods=["GET"]),

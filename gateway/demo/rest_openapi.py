@@ -1,4 +1,4 @@
-"""The OpenAPI 3.0 description of the demo REST ERP in ``gateway.demo.rest``.
+"""The OpenAPI 3.0 description of the demo REST ERP and CRM (``gateway.demo.rest``).
 
 Tools that build a GraphQL schema from OpenAPI (GraphQL Mesh, Hive Gateway)
 read it from ``/openapi.json``, so it names every parameter, response body
@@ -13,13 +13,17 @@ from typing import Any
 
 OPENAPI_VERSION = "3.0.3"
 
-# The OpenAPI type of each field the resources serve; any other field is a string.
+# The OpenAPI type of each field that the REST ERP and the REST CRM
+# (``gateway.demo.rest_crm``) serve; any other field is a string.
 _INTEGER_FIELDS = frozenset({"id", "customer_id", "order_id"})
 _NUMBER_FIELDS = frozenset({"credit_limit", "balance", "amount_untaxed", "amount_total",
-                            "amount_due"})
+                            "amount_due", "amount"})
 _DATETIME_FIELDS = frozenset({"ordered_at", "promised_at", "scheduled_at", "deadline",
                               "done_at"})
-_DATE_FIELDS = frozenset({"invoice_date", "due_date"})
+_DATE_FIELDS = frozenset({"invoice_date", "due_date", "close_date"})
+
+_ERP_SUMMARY = ("A plain REST/JSON ERP over the Fonte demo data: customers, bank accounts, "
+                "orders, invoices and shipments, read in batches by id or by parent key.")
 
 _ERROR_STATUSES = {
     "400": "An invalid parameter: an unknown field, too many ids, a bad limit, offset or cursor.",
@@ -33,13 +37,16 @@ _ERROR_STATUSES = {
 
 def schema_name(resource: str) -> str:
     """Return the schema name of one record of ``resource``, such as ``BankAccount``."""
-    return "".join(word.capitalize() for word in resource.split("-")).removesuffix("s")
+    name = "".join(word.capitalize() for word in resource.split("-"))
+    if name.endswith("ies"):
+        return name.removesuffix("ies") + "y"  # opportunities -> Opportunity
+    return name.removesuffix("s")
 
 
-def field_schema(name: str) -> dict[str, Any]:
+def field_schema(name: str, integer_fields: frozenset[str] = _INTEGER_FIELDS) -> dict[str, Any]:
     """Return the JSON schema of one field's value."""
     schema: dict[str, Any]
-    if name in _INTEGER_FIELDS:
+    if name in integer_fields:
         schema = {"type": "integer"}
     elif name in _NUMBER_FIELDS:
         schema = {"type": "number"}
@@ -55,9 +62,15 @@ def field_schema(name: str) -> dict[str, Any]:
 
 
 def openapi_document(resources: Mapping[str, list[str]], *, api_path: str, max_ids: int,
-                     max_page_size: int, default_page_size: int,
-                     api_key_header: str) -> dict[str, Any]:
-    """Build the document for ``resources``, each a resource name and its field names."""
+                     max_page_size: int, default_page_size: int, api_key_header: str,
+                     title: str = "Fonte demo ERP",
+                     summary: str = _ERP_SUMMARY,
+                     integer_fields: frozenset[str] = _INTEGER_FIELDS) -> dict[str, Any]:
+    """Build the document for ``resources``, each a resource name and its field names.
+
+    ``integer_fields`` are the fields typed as integers, ids included. Every
+    other field gets the type that its name has in the ERP's resources.
+    """
     schemas: dict[str, Any] = {
         "PageMeta": {"type": "object", "required": ["next_cursor"], "properties": {
             "next_cursor": {"type": "string", "nullable": True, "description":
@@ -74,7 +87,8 @@ def openapi_document(resources: Mapping[str, list[str]], *, api_path: str, max_i
     for resource, fields in resources.items():
         name = schema_name(resource)
         schemas[name] = {"type": "object", "required": ["id"], "additionalProperties": False,
-                         "properties": {field: field_schema(field) for field in fields}}
+                         "properties": {field: field_schema(field, integer_fields)
+                                        for field in fields}}
         schemas[f"{name}Page"] = {
             "type": "object", "required": ["data", "meta", "links"], "properties": {
                 "data": {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}},
@@ -83,13 +97,13 @@ def openapi_document(resources: Mapping[str, list[str]], *, api_path: str, max_i
         schemas[f"{name}Item"] = {"type": "object", "required": ["data"], "properties": {
             "data": {"$ref": f"#/components/schemas/{name}"}}}
         paths[f"/{resource}"] = {"get": _list_operation(resource, name, fields, max_ids,
-                                                        max_page_size, default_page_size)}
-        paths[f"/{resource}/{{id}}"] = {"get": _item_operation(resource, name, fields)}
+                                                        max_page_size, default_page_size,
+                                                        integer_fields)}
+        paths[f"/{resource}/{{id}}"] = {"get": _item_operation(resource, name, fields,
+                                                               integer_fields)}
     return {
         "openapi": OPENAPI_VERSION,
-        "info": {"title": "Fonte demo ERP", "version": "1.0.0", "description":
-                 "A plain REST/JSON ERP over the Fonte demo data: customers, bank accounts, "
-                 "orders, invoices and shipments, read in batches by id or by parent key."},
+        "info": {"title": title, "version": "1.0.0", "description": summary},
         "servers": [{"url": api_path}],
         "security": [{"bearerAuth": []}, {"apiKeyAuth": []}],
         "paths": paths,
@@ -113,11 +127,13 @@ def _fields_parameter(fields: list[str]) -> dict[str, Any]:
 
 
 def _list_operation(resource: str, name: str, fields: list[str], max_ids: int,
-                    max_page_size: int, default_page_size: int) -> dict[str, Any]:
+                    max_page_size: int, default_page_size: int,
+                    integer_fields: frozenset[str]) -> dict[str, Any]:
+    id_type = "integer" if "id" in integer_fields else "string"
     parameters: list[dict[str, Any]] = [
         {"name": "ids", "in": "query", "required": False, "style": "form", "explode": False,
          "description": f"Return only the records with these ids, at most {max_ids}.",
-         "schema": {"type": "array", "maxItems": max_ids, "items": {"type": "integer"}}},
+         "schema": {"type": "array", "maxItems": max_ids, "items": {"type": id_type}}},
         _fields_parameter(fields),
         {"name": "sort", "in": "query", "required": False, "style": "form", "explode": False,
          "description": "Sort terms, comma-separated: a field, or -field for descending. "
@@ -137,7 +153,7 @@ def _list_operation(resource: str, name: str, fields: list[str], max_ids: int,
     for field in fields:
         if field == "id":
             continue
-        item_type = "integer" if field in _INTEGER_FIELDS else "string"
+        item_type = "integer" if field in integer_fields else "string"
         parameters.append({"name": field, "in": "query", "required": False, "style": "form",
                            "explode": False, "description": f"Return only the records whose "
                            f"{field} is one of these values.",
@@ -150,7 +166,8 @@ def _list_operation(resource: str, name: str, fields: list[str], max_ids: int,
             "parameters": parameters, "responses": responses}
 
 
-def _item_operation(resource: str, name: str, fields: list[str]) -> dict[str, Any]:
+def _item_operation(resource: str, name: str, fields: list[str],
+                    integer_fields: frozenset[str]) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": f"One record of {resource}.", "content": {"application/json": {
             "schema": {"$ref": f"#/components/schemas/{name}Item"}}}},
@@ -159,8 +176,9 @@ def _item_operation(resource: str, name: str, fields: list[str]) -> dict[str, An
     responses.update({status: {"$ref": f"#/components/responses/Error{status}"}
                       for status in _ERROR_STATUSES if status != "414"})
     return {"operationId": f"get{name}", "summary": f"Read one record of {resource}",
-            "parameters": [{"name": "id", "in": "path", "required": True,
-                            "schema": {"type": "integer"}}, _fields_parameter(fields)],
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {
+                "type": "integer" if "id" in integer_fields else "string"}},
+                _fields_parameter(fields)],
             "responses": responses}
 
 

@@ -86,6 +86,25 @@ def test_ratio_table_missing_peer(results: dict[str, Any]) -> None:
     assert table[2] == "| W1 | 80.0 | n/a | n/a | n/a |"
 
 
+def test_ratio_table_rest_pair(results: dict[str, Any]) -> None:
+    results["gateways"] += [_gateway("fonte-rest", 60.0, 12.0), _gateway("hive-rest", 30.0, 24.0)]
+
+    table = report.ratio_table(results)
+
+    assert table[0].endswith("| fonte-on / apollo | fonte-on / hive | fonte-rest / hive-rest "
+                             "| policy + audit cost |")
+    assert table[2] == ("| W1 | 80.0 | 100.0 | 160.0 | 40.0 | 60.0 | 30.0 | 0.50x | 2.00x "
+                        "| 2.00x | 20 % |")
+
+
+def test_ratio_table_rest_pair_one_side(results: dict[str, Any]) -> None:
+    results["gateways"] = [_gateway("hive-rest", 30.0, 24.0)]
+
+    table = report.ratio_table(results)
+
+    assert table[2] == "| W1 | 30.0 | n/a | n/a | n/a | n/a |"
+
+
 def test_latency_and_cost_tables(results: dict[str, Any]) -> None:
     latency = report.latency_table(results)
     cost = report.cost_table(results)
@@ -133,6 +152,20 @@ def test_failures_lists_each_counter(results: dict[str, Any]) -> None:
         "hive W2: answer differs from Fonte's at data.customers",
         "hive W2 saturation: 3 non 200",
         "hive W2 fixed_rate: 1 timeouts",
+    ]
+
+
+def test_failures_quote_first_samples(results: dict[str, Any]) -> None:
+    stage = results["gateways"][3]["workloads"]["W1"]["saturation"]
+    stage["with_errors"] = 2
+    stage["errors_sample"] = '"errors":[{"message":"Unexpected error."}]}'
+    stage["non_200"] = 1
+    stage["non_200_sample"] = "Bad Gateway"
+
+    assert report.failures(results) == [
+        "hive W1 saturation: 1 non 200, the first: Bad Gateway",
+        'hive W1 saturation: 2 with errors, the first: "errors":[{"message":"Unexpected '
+        'error."}]}',
     ]
 
 
