@@ -11,10 +11,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.audit.keys import load_public_keys
 from gateway.audit.migrate import upgrade_schema
-from gateway.audit.postgres import PostgresAuditStore, describe_url, postgres_url
-from gateway.audit.retention import PurgeResult, purge_event, purge_records, retention_cutoff
+from gateway.audit.postgres import describe_url, postgres_url
+from gateway.audit.retention import PurgeResult, purge_records, retention_cutoff
 from gateway.audit.sqlite import describe_error, set_writer_pragmas, sqlite_url
-from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.datadir import claim_data_dir
 from gateway.errors import AuditError, AuditIntegrityError
@@ -47,7 +46,7 @@ async def migrate_store(target: Path | str) -> tuple[str | None, str]:
 
 
 async def purge_store(target: Path | str, data_dir: Path, retention_months: int) -> PurgeResult:
-    """Verify the store, purge the records older than the retention, and record the purge.
+    """Verify the store, then purge the records older than the retention with their record.
 
     The public keys of the checkpoints come from ``data_dir``. For an SQLite store the
     data dir is locked as a gateway locks it, so a running gateway makes this fail
@@ -63,29 +62,10 @@ async def purge_store(target: Path | str, data_dir: Path, retention_months: int)
                 f"audit log {report.summary()}; nothing was purged, investigate first"
             )
         now = datetime.now(UTC)
-        result = await purge_records(target, retention_cutoff(now, retention_months))
-        if result.through_seq:
-            await _record_purge(target, result, retention_months, now)
-        return result
+        cutoff = retention_cutoff(now, retention_months)
+        return await purge_records(
+            target, cutoff, retention_months=retention_months, now=now
+        )
     finally:
         if lock is not None:
             lock.close()
-
-
-async def _record_purge(
-    target: Path | str, result: PurgeResult, retention_months: int, now: datetime
-) -> None:
-    store: GroupCommitStore
-    if isinstance(target, Path):
-        store = await SQLiteAuditStore.open(target)
-    else:
-        store = await PostgresAuditStore.open(target)
-    try:
-        await store.append(purge_event(result, retention_months, now))
-    except AuditError as exc:
-        raise AuditError(
-            f"purged records 1-{result.through_seq}, but the record of the purge was not "
-            f"stored: {exc}"
-        ) from exc
-    finally:
-        await store.close()

@@ -192,7 +192,7 @@ TAMPER_CASES: list[tuple[str, Callable[[Path], None], str]] = [
     (
         "truncated",
         truncate_records,
-        "FAILED: record 5 missing: export has 4 records but checkpoint 2 signed 6; "
+        "FAILED: record 5 missing: export ends at record 4 but checkpoint 2 signed 6; "
         "records were removed from the end",
     ),
 ]
