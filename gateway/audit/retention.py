@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.audit.migrate import current_revision, head_revision, lock_postgres
-from gateway.audit.postgres import describe_url, postgres_url
+from gateway.audit.postgres import describe_url, open_reader, postgres_url
 from gateway.audit.record import AdminEvent, utc_timestamp
 from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject
 from gateway.audit.sqlite import begin_immediate, describe_error, set_writer_pragmas, sqlite_url
@@ -90,6 +90,25 @@ def purge_event(
             "retention_months": retention_months,
         },
     }
+
+
+async def oldest_record_time(target: Path | str) -> str | None:
+    """Return the time of the store's first record, or None for an empty store.
+
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. Raises
+    AuditError if the store cannot be read.
+    """
+    engine, location = open_reader(target)
+    try:
+        async with engine.connect() as connection:
+            first_seq = select(func.min(audit_record.c.seq)).scalar_subquery()
+            statement = select(audit_record.c.time).where(audit_record.c.seq == first_seq)
+            time = (await connection.execute(statement)).scalar()
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
+    finally:
+        await engine.dispose()
+    return None if time is None else str(time)
 
 
 def _open_writer(target: Path | str) -> tuple[AsyncEngine, str]:
