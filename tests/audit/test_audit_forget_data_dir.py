@@ -37,7 +37,7 @@ def run_cli(*args: str) -> Result:
 
 
 def files_containing(folder: Path, needles: dict[str, bytes]) -> list[str]:
-    found = []
+    found: list[str] = []
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             content = path.read_bytes()
