@@ -277,7 +277,7 @@ def verify(export: Path, notes: list[Note], public_keys: Mapping[str, Ed25519Pub
         chain.prev_hash = str(record["hash"])
         if seq == 1:
             chain.origin = ORIGIN_PREFIX + chain.prev_hash[:ORIGIN_HASH_DIGITS]
-        if chain.purge_anchor is not None and _names_purge(record, chain.purge_anchor):
+        if chain.purge_anchor is not None and names_purge(record, chain.purge_anchor):
             chain.purge_anchor = None
         for note in by_size.get(seq, ()):
             if note.head_hash != chain.prev_hash:
@@ -320,8 +320,9 @@ def _start_chain(record: dict[str, Any], by_size: Mapping[int, list[Note]]) -> _
     )
 
 
-def _names_purge(record: dict[str, Any], anchor: tuple[int, str]) -> bool:
-    """Check that ``record`` is the purge record through the checkpoint ``anchor``."""
+def names_purge(record: dict[str, Any], anchor: tuple[int, str]) -> bool:
+    """Check that ``record`` is the purge record through the checkpoint ``anchor``, given
+    as (size, head hash). `gateway.audit.verify` applies the same rule."""
     details = record.get("details")
     if record.get("kind") != "purge" or not isinstance(details, dict):
         return False

@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
+from gateway.audit.offline_verify import names_purge
 from gateway.audit.postgres import open_reader
 from gateway.audit.retention import PURGE_ACTOR
 from gateway.audit.schema import hex_text, join_text
@@ -185,7 +186,12 @@ class ChainVerifier:
         # The actor column matches the body, which _find_fault checked, so only the
         # purge records' bodies are parsed a second time.
         if not self._purge_recorded and row.actor == PURGE_ACTOR:
-            self._purge_recorded = _names_purge(_parse_body(row.body), self._purge_anchor)
+            body = _parse_body(row.body)
+            self._purge_recorded = (
+                body is not None
+                and self._purge_anchor is not None
+                and names_purge(body, self._purge_anchor)
+            )
         return None
 
     def missing_purge_record(self) -> VerifyReport | None:
@@ -248,21 +254,6 @@ def _parse_body(body: str) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return parsed if isinstance(parsed, dict) else None
-
-
-def _names_purge(body: dict[str, Any] | None, anchor: tuple[int, str] | None) -> bool:
-    """Check that ``body`` is a purge record through the checkpoint ``anchor`` (size, hash)."""
-    if body is None or anchor is None or body.get("kind") != "purge":
-        return False
-    details = body.get("details")
-    if not isinstance(details, dict):
-        return False
-    through_seq = details.get("through_seq")
-    return (
-        isinstance(through_seq, int)
-        and not isinstance(through_seq, bool)
-        and (through_seq, details.get("head_hash")) == anchor
-    )
 
 
 def _hash_matches(row: StoredRow, body: dict[str, Any]) -> bool:
