@@ -2,11 +2,11 @@
 
 Forget on PostgreSQL ends with ``VACUUM FULL audit_subject_key, audit_subject``, which
 holds an ACCESS EXCLUSIVE lock on both tables, so gateway commits wait for it. The
-script creates a throwaway database on the server, fills ``audit_record`` and
-``audit_subject`` with ``--rows`` rows about ``--subjects`` subjects and
-``audit_subject_key`` with one key per subject (with ``generate_series``, so the bodies
-are placeholders that do not verify), then times `forget_subject` on one subject.
-The database is dropped at the end.
+script creates a throwaway database on the server. It fills ``audit_record`` and
+``audit_subject`` with ``--rows`` rows about ``--subjects`` subjects, and
+``audit_subject_key`` with one key per subject, using ``generate_series``, so the
+bodies are placeholders that do not verify. Then it times `forget_subject` on one
+subject and drops the database.
 
     .venv/bin/python bench/audit_forget.py --rows 1000000
 """

@@ -195,7 +195,7 @@ async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
 
     Runs under the store's advisory lock, so no commit of a running gateway interleaves.
     A DELETE leaves the row versions in the table and index pages, and a plain VACUUM
-    marks their space free without overwriting it, so the subject's key stayed readable
+    marks their space free without overwriting it, so the subject's key stays readable
     in the table file. VACUUM FULL writes the live rows to new files and drops the old
     ones. It holds an ACCESS EXCLUSIVE lock meanwhile, so gateway commits wait for it.
     NOTE: WAL segments, a WAL archive, replicas and backups keep copies of the key until

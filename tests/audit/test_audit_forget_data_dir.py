@@ -1,10 +1,10 @@
 """Erasure of a subject from a data folder that a real gateway wrote, checked byte by byte.
 
 The gateway serves two customers over the demo systems, with an anchor file in its data
-folder, and stops. Then ``fonte audit forget`` erases one customer, ``fonte audit
-export`` writes JSON Lines and CSV into the same folder, and every file there (the
-database with any -wal or -shm file, the anchor file, the exports, the keys) is scanned
-for the customer's id, its pseudonym and its subject key.
+folder, and stops. Then ``fonte audit forget`` erases one customer, and ``fonte audit
+export`` writes JSON Lines and CSV into the same folder. The test scans every file
+there for the customer's id, its pseudonym and its subject key: the database with any
+-wal or -shm file, the anchor file, the exports and the keys.
 """
 
 from __future__ import annotations

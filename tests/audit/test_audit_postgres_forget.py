@@ -1,7 +1,7 @@
 """Erasure in a PostgreSQL store, checked byte by byte in the table and index pages.
 
-The pages are read with the pageinspect extension's ``get_raw_page``, so the test sees
-row versions that a DELETE left behind, which SQL queries no longer return.
+The pages are read with the pageinspect extension's ``get_raw_page``, which returns
+row versions that a DELETE left behind and SQL queries no longer return.
 """
 
 from __future__ import annotations
