@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+import httpx
 import pytest
 from checkpoint_support import make_event, new_key, publish, run_sql
 from conftest import start_harness
 
-from gateway.audit.keys import CheckpointKey
+from gateway.audit.keys import CheckpointKey, load_or_create_signing_key
 from gateway.audit.maintenance import RetentionSchedule
 from gateway.audit.record import AuditEvent
+from gateway.audit.retention import PurgeResult
 from gateway.audit.store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.config import load_settings
@@ -189,3 +191,35 @@ async def test_gateway_runs_schedule_by_setting(
         retention = harness.gateway_app.state.gateway.retention
 
     assert (retention is not None) is enabled
+
+
+async def test_schedule_purges_while_gateway_serves(
+    demo_data: DemoData, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    key = load_or_create_signing_key(data_dir / "keys" / "audit-checkpoint.pem",
+                                     name="fonte-audit-1")
+    await write_log(data_dir / "audit.sqlite3", key)
+    lookup = "{ customers(first: 1) { edges { node { name } } } }"
+    overrides = {"audit_auto_purge": False}
+    async with start_harness(demo_data, data_dir, overrides=overrides) as harness:
+        schedule = RetentionSchedule(data_dir / "audit.sqlite3",
+                                     harness.settings.checkpoint_public_key_dir, 12,
+                                     clock=lambda: NOW)
+        responses = await asyncio.gather(
+            *(harness.query(lookup) for _ in range(5)), schedule.run_once(),
+            *(harness.query(lookup) for _ in range(5)))
+
+    result = responses[5]
+    assert isinstance(result, PurgeResult)
+    assert (result.through_seq, result.records) == (3, 3)
+    statuses = [response.status_code for response in responses
+                if isinstance(response, httpx.Response)]
+    assert statuses == [200] * 10
+    kinds = [body.get("kind") for body in bodies(data_dir / "audit.sqlite3")]
+    assert kinds.count("purge") == 1
+    assert len(kinds) == 13
+    report = await verify_store(data_dir / "audit.sqlite3",
+                                public_keys={key.name: key.private_key.public_key()})
+    assert report.ok, report.reason
+    assert (report.first_seq, report.records) == (4, 13)
