@@ -15,6 +15,7 @@ import pytest
 from checkpoint_support import make_event, new_key, publish, run_sql
 from conftest import start_harness
 
+from gateway.audit.bundle import write_bundle
 from gateway.audit.keys import CheckpointKey, load_or_create_signing_key
 from gateway.audit.maintenance import RetentionSchedule
 from gateway.audit.record import AuditEvent
@@ -223,3 +224,32 @@ async def test_schedule_purges_while_gateway_serves(
                                 public_keys={key.name: key.private_key.public_key()})
     assert report.ok, report.reason
     assert (report.first_seq, report.records) == (4, 13)
+
+
+async def test_second_purge_continues_from_newer_checkpoint(tmp_path: Path) -> None:
+    path, key = tmp_path / "audit.db", new_key()
+    await write_log(path, key)
+    public = publish(tmp_path / "public", key)
+    await RetentionSchedule(path, public, 12, clock=lambda: NOW).run_once()
+    store = await SQLiteAuditStore.open(path, checkpoint_key=key)
+    await store.append(event_at(7, "2026-12-05T07:00:00.000Z"))
+    await store.checkpoint()
+    await store.append(event_at(8, "2026-12-05T08:00:00.000Z"))
+    await store.close()
+    later = datetime(2028, 1, 1, tzinfo=UTC)
+
+    result = await RetentionSchedule(path, public, 12, clock=lambda: later).run_once()
+    summary = await write_bundle(path, public, tmp_path / "bundle")
+
+    assert result is not None
+    # Records 1-3 went in the first purge. Record 6, the first purge record, goes too.
+    assert (result.through_seq, result.records, result.record_seq) == (7, 4, 9)
+    assert [body["seq"] for body in bodies(path)] == [8, 9]
+    report = await verify_store(path, public_keys={key.name: key.private_key.public_key()})
+    assert report.ok, report.reason
+    assert (report.first_seq, report.records) == (8, 2)
+    assert summary.verifier_output == (
+        "OK: 2 records and 4 checkpoints verified; records 1-7 were purged up to a signed "
+        "checkpoint; record 9 is after the newest checkpoint and verified by the hash "
+        "chain only"
+    )
