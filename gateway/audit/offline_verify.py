@@ -13,9 +13,9 @@ public key per signing key, named ``<key name>.pub``.
 The script recomputes every record's chain hash, checks each checkpoint's signature,
 and checks that each checkpoint's head hash equals the recomputed hash at its size,
 that the export reaches every checkpoint, and that each checkpoint names this log.
-An export that starts at record F after 1, because a purge deleted the older records,
-must link record F to the head hash of a signed checkpoint of size F - 1, and must
-contain the purge record that names that size and hash.
+A purge deletes the oldest records, so an export may start at a record F after 1.
+Record F must then link to the head hash of a signed checkpoint of size F - 1, and
+the export must contain the purge record that names that size and hash.
 
 Exit status: 0 when all hold, 1 naming the first bad record or checkpoint, 2 for a
 missing or unreadable input.
