@@ -40,6 +40,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from gateway.audit.anchor import CheckpointAnchor, anchor_from_setting
 from gateway.audit.keys import CheckpointKey, publish_public_key
 from gateway.audit.keys import load_or_create_signing_key as load_or_create_checkpoint_key
+from gateway.audit.maintenance import RetentionSchedule
 from gateway.audit.operations import newest_checkpoint_key_name
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
@@ -115,6 +116,8 @@ class Gateway:
     # guessing from one address gets 429 before any verification work.
     auth_failures: RateLimiter | None = None
     persisted: PersistedQueries = field(default_factory=PersistedQueries)
+    # None when [audit] auto_purge is false.
+    retention: RetentionSchedule | None = None
 
     @classmethod
     async def start(cls, settings: Settings,
@@ -168,11 +171,19 @@ class Gateway:
         watchers = PolicyWatchers(policy, settings.policy) if settings.policy else None
         if watchers is not None:
             watchers.start()
+        retention = None
+        if settings.audit_auto_purge:
+            retention = RetentionSchedule(_audit_target(settings),
+                                          settings.checkpoint_public_key_dir,
+                                          settings.audit_retention_months)
+            retention.start()
         return cls(settings, executor, verifier, recorder, sources, policy, lock, watchers,
                    GatewayMetrics(sources), RateLimiter(settings.rate_limit),
-                   RateLimiter(settings.rate_limit), persisted)
+                   RateLimiter(settings.rate_limit), persisted, retention)
 
     async def close(self) -> None:
+        if self.retention is not None:
+            await self.retention.close()
         if self.watchers is not None:
             await self.watchers.stop()
         await self.policy.aclose()

@@ -311,14 +311,6 @@ def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path 
         return run_to(lambda seq: bar.update(task, completed=seq))
 
 
-def _audit_path(data_dir: Path) -> Path:
-    path = data_dir / "audit.sqlite3"
-    if not path.is_file():
-        errors.print(f"no audit log at {path}; pass the gateway's --data-dir", highlight=False)
-        raise typer.Exit(2)
-    return path
-
-
 def _subject_ref(data_dir: Path, subject_type: str, subject: str) -> str:
     from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 

@@ -2,8 +2,8 @@
 
 Each audit command here appends its own record to the log. Bundle and access-report may
 run while a gateway appends to the same store. Forget on an SQLite store holds the data
-folder's lock, so it fails while a gateway runs on that folder. Bundle and access-report
-read only the SQLite store.
+folder's lock, so it fails while a gateway runs on that folder. Each command reads the
+SQLite store in the data folder, or the PostgreSQL store that ``--store`` names.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from gateway.cli import (
     AuditStoreUrl,
     DataDir,
     Operator,
-    _audit_path,
     _audit_target,
     _claim,
     _count,
@@ -60,13 +59,14 @@ def audit_bundle(
         "dir, or the FONTE_AUDIT_CHECKPOINT_KEY variable.")] = None,
     operator: Operator = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    store: AuditStoreUrl = None,
 ) -> None:
     """Write the whole log, its signed checkpoints, public keys and an offline verifier."""
     from gateway.audit.bundle import write_bundle
     from gateway.audit.keys import KEY_ENV_VAR, load_or_create_signing_key, publish_public_key
     from gateway.audit.operations import admin_event, record_admin_event
 
-    path = _audit_path(data_dir)
+    target = _audit_target(data_dir, store)
     key_path = key_file or data_dir / "keys" / "audit-checkpoint.pem"
     if not key_path.is_file() and not os.environ.get(KEY_ENV_VAR):
         errors.print(f"checkpoint key {key_path} not found; pass --key-file or set "
@@ -79,8 +79,8 @@ def audit_bundle(
         publish_public_key(key, public_keys)
         event = admin_event("bundle", _operator(operator), {"folder": folder.name})
         # Closing the store signs a checkpoint that covers this record.
-        asyncio.run(record_admin_event(path, event, checkpoint_key=key))
-        summary = asyncio.run(write_bundle(path, public_keys, folder))
+        asyncio.run(record_admin_event(target, event, checkpoint_key=key))
+        summary = asyncio.run(write_bundle(target, public_keys, folder))
     except (GatewayError, ValueError) as exc:
         raise _fail(ConfigError(str(exc)) if isinstance(exc, ValueError) else exc) from exc
     console.print(f"bundle written to {folder}: {_count(summary.records, 'record')} and "
@@ -132,6 +132,7 @@ def audit_access_report(
     output: Annotated[Path | None, typer.Option(help="File to write; default stdout.")] = None,
     operator: Operator = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
+    store: AuditStoreUrl = None,
 ) -> None:
     """Report the dates, purposes and roles of every consultation of a subject's data."""
     from gateway.audit.access_report import read_consultations, report_document, report_html
@@ -142,19 +143,21 @@ def audit_access_report(
     if fmt not in ("json", "html"):
         errors.print(f"--format {fmt!r} is not supported; use json or html")
         raise typer.Exit(2)
-    path = _audit_path(data_dir)
+    target = _audit_target(data_dir, store)
     ref = _subject_ref(data_dir, subject_type, subject)
     catalog, _ = _load_engine()
     try:
         consultations = asyncio.run(
-            read_consultations(path, ref, include_callers=include_callers))
+            read_consultations(target, ref, include_callers=include_callers))
         details: dict[str, DetailValue] = {
             "format": fmt, "consultations": len(consultations),
             "callers_included": include_callers}
         asyncio.run(record_admin_event(
-            path, admin_event("access_report", _operator(operator), details)))
+            target, admin_event("access_report", _operator(operator), details)))
     except GatewayError as exc:
         raise _fail(exc) from exc
+    except ValueError as exc:
+        raise _fail(ConfigError(str(exc))) from exc
     document = report_document(subject_type, consultations, include_callers=include_callers)
     if fmt == "json":
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"

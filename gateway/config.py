@@ -120,6 +120,8 @@ class Settings:
     # file in data_dir.
     audit_store_url: str | None = None
     audit_retention_months: int = DEFAULT_RETENTION_MONTHS
+    # The gateway purges records older than audit_retention_months once a day.
+    audit_auto_purge: bool = True
     max_body_bytes: int = 1_000_000
     max_search_length: int = 100
     operation_limits: OperationLimits = field(default_factory=OperationLimits)
@@ -224,6 +226,7 @@ def load_settings(path: Path) -> Settings:
         audit_store_url=_audit_store(audit, base),
         audit_retention_months=_retention_months(audit.get("retention_months",
                                                            DEFAULT_RETENTION_MONTHS)),
+        audit_auto_purge=_auto_purge(audit.get("auto_purge", True)),
         resilience=resilience,
         policy=policy_settings_from_table(policy, base),
         max_body_bytes=_integer("limits", "max_body_bytes",
@@ -413,6 +416,12 @@ def _audit_store(audit: dict[str, Any], base: Path) -> str | None:
     if any(key in audit for key in ("store_password_env", "store_password_file")):
         url = url.set(password=_secret("audit", audit, "store_password", base))
     return url.render_as_string(hide_password=False)
+
+
+def _auto_purge(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"[audit] auto_purge = {value!r} must be true or false")
+    return value
 
 
 def _retention_months(value: Any) -> int:

@@ -23,14 +23,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.audit.postgres import open_reader
 from gateway.audit.record import utc_timestamp
-from gateway.audit.store import (
-    audit_record,
-    audit_subject,
-    audit_subject_key,
-    describe_error,
-    open_reader_engine,
-)
+from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
 from gateway.audit.subject_keys import unseal
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -50,14 +45,16 @@ class Consultation:
 
 
 async def read_consultations(
-    path: Path, ref: str, *, include_callers: bool = False
+    target: Path | str, ref: str, *, include_callers: bool = False
 ) -> list[Consultation]:
     """Read the consultations of the subject with pseudonym ``ref``, oldest first.
 
-    Raises AuditError if the store cannot be read, and AuditIntegrityError if the
-    subject index names a record whose body does not name the subject.
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. Raises
+    AuditError if the store cannot be read, ValueError for a URL that is not
+    PostgreSQL, and AuditIntegrityError if the subject index names a record whose body
+    does not name the subject.
     """
-    engine = open_reader_engine(path)
+    engine, location = open_reader(target)
     consultations: list[Consultation] = []
     try:
         async with engine.connect() as connection:
@@ -79,8 +76,8 @@ async def read_consultations(
                     consultation = _consultation(record, include_callers)
                     if consultation is not None:
                         consultations.append(consultation)
-    except SQLAlchemyError as exc:
-        raise AuditError(f"cannot read audit store {path}: {describe_error(exc)}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
     finally:
         await engine.dispose()
     return consultations

@@ -2,8 +2,8 @@
 
 A bundle contains:
 
-- ``records.jsonl``: every record from 1 to the newest, as ``fonte audit export`` writes
-  JSON Lines, with subjects sealed;
+- ``records.jsonl``: every stored record, from 1 (or the first after a purge) to the
+  newest, as ``fonte audit export`` writes JSON Lines, with subjects sealed;
 - ``checkpoints.txt``: the stored signed checkpoints that the records reach, in the
   anchor file format;
 - ``keys/<name>.pub``: the public key of every checkpoint key;
@@ -26,8 +26,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit import offline_verify
 from gateway.audit.export import ExportFilter, export_records
+from gateway.audit.postgres import open_reader
 from gateway.audit.record import utc_timestamp
-from gateway.audit.store import describe_error, open_reader_engine
+from gateway.audit.store import describe_error
 from gateway.audit.verify_checkpoints import read_stored_checkpoints
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -40,8 +41,8 @@ MANIFEST_FILE = "manifest.json"
 
 _README = """# Fonte audit bundle
 
-Written {time}. It contains audit records 1 to {records} of one Fonte audit log
-and {checkpoints} signed checkpoint(s) of that log.
+Written {time}. It contains audit records {first} to {last} of one Fonte audit log
+and {checkpoints} signed checkpoint(s) of that log.{purged}
 
 | file | content |
 | --- | --- |
@@ -61,6 +62,10 @@ all hold and 1 naming the first bad record or checkpoint. Compare the public key
 with copies obtained from the controller by another channel: a bundle whose keys
 were replaced verifies against the replacement.
 
+A log purged for retention starts after record 1. Its first record must link to
+a signed checkpoint of the record before it, and a later purge record must name
+that checkpoint; the verifier checks both.
+
 Records after the newest checkpoint are covered by the hash chain only. Data
 subjects appear only as sealed values that this bundle cannot open.
 """
@@ -68,17 +73,26 @@ subjects appear only as sealed values that this bundle cannot open.
 
 @dataclass(frozen=True)
 class BundleSummary:
-    """Counts and verifier output of a written bundle."""
+    """Counts and verifier output of a written bundle.
+
+    ``first_seq`` and ``last_seq`` are the seqs of the first and last record, and
+    ``first_seq`` is after 1 once a purge deleted the oldest records.
+    """
 
     folder: Path
     records: int
     checkpoints: int
     verifier_output: str
+    first_seq: int = 1
+    last_seq: int = 0
 
 
-async def write_bundle(store_path: Path, public_keys: Path, folder: Path) -> BundleSummary:
-    """Write a bundle of the store at ``store_path`` into the new folder ``folder``.
+async def write_bundle(
+    target: Path | str, public_keys: Path, folder: Path
+) -> BundleSummary:
+    """Write a bundle of the store at ``target`` into the new folder ``folder``.
 
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store.
     ``public_keys`` is the folder of checkpoint public keys. The bundle is verified
     with its own verifier before this returns. Raises AuditError if ``folder`` exists,
     the store cannot be read or a key is missing, and AuditIntegrityError if the
@@ -94,9 +108,14 @@ async def write_bundle(store_path: Path, public_keys: Path, folder: Path) -> Bun
 
     folder.mkdir(parents=True)
     records_path = folder / RECORDS_FILE
+    seqs: list[int] = []
     with records_path.open("w", encoding="utf-8", newline="") as out:
-        count = await export_records(store_path, out, fmt="jsonl", filters=ExportFilter())
-    notes = await _checkpoint_notes(store_path, count)
+        count = await export_records(
+            target, out, fmt="jsonl", filters=ExportFilter(), progress=seqs.append
+        )
+    last_seq = seqs[-1] if seqs else 0
+    first_seq = last_seq - count + 1
+    notes = await _checkpoint_notes(target, last_seq)
     (folder / CHECKPOINTS_FILE).write_text("".join(note + "\n" for note in notes), "utf-8")
 
     (folder / KEYS_FOLDER).mkdir()
@@ -104,28 +123,37 @@ async def write_bundle(store_path: Path, public_keys: Path, folder: Path) -> Bun
         shutil.copyfile(key_file, folder / KEYS_FOLDER / key_file.name)
     shutil.copyfile(Path(offline_verify.__file__), folder / VERIFIER_FILE)
     time = utc_timestamp()
-    readme = _README.format(time=time, records=count, checkpoints=len(notes))
+    purged = ""
+    if first_seq > 1:
+        purged = f"\nRecords 1 to {first_seq - 1} were purged for retention."
+    readme = _README.format(
+        time=time, first=first_seq, last=last_seq, checkpoints=len(notes), purged=purged
+    )
     (folder / README_FILE).write_text(readme, encoding="utf-8")
-    _write_manifest(folder, time=time, records=count, checkpoints=len(notes))
+    _write_manifest(
+        folder, time=time, records=count, checkpoints=len(notes), first_seq=first_seq
+    )
 
     output = _verify_bundle(folder)
-    return BundleSummary(folder, count, len(notes), output)
+    return BundleSummary(folder, count, len(notes), output, first_seq, last_seq)
 
 
-async def _checkpoint_notes(store_path: Path, records: int) -> list[str]:
-    engine = open_reader_engine(store_path)
+async def _checkpoint_notes(target: Path | str, last_seq: int) -> list[str]:
+    engine, location = open_reader(target)
     try:
         async with engine.connect() as connection:
             rows = await read_stored_checkpoints(connection)
-    except SQLAlchemyError as exc:
-        raise AuditError(f"cannot read checkpoints of {store_path}: {describe_error(exc)}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read checkpoints of {location}: {describe_error(exc)}") from exc
     finally:
         await engine.dispose()
     # A checkpoint signed after the export read its records covers records it lacks.
-    return [str(row.note) for row in rows if int(row.size) <= records]
+    return [str(row.note) for row in rows if int(row.size) <= last_seq]
 
 
-def _write_manifest(folder: Path, *, time: str, records: int, checkpoints: int) -> None:
+def _write_manifest(
+    folder: Path, *, time: str, records: int, checkpoints: int, first_seq: int
+) -> None:
     files = {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
@@ -135,6 +163,7 @@ def _write_manifest(folder: Path, *, time: str, records: int, checkpoints: int) 
         "format": "fonte-audit-bundle-1",
         "written": time,
         "records": records,
+        "first_seq": first_seq,
         "checkpoints": checkpoints,
         "sha256": files,
     }

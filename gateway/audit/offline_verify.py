@@ -4,15 +4,19 @@
 Usage: python offline_verify.py EXPORT.jsonl CHECKPOINTS.txt PUBLIC_KEYS_DIR
 
 EXPORT.jsonl is a JSON Lines export (``fonte audit export --format jsonl`` without
-filters) of records 1 to N: each line is a record's stored body (the event plus
-``seq`` and ``prev_hash``) with its ``hash`` added. CHECKPOINTS.txt contains signed
-checkpoint notes of this log, each followed by a blank line, as the gateway's anchor
-file does. PUBLIC_KEYS_DIR contains one PEM Ed25519 public key per signing key, named
-``<key name>.pub``.
+filters) of records 1 to N, or F to N after a purge: each line is a record's stored
+body (the event plus ``seq`` and ``prev_hash``) with its ``hash`` added.
+CHECKPOINTS.txt contains signed checkpoint notes of this log, each followed by a blank
+line, as the gateway's anchor file does. PUBLIC_KEYS_DIR contains one PEM Ed25519
+public key per signing key, named ``<key name>.pub``.
 
 The script recomputes every record's chain hash, checks each checkpoint's signature,
 and checks that each checkpoint's head hash equals the recomputed hash at its size,
 that the export reaches every checkpoint, and that each checkpoint names this log.
+A purge deletes the oldest records, so an export may start at a record F after 1.
+Record F must then link to the head hash of a signed checkpoint of size F - 1, and
+the export must contain the purge record that names that size and hash.
+
 Exit status: 0 when all hold, 1 naming the first bad record or checkpoint, 2 for a
 missing or unreadable input.
 
@@ -195,8 +199,13 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InputError(f"cannot read export {path}: {exc.strerror}") from exc
 
 
-def record_fault(record: dict[str, Any], expected_seq: int, prev_hash: str) -> str | None:
-    """Return what is wrong with the record expected at ``expected_seq``, or None."""
+def record_fault(
+    record: dict[str, Any], expected_seq: int, prev_hash: str, first_seq: int = 1
+) -> str | None:
+    """Return what is wrong with the record expected at ``expected_seq``, or None.
+
+    ``first_seq`` is the seq of the export's first record, after 1 in a purged log.
+    """
     seq = record.get("seq")
     if seq != expected_seq:
         return f"expected record {expected_seq}, found seq {seq!r}; records are missing or moved"
@@ -215,6 +224,11 @@ def record_fault(record: dict[str, Any], expected_seq: int, prev_hash: str) -> s
     if body_prev_hash != prev_hash:
         if expected_seq == 1:
             return "chain broken: prev_hash of the first record is not the genesis hash"
+        if expected_seq == first_seq:
+            return (
+                "chain broken: prev_hash does not match the hash that the checkpoint of "
+                f"record {expected_seq - 1} signed"
+            )
         return f"chain broken: prev_hash does not match the hash of record {expected_seq - 1}"
     return None
 
@@ -227,6 +241,22 @@ def _is_hash(value: object) -> bool:
     )
 
 
+@dataclass
+class _Chain:
+    """The verifier's state: the next expected seq, the previous hash and what is covered.
+
+    ``purge_anchor`` is the (size, head hash) of the checkpoint that a purged export
+    continues from, until the purge record that names it is found.
+    """
+
+    first_seq: int = 1
+    next_seq: int = 1
+    prev_hash: str = GENESIS_HASH
+    covered: int = 0
+    origin: str = ""
+    purge_anchor: tuple[int, str] | None = None
+
+
 def verify(export: Path, notes: list[Note], public_keys: Mapping[str, Ed25519PublicKey]) -> str:
     """Verify the export against ``notes``; return the summary line or raise VerifyFailure."""
     for note in notes:
@@ -235,45 +265,108 @@ def verify(export: Path, notes: list[Note], public_keys: Mapping[str, Ed25519Pub
     for note in notes:
         by_size.setdefault(note.size, []).append(note)
 
-    prev_hash, count, covered, origin = GENESIS_HASH, 0, 0, ""
+    chain = _Chain()
     for number, record in read_records(export):
-        fault = record_fault(record, count + 1, prev_hash)
+        if number == 1:
+            chain = _start_chain(record, by_size)
+        seq = chain.next_seq
+        fault = record_fault(record, seq, chain.prev_hash, chain.first_seq)
         if fault is not None:
-            raise VerifyFailure(f"record {count + 1} (export line {number}): {fault}")
-        count += 1
-        prev_hash = str(record["hash"])
-        if count == 1:
-            origin = ORIGIN_PREFIX + prev_hash[:ORIGIN_HASH_DIGITS]
-        for note in by_size.get(count, ()):
-            if note.head_hash != prev_hash:
+            raise VerifyFailure(f"record {seq} (export line {number}): {fault}")
+        chain.next_seq += 1
+        chain.prev_hash = str(record["hash"])
+        if seq == 1:
+            chain.origin = ORIGIN_PREFIX + chain.prev_hash[:ORIGIN_HASH_DIGITS]
+        if chain.purge_anchor is not None and names_purge(record, chain.purge_anchor):
+            chain.purge_anchor = None
+        for note in by_size.get(seq, ()):
+            if note.head_hash != chain.prev_hash:
                 raise VerifyFailure(
-                    f"{note.label} signed another hash for record {count}: records "
-                    f"{covered + 1}-{count} were changed and the chain rebuilt after them"
+                    f"{note.label} signed another hash for record {seq}: records "
+                    f"{chain.covered + 1}-{seq} were changed and the chain rebuilt after them"
                 )
-            covered = count
+            chain.covered = seq
 
-    return _check_end(notes, count, covered, origin)
+    return _check_end(notes, chain)
 
 
-def _check_end(notes: list[Note], count: int, covered: int, origin: str) -> str:
-    longest = max(notes, key=lambda note: note.size, default=None)
-    if longest is not None and longest.size > count:
+def _start_chain(record: dict[str, Any], by_size: Mapping[int, list[Note]]) -> _Chain:
+    """Return the state before the export's first record, which is after 1 in a purged log.
+
+    A purged export continues from the checkpoint of the record before its first.
+    """
+    seq = record.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq <= 1:
+        return _Chain()
+    through = seq - 1
+    span = "record 1" if through == 1 else f"records 1-{through}"
+    anchors = by_size.get(through, [])
+    if not anchors:
         raise VerifyFailure(
-            f"record {count + 1} missing: export has {count} records but {longest.label} "
-            f"signed {longest.size}; records were removed from the end"
+            f"{span} missing: the export starts at record {seq}, and no checkpoint signed "
+            f"record {through}"
+        )
+    if len({note.head_hash for note in anchors}) > 1:
+        labels = " and ".join(note.label for note in anchors)
+        raise VerifyFailure(f"{labels} signed different hashes for record {through}")
+    anchor = anchors[0]
+    return _Chain(
+        first_seq=seq,
+        next_seq=seq,
+        prev_hash=anchor.head_hash,
+        covered=through,
+        origin=anchor.origin,
+        purge_anchor=(through, anchor.head_hash),
+    )
+
+
+def names_purge(record: dict[str, Any], anchor: tuple[int, str]) -> bool:
+    """Check that ``record`` is the purge record through the checkpoint ``anchor``, given
+    as (size, head hash). `gateway.audit.verify` applies the same rule."""
+    details = record.get("details")
+    if record.get("kind") != "purge" or not isinstance(details, dict):
+        return False
+    through_seq = details.get("through_seq")
+    return (
+        isinstance(through_seq, int)
+        and not isinstance(through_seq, bool)
+        and (through_seq, details.get("head_hash")) == anchor
+    )
+
+
+def _check_end(notes: list[Note], chain: _Chain) -> str:
+    last_seq = chain.next_seq - 1
+    longest = max(notes, key=lambda note: note.size, default=None)
+    if longest is not None and longest.size > last_seq:
+        raise VerifyFailure(
+            f"record {last_seq + 1} missing: export ends at record {last_seq} but "
+            f"{longest.label} signed {longest.size}; records were removed from the end"
         )
     for note in notes:
-        if note.origin != origin:
+        if note.origin != chain.origin:
+            source = "record 1 gives" if chain.first_seq == 1 else (
+                "the checkpoint that the purged export continues from names"
+            )
             raise VerifyFailure(
-                f"{note.label} is for log {note.origin}, but record 1 gives {origin}; "
+                f"{note.label} is for log {note.origin}, but {source} {chain.origin}; "
                 "the chain was rebuilt from record 1 or the checkpoint is of another log"
             )
+    if chain.purge_anchor is not None:
+        through = chain.purge_anchor[0]
+        span = "record 1" if through == 1 else f"records 1-{through}"
+        raise VerifyFailure(
+            f"{span} missing: the export continues from a signed checkpoint of record "
+            f"{through}, but no purge record names it; records were deleted from the start"
+        )
 
+    count = last_seq - chain.first_seq + 1
     summary = f"OK: {_count(count, 'record')} and {_count(len(notes), 'checkpoint')} verified"
-    if covered < count:
-        tail = f"records {covered + 1}-{count} are"
-        if covered + 1 == count:
-            tail = f"record {count} is"
+    if chain.first_seq > 1:
+        summary += f"; records 1-{chain.first_seq - 1} were purged up to a signed checkpoint"
+    if chain.covered < last_seq:
+        tail = f"records {chain.covered + 1}-{last_seq} are"
+        if chain.covered + 1 == last_seq:
+            tail = f"record {last_seq} is"
         summary += f"; {tail} after the newest checkpoint and verified by the hash chain only"
     return summary
 

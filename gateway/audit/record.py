@@ -31,10 +31,10 @@ _SHA256_HEX_PATTERN = re.compile(r"[0-9a-f]{64}")
 _DETAIL_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 ADMIN_KINDS = frozenset(
-    {"export", "bundle", "access_report", "forget", "key_rotation", "policy_change"}
+    {"export", "bundle", "access_report", "forget", "key_rotation", "policy_change", "purge"}
 )
 AdminKind = Literal[
-    "export", "bundle", "access_report", "forget", "key_rotation", "policy_change"
+    "export", "bundle", "access_report", "forget", "key_rotation", "policy_change", "purge"
 ]
 DetailValue = str | int | bool | list[str] | None
 

@@ -1,19 +1,21 @@
 """Retention of the audit log: deleting records older than the retention period.
 
 A purge deletes the oldest records only up to a stored checkpoint. The first record
-that remains then links to that checkpoint's signed head hash, which is how
-`gateway.audit.verify` checks a purged log. Records younger than the cutoff and the
-last record are always kept, so the log never becomes empty.
+that remains then links to that checkpoint's signed head hash. In the same transaction
+the purge appends a ``purge`` record whose details name that checkpoint's size and
+head hash. `gateway.audit.verify` and the bundle's offline verifier accept a log that
+starts after record 1 only with both: the signed checkpoint and the purge record that
+names it. Records younger than the cutoff and the last record are always kept, so the
+log never becomes empty.
 """
 
 from __future__ import annotations
 
 import calendar
-import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import delete, event, func, select
@@ -21,30 +23,33 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.audit.migrate import current_revision, head_revision, lock_postgres
-from gateway.audit.postgres import describe_url, postgres_url
-from gateway.audit.record import AuditEvent, utc_timestamp
+from gateway.audit.postgres import describe_url, open_reader, postgres_url
+from gateway.audit.record import AdminEvent, utc_timestamp
 from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject
-from gateway.audit.sqlite import describe_error, set_writer_pragmas, sqlite_url
+from gateway.audit.sqlite import begin_immediate, describe_error, set_writer_pragmas, sqlite_url
+from gateway.audit.store import build_rows, insert_rows, prepare_event, read_head
 from gateway.errors import AuditError, AuditIntegrityError
 
 logger = logging.getLogger(__name__)
 
 PURGE_ACTOR = "fonte-audit-purge"
-PURGE_OPERATION = "AuditPurge"
 
 
 @dataclass(frozen=True)
 class PurgeResult:
-    """The outcome of a purge: records 1 to ``through_seq`` deleted up to a checkpoint.
+    """The outcome of a purge: records up to ``through_seq`` deleted up to a checkpoint.
 
-    ``through_seq`` and ``records`` are 0, and ``checkpoint_id`` is None, when nothing
-    was deleted.
+    ``head_hash`` is the hash that the checkpoint signed for record ``through_seq``,
+    and ``record_seq`` the seq of the purge record. ``through_seq``, ``records`` and
+    ``record_seq`` are 0, and ``checkpoint_id`` is None, when nothing was deleted.
     """
 
     cutoff: str
     through_seq: int
     records: int
     checkpoint_id: int | None
+    head_hash: str = ""
+    record_seq: int = 0
 
 
 def retention_cutoff(now: datetime, months: int) -> datetime:
@@ -63,25 +68,47 @@ def retention_cutoff(now: datetime, months: int) -> datetime:
     return now.replace(year=year, month=month + 1, day=day)
 
 
-def purge_event(result: PurgeResult, retention_months: int, moment: datetime) -> AuditEvent:
-    """Build the audit event that records a purge. It names no caller and no subject."""
-    description = f"audit purge through seq {result.through_seq} before {result.cutoff}"
+def purge_event(
+    result: PurgeResult, retention_months: int | None, moment: datetime
+) -> AdminEvent:
+    """Build the record of a purge: the checkpoint it continues from, but no caller or subject.
+
+    ``through_seq`` and ``head_hash`` are what the verifiers match against the signed
+    checkpoint that the remaining log starts from.
+    """
     return {
+        "kind": "purge",
         "time": utc_timestamp(moment),
         "request_id": f"audit-purge-{uuid.uuid4().hex}",
         "actor": PURGE_ACTOR,
-        "roles": [],
-        "purpose": "retention",
-        "client": None,
-        "operation_name": PURGE_OPERATION,
-        "operation_hash": hashlib.sha256(description.encode("utf-8")).hexdigest(),
-        "subjects": [],
-        "fields": [],
-        "systems": [],
-        "records": result.records,
         "outcome": "success",
-        "policy_version": f"retention-{retention_months}-months",
+        "details": {
+            "through_seq": result.through_seq,
+            "head_hash": result.head_hash,
+            "records": result.records,
+            "cutoff": result.cutoff,
+            "retention_months": retention_months,
+        },
     }
+
+
+async def oldest_record_time(target: Path | str) -> str | None:
+    """Return the time of the store's first record, or None for an empty store.
+
+    ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. Raises
+    AuditError if the store cannot be read.
+    """
+    engine, location = open_reader(target)
+    try:
+        async with engine.connect() as connection:
+            first_seq = select(func.min(audit_record.c.seq)).scalar_subquery()
+            statement = select(audit_record.c.time).where(audit_record.c.seq == first_seq)
+            time = (await connection.execute(statement)).scalar()
+    except (SQLAlchemyError, OSError) as exc:
+        raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
+    finally:
+        await engine.dispose()
+    return None if time is None else str(time)
 
 
 def _open_writer(target: Path | str) -> tuple[AsyncEngine, str]:
@@ -90,17 +117,29 @@ def _open_writer(target: Path | str) -> tuple[AsyncEngine, str]:
             raise AuditError(f"audit store {target} not found; check the path")
         engine = create_async_engine(sqlite_url(target), hide_parameters=True)
         event.listen(engine.sync_engine, "connect", set_writer_pragmas)
+        # A running gateway may append meanwhile, so the purge takes the write lock
+        # before it reads the head, as every commit of the store does.
+        begin_immediate(engine)
         return engine, str(target)
     url = postgres_url(target)
     return create_async_engine(url, hide_parameters=True), describe_url(url)
 
 
-async def purge_records(target: Path | str, cutoff: datetime) -> PurgeResult:
+async def purge_records(
+    target: Path | str,
+    cutoff: datetime,
+    *,
+    retention_months: int | None = None,
+    now: datetime | None = None,
+) -> PurgeResult:
     """Delete the records older than ``cutoff`` up to the newest checkpoint that allows it.
 
     ``target`` is the path of an SQLite store or the URL of a PostgreSQL store, which
-    must be at the current schema revision. On PostgreSQL the store's advisory lock
-    keeps appends and checkpoints waiting during the delete. Raises AuditError if the
+    must be at the current schema revision. The purge record (see `purge_event`), with
+    ``retention_months`` and the time ``now`` (default: the current time), is appended
+    in the transaction of the delete, so a crash cannot leave a purged log without it.
+    The store's write lock (``BEGIN IMMEDIATE`` on SQLite, the advisory lock on
+    PostgreSQL) keeps appends and checkpoints waiting meanwhile. Raises AuditError if the
     store cannot be written or needs a migration, and AuditIntegrityError if the
     record at the checkpoint does not have the hash that the checkpoint signed.
     """
@@ -115,7 +154,12 @@ async def purge_records(target: Path | str, cutoff: datetime) -> PurgeResult:
                     f"audit store {location} is at schema revision {revision}, not "
                     f"{head_revision()}; run `fonte audit migrate` first"
                 )
-            return await _purge(connection, location, cutoff_text)
+            result = await _purge(connection, location, cutoff_text)
+            if result.through_seq:
+                moment = now if now is not None else datetime.now(UTC)
+                record = purge_event(result, retention_months, moment)
+                result = await _append_purge_record(connection, location, result, record)
+            return result
     except (SQLAlchemyError, OSError) as exc:
         raise AuditError(f"cannot purge audit store {location}: {describe_error(exc)}") from exc
     finally:
@@ -171,4 +215,13 @@ async def _purge(connection: AsyncConnection, location: str, cutoff: str) -> Pur
         cutoff,
         checkpoint.id,
     )
-    return PurgeResult(cutoff, size, count, int(checkpoint.id))
+    return PurgeResult(cutoff, size, count, int(checkpoint.id), str(checkpoint.head_hash))
+
+
+async def _append_purge_record(
+    connection: AsyncConnection, location: str, result: PurgeResult, event: AdminEvent
+) -> PurgeResult:
+    head_seq, head_hash = await read_head(connection, location)
+    records, _, _ = build_rows([prepare_event(event)], head_seq, head_hash, {})
+    await insert_rows(connection, records, [])
+    return replace(result, record_seq=head_seq + 1)

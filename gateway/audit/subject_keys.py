@@ -191,12 +191,15 @@ async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
 
 
 async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
-    """Delete the subject's key and index rows in one transaction, then VACUUM both tables.
+    """Delete the subject's key and index rows in one transaction, then rewrite both tables.
 
     Runs under the store's advisory lock, so no commit of a running gateway interleaves.
-    NOTE: VACUUM frees the dead row versions for reuse, but PostgreSQL does not promise
-    to overwrite their bytes, and WAL segments, a WAL archive and backups keep copies of
-    the key until they are recycled or expire. docs/audit.md describes what to do.
+    A DELETE leaves the row versions in the table and index pages, and a plain VACUUM
+    marks their space free without overwriting it, so the subject's key stays readable
+    in the table file. VACUUM FULL writes the live rows to new files and drops the old
+    ones. It holds an ACCESS EXCLUSIVE lock meanwhile, so gateway commits wait for it.
+    NOTE: WAL segments, a WAL archive, replicas and backups keep copies of the key until
+    they are recycled or expire, and the file system may keep the dropped files' blocks.
     """
     from gateway.audit.migrate import lock_postgres
     from gateway.audit.postgres import describe_url, postgres_url
@@ -212,7 +215,7 @@ async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         async with autocommit.connect() as connection:
             await connection.exec_driver_sql(
-                f"VACUUM {audit_subject_key.name}, {audit_subject.name}"
+                f"VACUUM FULL {audit_subject_key.name}, {audit_subject.name}"
             )
     except (SQLAlchemyError, OSError) as exc:
         message = f"cannot erase a subject in audit store {location}: {describe_error(exc)}"

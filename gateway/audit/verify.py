@@ -22,16 +22,15 @@ checkpoint:
 - ``checkpoint N: ...``: the note does not parse, a column differs from it, or it has
   no valid signature of a known key.
 - ``checkpoint N signed another hash for record S``: the chain up to S was rebuilt.
-- ``log has R records but checkpoint N signed S``: records were removed from the end.
+- ``log ends at record R but checkpoint N signed S``: records were removed from the end.
 - ``checkpoint N ... is not in anchor file PATH``: the stored note was replaced.
 
 A log purged for retention starts at a record N after 1. It verifies only if a signed
-checkpoint of size N - 1 exists, and record N links to that checkpoint's head hash.
-Without one, the report is ``records 1-M missing``.
-
-NOTE: the verifier does not look for the record that ``fonte audit purge`` appends, so
-someone with write access can delete the oldest records up to any stored checkpoint
-and the log still verifies. Only the missing purge record shows it.
+checkpoint of size N - 1 exists, record N links to that checkpoint's head hash, and a
+later record of kind ``purge`` names that size and hash (``details.through_seq`` and
+``details.head_hash``). Without the checkpoint the report is ``records 1-M missing``.
+Without the purge record it is ``records 1-M missing: ... no purge record``, so
+deleting the oldest records up to a stored checkpoint is detected as well.
 
 NOTE: records appended after the newest checkpoint are verified by the chain only.
 Until the next checkpoint, which the gateway signs within its checkpoint interval
@@ -56,7 +55,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
+from gateway.audit.offline_verify import names_purge
 from gateway.audit.postgres import open_reader
+from gateway.audit.retention import PURGE_ACTOR
 from gateway.audit.schema import hex_text, join_text
 from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
 from gateway.audit.subject_keys import sealed_prefix, unseal
@@ -153,7 +154,8 @@ class ChainVerifier:
     """Incremental chain check over rows in seq order, keeping only the previous hash.
 
     By default the chain starts at record 1. A purged log starts at ``first_seq``, whose
-    record must link to ``prev_hash``, the hash that a signed checkpoint gives.
+    record must link to ``prev_hash``, the hash that a signed checkpoint gives, and a
+    later record must be the purge record that names that checkpoint.
     """
 
     def __init__(self, first_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
@@ -161,6 +163,8 @@ class ChainVerifier:
         self._expected_seq = first_seq
         self._prev_hash = prev_hash
         self._verified = 0
+        self._purge_anchor = (first_seq - 1, prev_hash) if first_seq > 1 else None
+        self._purge_recorded = first_seq <= 1
 
     @property
     def last_seq(self) -> int:
@@ -179,7 +183,33 @@ class ChainVerifier:
         self._expected_seq = row.seq + 1
         self._prev_hash = row.hash
         self._verified += 1
+        # The actor column matches the body, which _find_fault checked, so only the
+        # purge records' bodies are parsed a second time.
+        if not self._purge_recorded and row.actor == PURGE_ACTOR:
+            body = _parse_body(row.body)
+            self._purge_recorded = (
+                body is not None
+                and self._purge_anchor is not None
+                and names_purge(body, self._purge_anchor)
+            )
         return None
+
+    def missing_purge_record(self) -> VerifyReport | None:
+        """Return the failure for a purged log that has no purge record, once every row
+        verified, or None."""
+        if self._purge_recorded or self._purge_anchor is None:
+            return None
+        through = self._purge_anchor[0]
+        span = "record 1" if through == 1 else f"records 1-{through}"
+        return VerifyReport(
+            ok=False,
+            records=0,
+            first_bad_seq=1,
+            reason=(
+                f"{span} missing: the log continues from a signed checkpoint of record "
+                f"{through}, but no purge record names it; records were deleted from the start"
+            ),
+        )
 
     def report(self) -> VerifyReport:
         """Return the report for a chain whose rows all verified."""
@@ -411,6 +441,9 @@ async def _verify_records(
     fault = matcher.finish(verifier.last_seq)
     if fault is not None:
         return _checkpoint_failure(records, fault)
+    unrecorded_purge = verifier.missing_purge_record()
+    if unrecorded_purge is not None:
+        return unrecorded_purge
 
     orphan_seq = (await connection.execute(_orphan_subject_query())).scalar()
     if orphan_seq is not None:

@@ -169,7 +169,7 @@ class CheckpointMatcher:
         if longest is not None and longest.checkpoint.size > last_seq:
             return CheckpointFault(
                 last_seq + 1,
-                f"log has {last_seq} records but {longest.label} signed "
+                f"log ends at record {last_seq} but {longest.label} signed "
                 f"{longest.checkpoint.size}; records were removed from the end",
             )
         if self._first_hash is not None:

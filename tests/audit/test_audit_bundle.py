@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from bundle_support import isolated_path, run_isolated, run_verifier
 from checkpoint_support import make_event, new_key, publish
 
 from gateway.audit.bundle import write_bundle
@@ -20,56 +18,7 @@ from gateway.audit.keys import CheckpointKey
 from gateway.audit.store import SQLiteAuditStore
 from gateway.errors import AuditError
 
-# The packages that `cryptography` imports at run time.
-ISOLATED_DISTRIBUTIONS = ("cryptography", "cffi", "pycparser")
-
-
-@pytest.fixture(scope="module")
-def isolated_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder that links only the top-level modules of ISOLATED_DISTRIBUTIONS."""
-    folder = tmp_path_factory.mktemp("isolated")
-    for name in ISOLATED_DISTRIBUTIONS:
-        distribution = importlib.metadata.distribution(name)
-        tops = {
-            Path(str(file)).parts[0]
-            for file in distribution.files or []
-            if not Path(str(file)).parts[0].endswith(".dist-info")
-            and Path(str(file)).parts[0] not in ("..", "__pycache__")
-        }
-        for top in tops:
-            source = Path(str(distribution.locate_file(top)))
-            if source.exists() and not (folder / top).exists():
-                (folder / top).symlink_to(source)
-    return folder
-
-
-def run_isolated(
-    isolated: Path, code: str, *args: str, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` with -I -S, so that neither site-packages nor PYTHONPATH are used."""
-    bootstrap = (
-        f"import sys; sys.path.insert(0, {str(isolated)!r}); sys.argv[1:] = {list(args)!r}\n"
-    )
-    return subprocess.run(
-        [sys.executable, "-I", "-S", "-c", bootstrap + code],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def run_verifier(isolated: Path, bundle: Path) -> tuple[int, str]:
-    code = (
-        "import runpy; sys.argv[0] = 'verify.py'\n"
-        "runpy.run_path('verify.py', run_name='__main__')\n"
-    )
-    result = run_isolated(
-        isolated, code, "records.jsonl", "checkpoints.txt", "keys", cwd=bundle
-    )
-    return result.returncode, (result.stdout + result.stderr).strip()
-
+__all__ = ["isolated_path"]
 
 async def signed_store(folder: Path, key: CheckpointKey) -> Path:
     """Six records, with checkpoint 1 at size 3 and checkpoint 2 at size 6."""
@@ -192,7 +141,7 @@ TAMPER_CASES: list[tuple[str, Callable[[Path], None], str]] = [
     (
         "truncated",
         truncate_records,
-        "FAILED: record 5 missing: export has 4 records but checkpoint 2 signed 6; "
+        "FAILED: record 5 missing: export ends at record 4 but checkpoint 2 signed 6; "
         "records were removed from the end",
     ),
 ]

@@ -175,7 +175,7 @@ async def test_store_before_subject_keys_migrates(tmp_path: Path) -> None:
     await reopened.close()
 
     assert seq == 4
-    assert stored_revision(path) == "0003"
+    assert stored_revision(path) == "0004"
     assert "audit_subject_key" in table_names(path)
     with sqlite3.connect(path) as connection:
         body = connection.execute("SELECT body FROM audit_record WHERE seq = 4").fetchone()[0]
@@ -200,7 +200,7 @@ async def test_unversioned_store_with_subject_keys_is_stamped(tmp_path: Path) ->
     await reopened.append(make_event(2))
     await reopened.close()
 
-    assert stored_revision(path) == "0003"
+    assert stored_revision(path) == "0004"
     report = await verify_store(path, public_keys={})
     assert report.ok, report.reason
     assert report.records == 2

@@ -80,7 +80,8 @@ async def test_purge_stops_at_checkpoint_before_cutoff(tmp_path: Path) -> None:
     assert result.records == 7
     assert result.checkpoint_id == 2
     assert result.cutoff == "2026-06-01T00:00:00.000Z"
-    assert record_seqs(path) == [8, 9]
+    assert result.record_seq == 10
+    assert record_seqs(path) == [8, 9, 10]
 
 
 async def test_purged_log_verifies_from_checkpoint(tmp_path: Path) -> None:
@@ -92,12 +93,13 @@ async def test_purged_log_verifies_from_checkpoint(tmp_path: Path) -> None:
 
     assert report.ok, report.reason
     assert report.first_seq == 8
-    assert report.records == 2
+    assert report.records == 3
     assert report.checkpoints == 3
     assert report.covered == 9
     assert report.summary() == (
-        "2 records and 3 checkpoints verified; records 1-7 were purged up to a signed "
-        "checkpoint"
+        "3 records and 3 checkpoints verified; records 1-7 were purged up to a signed "
+        "checkpoint; record 10 is after the newest checkpoint and verified by the hash "
+        "chain only"
     )
 
 
@@ -212,9 +214,11 @@ def test_cli_purge_then_verify(tmp_path: Path) -> None:
         ).fetchone()
     assert row[0] == "fonte-audit-purge"
     body = json.loads(row[1])
-    assert body["operation_name"] == "AuditPurge"
-    assert body["records"] == 4
-    assert body["subjects"] == []
+    assert body["kind"] == "purge"
+    assert body["details"]["through_seq"] == 4
+    assert body["details"]["records"] == 4
+    assert body["details"]["retention_months"] == 6
+    assert "subjects" not in body
 
     verified = runner.invoke(app, ["audit", "verify", "--data-dir", str(data_dir)])
     assert verified.exit_code == 0, verified.output

@@ -243,11 +243,11 @@ async def test_truncated_tail_is_detected(
         ok=False,
         records=3,
         first_bad_seq=4,
-        reason="log has 3 records but checkpoint 2 signed 5; records were removed from the end",
+        reason="log ends at record 3 but checkpoint 2 signed 5; records were removed from the end",
     )
     assert status == 1
     assert output == (
-        "FAILED: record 4 missing: export has 3 records but checkpoint 2 signed 5; "
+        "FAILED: record 4 missing: export ends at record 3 but checkpoint 2 signed 5; "
         "records were removed from the end"
     )
 
@@ -323,7 +323,7 @@ async def test_deleted_checkpoint_caught_by_anchor(signed_store: Fixture) -> Non
     assert database_only.ok
     assert anchored.ok is False
     assert anchored.reason == (
-        f"log has 3 records but anchor file {signed_store.anchor} entry 2 signed 5; "
+        f"log ends at record 3 but anchor file {signed_store.anchor} entry 2 signed 5; "
         "records were removed from the end"
     )
 

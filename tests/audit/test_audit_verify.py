@@ -320,7 +320,7 @@ async def test_truncated_tail_is_detected(tmp_path: Path) -> None:
     report = await verify_store(path, public_keys={key.name: key.public_key()})
 
     assert report == failure(
-        4, 5, "log has 4 records but checkpoint 1 signed 5; records were removed from the end"
+        4, 5, "log ends at record 4 but checkpoint 1 signed 5; records were removed from the end"
     )
 
 

@@ -103,7 +103,7 @@ def test_verify_truncated_tail(data_dir: Path) -> None:
              "DELETE FROM audit_record WHERE seq = 3")
     result = _verify(data_dir)
     assert result.exit_code == 1
-    assert "audit log broken at record 3: log has 2 records but checkpoint 1 signed 3" in (
+    assert "audit log broken at record 3: log ends at record 2 but checkpoint 1 signed 3" in (
         _text(result.stderr))
 
 
