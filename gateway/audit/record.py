@@ -171,15 +171,16 @@ def validate_event(event: object) -> None:
 
 def _require_keys(label: str, value: object, keys: frozenset[str],
                   optional: frozenset[str] = frozenset()) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
+    # The dict test first, because an isinstance test against the Mapping ABC is
+    # several times slower, and every append checks four or more mappings.
+    if not isinstance(value, dict) and not isinstance(value, Mapping):
         raise ValueError(f"{label} must be a dict, not {type(value).__name__}")
 
-    missing = sorted(keys - value.keys())
-    if missing:
-        raise ValueError(f"{label} is missing keys {missing}")
-
-    unknown = sorted(str(key) for key in value.keys() - keys - optional)
-    if unknown:
+    present = value.keys()
+    if not keys <= present:
+        raise ValueError(f"{label} is missing keys {sorted(keys - present)}")
+    if len(present) > len(keys) and not present - keys <= optional:
+        unknown = sorted(str(key) for key in present - keys - optional)
         raise ValueError(f"{label} has unknown keys {unknown}; remove them")
     return value
 
