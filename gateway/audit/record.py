@@ -105,14 +105,18 @@ def canonical_json(value: object) -> bytes:
     again gives the same bytes, which is what lets a verifier recompute a hash from a
     stored body. Raises TypeError for a value that JSON cannot represent.
     """
-    text = json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return text.encode("utf-8")
+    return _CANONICAL_ENCODER.encode(value).encode("utf-8")
+
+
+# Built once: json.dumps with these options builds a new encoder on every call, which
+# took about a third of the time of encoding an audit event. encode() keeps no state
+# between calls.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+)
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:

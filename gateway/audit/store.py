@@ -18,6 +18,7 @@ commits, as the CLI does when it records an export while a gateway runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -626,12 +627,18 @@ def prepare_event(event: AuditEvent | AdminEvent) -> PreparedEvent:
         return PreparedEvent(columns, None, (), template)
 
     subjects = tuple(
-        (subject["ref"], subject["type"], canonical_json(subject["type"]))
+        (subject["ref"], subject["type"], _json_string(subject["type"]))
         for subject in event["subjects"]
     )
     refs = tuple(sorted({ref for ref, _kind, _kind_json in subjects}))
     template = _body_template(encoded, with_subjects=True)
     return PreparedEvent(columns, subjects, refs, template)
+
+
+@functools.lru_cache(maxsize=64)
+def _json_string(value: str) -> bytes:
+    # A handful of subject types repeat in every event.
+    return canonical_json(value)
 
 
 def _body_template(runs: list[bytes], *, with_subjects: bool) -> tuple[bytes, ...]:
