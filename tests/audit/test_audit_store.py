@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.audit import store as store_module
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AdminEvent, AuditEvent, canonical_json
@@ -477,6 +478,36 @@ def test_sealer_matches_seal() -> None:
 def test_sealer_rejects_short_key() -> None:
     with pytest.raises(ValueError):
         SubjectSealer().seal(b"\x01" * 31, "ref", 1, "customer")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"actor": "émp-ü \u2028 \"quoted\" \\ back", "purpose": None, "client": None},
+        {"subjects": [], "fields": [], "systems": [], "roles": []},
+        {"client_address": "192.0.2.7"},
+    ],
+)
+def test_marked_template_matches_runs(changes: dict[str, object]) -> None:
+    event = make_event("req-1", **changes)
+
+    marked = store_module._marked_template(event, True)
+
+    assert marked is not None
+    assert marked == store_module._body_template(event, True)
+
+
+def test_marked_template_falls_back_on_mark() -> None:
+    # A value equal to a mark makes the mark occur twice, so the runs encode the event.
+    event = make_event(client=store_module._MARKS["seq"])
+    keys = {subject["ref"]: b"\x01" * 32 for subject in event["subjects"]}
+
+    assert store_module._marked_template(event, True) is None
+    body = prepare_event(event).body(5, "ab" * 32, keys, SubjectSealer())
+    sealed = seal_subjects(event["subjects"], keys, 5)
+    expected = {**event, "subjects": sealed, "seq": 5, "prev_hash": "ab" * 32}
+    assert body == canonical_json(expected)
 
 
 def test_prepare_rejects_seq_key() -> None:
