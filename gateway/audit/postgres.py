@@ -12,31 +12,36 @@ that a saved checkpoint covers already.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from gateway.audit.anchor import CheckpointAnchor
+from gateway.audit.chain import GENESIS_HASH
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.migrate import lock_postgres, upgrade_schema
-from gateway.audit.schema import audit_record, audit_subject
+from gateway.audit.migrate import POSTGRES_LOCK_KEY, upgrade_schema
+from gateway.audit.schema import audit_record, audit_subject, audit_subject_key
 from gateway.audit.sqlite import describe_error, open_reader_engine
 from gateway.audit.store import (
     DEFAULT_CHECKPOINT_INTERVAL,
     GroupCommitStore,
+    LinkedRecord,
     PendingAppend,
-    build_rows,
+    check_head,
     check_open_arguments,
+    link_events,
     read_head,
 )
-from gateway.audit.subject_keys import load_subject_keys
+from gateway.audit.subject_keys import SUBJECT_KEY_BYTES
 from gateway.errors import AuditError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +50,6 @@ logger = logging.getLogger(__name__)
 # a round trip to read the head.
 DEFAULT_MAX_BATCH = 1024
 _DRIVER = "postgresql+asyncpg"
-_RECORD_COLUMNS = tuple(column.name for column in audit_record.columns)
 
 
 def postgres_url(value: str) -> URL:
@@ -92,31 +96,57 @@ async def check_durable_commits(connection: AsyncConnection, location: str) -> N
         )
 
 
-async def copy_rows(
-    connection: AsyncConnection, records: list[dict[str, Any]], subjects: list[dict[str, Any]]
-) -> None:
-    """Insert the rows that `build_rows` returned with COPY, in the caller's transaction.
-
-    Every writer waits for the lock while another inserts, so the insert time limits
-    all writers together. For a batch of 512 records, COPY took about 30 ms where
-    INSERT through SQLAlchemy's executemany took about 80 ms (PostgreSQL 15 on the
-    loaded 2-vCPU machine that bench/README.md describes).
-    """
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    if driver is None:
-        raise AuditError("the PostgreSQL connection of the audit store is closed")
-    await driver.copy_records_to_table(
-        audit_record.name,
-        records=[tuple(row[name] for name in _RECORD_COLUMNS) for row in records],
-        columns=_RECORD_COLUMNS,
+# Run after the lock is taken, so its snapshot shows the commits of every other writer.
+# One statement gives the head and the batch's subject keys in one round trip.
+_READ_HEAD_AND_KEYS = f"""
+SELECT seq, body, prev_hash, hash, NULL::text AS ref, NULL::bytea AS key
+FROM (
+    SELECT seq, body, prev_hash, hash FROM {audit_record.name} ORDER BY seq DESC LIMIT 1
+) AS head
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, ref, key FROM {audit_subject_key.name} WHERE ref = ANY($1::text[])
+"""
+_INSERT_KEYS = f"""
+INSERT INTO {audit_subject_key.name} (ref, key) SELECT * FROM unnest($1::text[], $2::bytea[])
+"""
+# Inserts the batch's records and subject index rows in one statement, so in one round
+# trip. The foreign key from audit_subject to audit_record is checked at the end of
+# the statement, when the records are inserted.
+_INSERT_BATCH = f"""
+WITH inserted AS (
+    INSERT INTO {audit_record.name}
+        (seq, time, request_id, actor, purpose, outcome, body, prev_hash, hash)
+    SELECT * FROM unnest(
+        $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[]
     )
-    if subjects:
-        await driver.copy_records_to_table(
-            audit_subject.name,
-            records=[(row["seq"], row["ref"]) for row in subjects],
-            columns=("seq", "ref"),
-        )
+)
+INSERT INTO {audit_subject.name} (seq, ref) SELECT * FROM unnest($10::bigint[], $11::text[])
+"""
+
+
+def _record_arrays(records: list[LinkedRecord]) -> list[list[Any]]:
+    """Return one list per column of _INSERT_BATCH, in its parameter order."""
+    arrays: list[list[Any]] = [[] for _ in range(11)]
+    seqs, times, request_ids, actors, purposes, outcomes, bodies, prev_hashes, hashes = (
+        arrays[:9]
+    )
+    subject_seqs, subject_refs = arrays[9:]
+    for record in records:
+        seqs.append(record.seq)
+        time, request_id, actor, purpose, outcome = record.columns
+        times.append(time)
+        request_ids.append(request_id)
+        actors.append(actor)
+        purposes.append(purpose)
+        outcomes.append(outcome)
+        bodies.append(record.body)
+        prev_hashes.append(record.prev_hash)
+        hashes.append(record.hash)
+        for ref in record.refs:
+            subject_seqs.append(record.seq)
+            subject_refs.append(ref)
+    return arrays
 
 
 class PostgresAuditStore(GroupCommitStore):
@@ -169,19 +199,71 @@ class PostgresAuditStore(GroupCommitStore):
     ) -> tuple[int, str, dict[str, bytes]]:
         """Chain ``batch`` onto the head that the database holds, under the lock.
 
+        The events were encoded in `append`, before the lock. Under the lock, this
+        reads the head and the subject keys in one statement, creates the keys of new
+        subjects, seals and hashes the batch, inserts it in one statement and commits.
         Subject keys are read under the lock on every commit, not from a cache, because
         another process may have created or forgotten a subject's key meanwhile.
+
+        The statements go to asyncpg directly, which saves round trips under the lock:
+        BEGIN travels with the lock, and the head with the keys and the two inserts
+        take one statement each.
+        NOTE: asyncpg raises InvalidCachedStatementError inside a transaction when a
+        schema change altered a cached statement's result, so after a migration by
+        another process one batch can fail. Its connection is dropped, and the next
+        batch prepares the statements again.
         """
-        refs = {ref for pending in batch for ref in pending.event.refs}
-        async with self._engine.begin() as connection:
-            await connection.run_sync(lock_postgres)
-            head_seq, head_hash = await read_head(connection, self._location)
-            keys = await load_subject_keys(connection, refs)
-            records, subjects, last_hash = build_rows(
-                [pending.event for pending in batch], head_seq, head_hash, keys
+        events = [pending.event for pending in batch]
+        refs = sorted({ref for prepared in events for ref in prepared.refs})
+        async with self._engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            if driver is None:
+                raise AuditError("the PostgreSQL connection of the audit store is closed")
+            try:
+                # BEGIN and the lock in one round trip. Each later statement takes a
+                # new snapshot (READ COMMITTED), so it sees the commits made before
+                # the lock was granted.
+                await driver.execute(f"BEGIN; SELECT pg_advisory_xact_lock({POSTGRES_LOCK_KEY})")
+                rows = await driver.fetch(_READ_HEAD_AND_KEYS, refs)
+                head_seq, head_hash, keys = self._head_and_keys(rows)
+                missing = [ref for ref in refs if ref not in keys]
+                if missing:
+                    created = [secrets.token_bytes(SUBJECT_KEY_BYTES) for _ in missing]
+                    await driver.execute(_INSERT_KEYS, missing, created)
+                    keys.update(zip(missing, created, strict=True))
+                records = link_events(events, head_seq, head_hash, keys, self._sealer)
+                await driver.execute(_INSERT_BATCH, *_record_arrays(records))
+                status = await driver.execute("COMMIT")
+            except BaseException as exc:
+                # The transaction may still be open on the server, so the connection
+                # must not return to the pool.
+                await connection.invalidate()
+                if isinstance(exc, asyncpg.PostgresError):
+                    # Without its DETAIL, which can quote the values of a failing row.
+                    raise AuditError(f"{type(exc).__name__}: {exc.args[0]}") from exc
+                raise
+        if status != "COMMIT":
+            raise AuditError(
+                f"the commit of an audit batch ended with {status} instead of COMMIT, "
+                "so the batch was not stored"
             )
-            await copy_rows(connection, records, subjects)
-        return head_seq + 1, last_hash, {}
+        return head_seq + 1, records[-1].hash, {}
+
+    def _head_and_keys(
+        self, rows: Sequence[Any]
+    ) -> tuple[int, str, dict[str, bytes]]:
+        """Split the rows of _READ_HEAD_AND_KEYS into the verified head and the keys."""
+        head: tuple[int, str] = (0, GENESIS_HASH)
+        keys: dict[str, bytes] = {}
+        for row in rows:
+            if row["ref"] is None:
+                head = check_head(
+                    row["seq"], row["body"], row["prev_hash"], row["hash"], self._location
+                )
+            else:
+                keys[row["ref"]] = bytes(row["key"])
+        return head[0], head[1], keys
 
 
 def open_reader(target: Path | str) -> tuple[AsyncEngine, str]:

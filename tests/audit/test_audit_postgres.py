@@ -21,6 +21,7 @@ from gateway.audit.migrate import head_revision
 from gateway.audit.operations import forget
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.retention import purge_records
+from gateway.audit.subject_keys import unseal
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 
@@ -188,6 +189,9 @@ async def test_failed_commit_fails_batch_then_recovers(database: str) -> None:
 
     assert str(caught.value).startswith("audit commit to postgresql+asyncpg://")
     assert "stop_at_one" in str(caught.value)
+    # The server's DETAIL quotes the failing row, which the message must leave out.
+    assert "Failing row" not in str(caught.value)
+    assert "req-2" not in str(caught.value)
     assert healthy_after_failure is False
     assert seq == 2
     assert healthy_after_recovery is True
@@ -216,6 +220,38 @@ async def test_forget_in_postgres(database: str) -> None:
     report = await verify_store(database, public_keys=public_keys(key))
     assert report.ok, report.reason
     assert report.records == 4
+
+
+async def test_forget_while_store_appends(database: str) -> None:
+    store = await PostgresAuditStore.open(database)
+    assert await store.append(make_event(1)) == 1
+    forgotten = PSEUDONYMS.token("customer", "C-1")
+    [(old_key,)] = await fetch_all(database, "SELECT key FROM audit_subject_key")
+    assert isinstance(old_key, bytes)
+
+    # forget commits between two batches of the open store, with appends in flight.
+    appends = [asyncio.create_task(store.append(make_event(1))) for _ in range(20)]
+    result, forget_seq = await forget(database, forgotten, "dpo-1")
+    seqs = await asyncio.gather(*appends, store.append(make_event(1)))
+    await store.close()
+
+    assert result.key_deleted is True
+    assert sorted([*seqs, forget_seq]) == list(range(2, 24))
+    [(new_key,)] = await fetch_all(database, "SELECT key FROM audit_subject_key")
+    assert isinstance(new_key, bytes)
+    assert new_key != old_key
+    indexed = await fetch_all(database, "SELECT seq FROM audit_subject ORDER BY seq")
+    after_forget = [seq for seq in seqs if seq > forget_seq]
+    # Every record after the erasure is sealed with the new key and indexed again.
+    assert [seq for (seq,) in indexed] == after_forget
+    bodies = {seq: str(body) for seq, body in await fetch_all(
+        database, "SELECT seq, body FROM audit_record")}
+    for seq in after_forget:
+        sealed = json.loads(bodies[seq])["subjects"][0]["sealed"]
+        assert unseal(new_key, sealed, seq=seq, kind="customer") == forgotten
+    report = await verify_store(database)
+    assert report.ok, report.reason
+    assert report.records == 23
 
 
 async def test_export_from_postgres(database: str) -> None:

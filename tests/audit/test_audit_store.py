@@ -14,11 +14,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.audit import store as store_module
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.record import AuditEvent, canonical_json
+from gateway.audit.record import AdminEvent, AuditEvent, canonical_json
 from gateway.audit.store import SQLiteAuditStore, prepare_event, sqlite_url
-from gateway.audit.subject_keys import seal_subjects, unseal
+from gateway.audit.subject_keys import SubjectSealer, seal, seal_subjects, unseal
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -416,10 +417,96 @@ def test_prepared_body_is_canonical_json(changes: dict[str, object]) -> None:
     keys = {subject["ref"]: bytes([index + 1]) * 32
             for index, subject in enumerate(event["subjects"])}
 
-    body = prepare_event(event).body(12345, "ab" * 32, keys)
+    body = prepare_event(event).body(12345, "ab" * 32, keys, SubjectSealer())
 
     sealed = seal_subjects(event["subjects"], keys, 12345)
     expected = {**event, "subjects": sealed, "seq": 12345, "prev_hash": "ab" * 32}
+    assert body == canonical_json(expected)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [{}, {"filter": "actor", "zeta": ["a", "b"], "count": 3, "dry_run": False}],
+)
+def test_prepared_admin_body_is_canonical_json(details: dict[str, object]) -> None:
+    event = cast(AdminEvent, {
+        "kind": "export",
+        "time": "2026-12-04T20:17:39.123Z",
+        "request_id": "op-ü",
+        "actor": "dpo-1",
+        "outcome": "success",
+        "details": details,
+    })
+
+    body = prepare_event(event).body(7, "cd" * 32, {}, SubjectSealer())
+
+    assert body == canonical_json({**event, "seq": 7, "prev_hash": "cd" * 32})
+
+
+def test_prepared_body_seals_each_subject() -> None:
+    first = PSEUDONYMS.token("customer", "C-1")
+    second = PSEUDONYMS.token("contact", "P-2")
+    subjects = [
+        {"type": "customer", "ref": first},
+        {"type": "contact", "ref": second},
+        {"type": "customer", "ref": first},
+    ]
+    event = make_event(subjects=subjects)
+    keys = {first: b"\x01" * 32, second: b"\x02" * 32}
+
+    body = prepare_event(event).body(99, "ef" * 32, keys, SubjectSealer())
+
+    sealed = json.loads(body)["subjects"]
+    assert [item["type"] for item in sealed] == ["customer", "contact", "customer"]
+    assert unseal(keys[first], sealed[0]["sealed"], seq=99, kind="customer") == first
+    assert unseal(keys[second], sealed[1]["sealed"], seq=99, kind="contact") == second
+    assert sealed[2] == sealed[0]
+
+
+def test_sealer_matches_seal() -> None:
+    ref = PSEUDONYMS.token("customer", "C-1001")
+    keys = [bytes([index]) * 32 for index in range(1, 4)]
+    # max_keys=2 makes the third key empty the cache, so the rebuilt state is compared too.
+    sealer = SubjectSealer(max_keys=2)
+
+    for seq in (1, 2, 2**40):
+        for key in keys:
+            expected = seal(key, ref, seq=seq, kind="customer")
+            assert sealer.seal(key, ref, seq, "customer") == expected
+
+
+def test_sealer_rejects_short_key() -> None:
+    with pytest.raises(ValueError):
+        SubjectSealer().seal(b"\x01" * 31, "ref", 1, "customer")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"actor": "émp-ü \u2028 \"quoted\" \\ back", "purpose": None, "client": None},
+        {"subjects": [], "fields": [], "systems": [], "roles": []},
+        {"client_address": "192.0.2.7"},
+    ],
+)
+def test_marked_template_matches_runs(changes: dict[str, object]) -> None:
+    event = make_event("req-1", **changes)
+
+    marked = store_module._marked_template(event, True)
+
+    assert marked is not None
+    assert marked == store_module._body_template(event, True)
+
+
+def test_marked_template_falls_back_on_mark() -> None:
+    # A value equal to a mark makes the mark occur twice, so the runs encode the event.
+    event = make_event(client=store_module._MARKS["seq"])
+    keys = {subject["ref"]: b"\x01" * 32 for subject in event["subjects"]}
+
+    assert store_module._marked_template(event, True) is None
+    body = prepare_event(event).body(5, "ab" * 32, keys, SubjectSealer())
+    sealed = seal_subjects(event["subjects"], keys, 5)
+    expected = {**event, "subjects": sealed, "seq": 5, "prev_hash": "ab" * 32}
     assert body == canonical_json(expected)
 
 
