@@ -17,8 +17,9 @@ Two tables link a subject to its records while it is not erased:
 ``audit_subject_key`` (pseudonym -> key) and ``audit_subject`` (pseudonym -> seq, the
 search index). `forget_subject` deletes both rows. On SQLite it does so with ``secure_delete``
 on, then truncates the write-ahead log, so no byte of the database files contains the
-pseudonym any more. On PostgreSQL it runs VACUUM after the delete, which does not give
-that guarantee (see `_forget_in_postgres`). The sealed values stay in the bodies and
+pseudonym any more. On PostgreSQL it runs VACUUM FULL after the delete, which rewrites
+both tables; WAL, archives and backups are out of its reach (see `_forget_in_postgres`).
+The sealed values stay in the bodies and
 the chain hashes still verify, but nothing can open them.
 
 Records written before subjects were sealed hold the pseudonym itself in
