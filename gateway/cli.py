@@ -291,7 +291,7 @@ def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path 
     """Write the export, with a progress bar when standard error is a terminal."""
     from rich.progress import Progress
 
-    from gateway.audit.export import export_records, last_seq
+    from gateway.audit.export import ExportOutputError, export_records, last_seq, output_error
 
     def run(handle: TextIO, progress: Callable[[int], None] | None) -> int:
         return asyncio.run(export_records(path, handle, fmt=fmt,  # type: ignore[arg-type]
@@ -300,8 +300,21 @@ def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path 
     def run_to(progress: Callable[[int], None] | None) -> int:
         if output is None:
             return run(sys.stdout, progress)
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            return run(handle, progress)
+        try:
+            handle = output.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise ExportOutputError(f"cannot write --output {output}: {exc.strerror or exc}; "
+                                    "pass a file in an existing, writable folder") from exc
+        try:
+            with handle:
+                return run(handle, progress)
+        except BaseException as exc:
+            # A partial export would look complete to a later reader.
+            output.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                # Closing the file flushes its last buffer, which can fail on a full disk.
+                raise output_error(exc) from exc
+            raise
 
     if not errors.is_terminal:
         return run_to(None)
@@ -319,9 +332,22 @@ def _audit_path(data_dir: Path) -> Path:
     return path
 
 
+_SUBJECT_TYPES = ("customer", "contact")
+
+
+def _check_subject_type(subject_type: str) -> None:
+    if subject_type not in _SUBJECT_TYPES:
+        errors.print(f"--subject-type {subject_type!r} is not supported; use customer or "
+                     "contact")
+        raise typer.Exit(2)
+
+
 def _subject_ref(data_dir: Path, subject_type: str, subject: str) -> str:
     from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 
+    # A pseudonym of an unknown type matches no record, so a typo would look like
+    # a subject that was never consulted.
+    _check_subject_type(subject_type)
     key_path = data_dir / "keys" / "audit-pseudonym.key"
     if not key_path.is_file():
         # A new key would give a pseudonym that matches no record, and an erasure

@@ -14,7 +14,7 @@ import os
 import tomllib
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -25,6 +25,7 @@ from gateway.cli import (
     Operator,
     _audit_path,
     _audit_target,
+    _check_subject_type,
     _claim,
     _count,
     _fail,
@@ -39,14 +40,6 @@ from gateway.cli import (
 from gateway.errors import ConfigError, GatewayError
 
 SubjectType = Annotated[str, typer.Option(help="customer or contact.")]
-_SUBJECT_TYPES = ("customer", "contact")
-
-
-def _check_subject_type(subject_type: str) -> None:
-    if subject_type not in _SUBJECT_TYPES:
-        errors.print(f"--subject-type {subject_type!r} is not supported; use customer or "
-                     "contact")
-        raise typer.Exit(2)
 
 
 @audit_app.command("bundle")
@@ -145,26 +138,49 @@ def audit_access_report(
     path = _audit_path(data_dir)
     ref = _subject_ref(data_dir, subject_type, subject)
     catalog, _ = _load_engine()
+    # Open the output before the report is recorded, so that a wrong path stops the
+    # command before the log states that a report was made.
+    handle = None if output is None else _open_output(output)
     try:
         consultations = asyncio.run(
             read_consultations(path, ref, include_callers=include_callers))
         details: dict[str, DetailValue] = {
             "format": fmt, "consultations": len(consultations),
             "callers_included": include_callers}
-        asyncio.run(record_admin_event(
+        seq = asyncio.run(record_admin_event(
             path, admin_event("access_report", _operator(operator), details)))
     except GatewayError as exc:
+        if output is not None and handle is not None:
+            handle.close()
+            output.unlink(missing_ok=True)
         raise _fail(exc) from exc
     document = report_document(subject_type, consultations, include_callers=include_callers)
     if fmt == "json":
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     else:
         text = report_html(document, catalog.categories)
-    if output is None:
+    if output is None or handle is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            with handle:
+                handle.write(text)
+        except OSError as exc:
+            output.unlink(missing_ok=True)
+            errors.print(f"error: cannot write --output {output}: {exc.strerror or exc}; "
+                         f"audit record {seq} already records this report, so free space "
+                         "and run the command again", soft_wrap=True)
+            raise typer.Exit(2) from exc
     errors.print(f"{_count(len(consultations), 'consultation')} reported")
+
+
+def _open_output(output: Path) -> TextIO:
+    try:
+        return output.open("w", encoding="utf-8")
+    except OSError as exc:
+        errors.print(f"error: cannot write --output {output}: {exc.strerror or exc}; pass a "
+                     "file in an existing, writable folder", soft_wrap=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command("ropa")
