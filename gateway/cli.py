@@ -69,8 +69,8 @@ def _fail(exc: GatewayError) -> typer.Exit:
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Gateway port on 127.0.0.1; 0 picks a free one.")
-                    ] = 8000,
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Gateway port on 127.0.0.1; 0 picks a free one.")] = 8000,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     customers: Annotated[int, typer.Option(min=1, max=100_000,
                                            help="Number of demo customers.")] = 2000,
@@ -186,7 +186,10 @@ def token(
     if not key_path.exists():
         errors.print(f"created a new signing key at {key_path}: only a gateway started with "
                      f"--data-dir {data_dir} accepts this token")
-    key = load_or_create_signing_key(key_path)
+    try:
+        key = load_or_create_signing_key(key_path)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
     typer.echo(issue_token(key, user=user or f"demo-{role[0]}", roles=list(role),
                            purpose=purpose, ttl_seconds=hours * 3600, extra=extra))
 
@@ -532,13 +535,22 @@ def policy_explain(
 ) -> None:
     """Print the decision on one field for roles and a purpose, and the rule behind it."""
     _, engine = _load_engine()
+    unknown = [r for r in role if r not in engine.roles]
+    if unknown:
+        errors.print(f"role {unknown[0]!r} has no rules in the policy; use one of "
+                     f"{', '.join(engine.roles)}", highlight=False)
+        raise typer.Exit(2)
     try:
         decision = engine.explain(role, purpose, field)
     except GatewayError as exc:
         raise _fail(exc) from exc
     effective = engine.view(role, purpose).purpose
     console.print(f"{field}: {_decision_text(decision.effect, decision.mask)}", highlight=False)
-    if purpose is not None and effective is None:
+    listed = ", ".join(sorted(engine.purposes_of(role))) or "none"
+    if purpose is None:
+        console.print("  no purpose given, so only rules for any purpose (*) apply; pass "
+                      f"--purpose, one of: {listed}", highlight=False)
+    elif effective is None:
         console.print(f"  purpose {purpose!r} is not listed for role(s) {', '.join(role)} in "
                       "policies/purposes.toml, so it counts as no purpose", highlight=False)
     rule = engine.rules.get(decision.rule)

@@ -1,8 +1,9 @@
-"""``fonte token`` and ``fonte policy matrix`` against the gateway they describe."""
+"""``fonte token``, ``fonte demo`` options and ``fonte policy matrix|explain``."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import jwt
 import pytest
@@ -104,3 +105,48 @@ def test_matrix_shows_masks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dict(zip(roles, rows["Customer.name"], strict=True)) == {
         "dpo": "deny", "finance": "allow", "it": "mask:pseudonym:it", "sales": "allow",
         "sales-rep": "allow"}
+
+
+def test_token_corrupt_key_named(tmp_path: Path) -> None:
+    key_path = tmp_path / "keys" / "token-signing.pem"
+    key_path.parent.mkdir()
+    key_path.write_text("not a key\n", encoding="utf-8")
+
+    result = _run("token", "--role", "sales", "--data-dir", str(tmp_path))
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert " ".join(result.stderr.split()) == (
+        f"error: {key_path} is not a PEM private key; delete it to create a new "
+        "development key")
+
+
+def test_demo_port_out_of_range() -> None:
+    result = _run("demo", "--port", "99999")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--port'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_explain_names_missing_purpose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.cli, "console", Console(width=200, markup=False, highlight=False))
+
+    result = _run("policy", "explain", "--role", "sales", "--field", "Customer.name")
+
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[:2] == [
+        "Customer.name: deny",
+        "  no purpose given, so only rules for any purpose (*) apply; pass --purpose, one "
+        "of: sales, support",
+    ]
+
+
+def test_explain_unknown_role_rejected() -> None:
+    result = _run("policy", "explain", "--role", "nobody", "--field", "Customer.name")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert " ".join(result.stderr.split()) == (
+        "role 'nobody' has no rules in the policy; use one of dpo, finance, it, sales, "
+        "sales-rep")
