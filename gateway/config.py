@@ -188,7 +188,7 @@ def load_settings(path: Path) -> Settings:
         policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
     _check_known("auth", auth, _AUTH_SETTINGS)
     key_file = auth.get("public_key_file")
-    development_tokens = bool(auth.get("development_tokens", False))
+    development_tokens = _flag("auth", auth, "development_tokens")
     jwks = _jwks(auth)
     if sum(1 for source in (key_file, development_tokens, jwks) if source) != 1:
         raise ConfigError(f"{path}: [auth] needs exactly one token key source: jwks_url (the "
@@ -199,7 +199,7 @@ def load_settings(path: Path) -> Settings:
         data_dir=_path(base, gateway.get("data_dir", "data")),
         host=str(gateway.get("host", "127.0.0.1")),
         port=_integer("gateway", "port", gateway.get("port", 8000), 0, 65535),
-        graphiql=bool(gateway.get("graphiql", False)),
+        graphiql=_flag("gateway", gateway, "graphiql"),
         schema_dir=_path(base, gateway["schema_dir"]) if "schema_dir" in gateway
         else default_schema_dir(),
         policy_dir=_path(base, gateway["policy_dir"]) if "policy_dir" in gateway
@@ -213,7 +213,7 @@ def load_settings(path: Path) -> Settings:
         jwks=jwks,
         role_mapping=role_mapping_from_table(auth),
         http=http_settings_from_table(_table(document, "http")),
-        audit_fail_open=bool(audit.get("fail_open", False)),
+        audit_fail_open=_flag("audit", audit, "fail_open"),
         audit_checkpoint_interval=_number("audit", "checkpoint_interval",
                                           audit.get("checkpoint_interval", 60)),
         audit_checkpoint_key_name=str(audit.get("checkpoint_key_name", "fonte-audit-1")),
@@ -480,6 +480,16 @@ def _sap(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SapS
         user=_secret(section, spec, "user", base),
         password=_secret(section, spec, "password", base), client=client, timeout=timeout,
         entities=entities_from_table(section, spec.get("entities", {})))
+
+
+def _flag(section: str, spec: dict[str, Any], name: str) -> bool:
+    # bool() would read the string "false" as true, which turns on fail_open or
+    # development tokens by mistake.
+    value = spec.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"[{section}] {name} = {value!r} must be true or false, written "
+                          "without quotes")
+    return value
 
 
 def _text(section: str, spec: dict[str, Any], name: str) -> str:
