@@ -571,13 +571,19 @@ def policy_test(
     import csv
 
     _, engine = _load_engine()
-    with table.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != ["role", "purpose", "field", "expected"]:
-            errors.print(f"{table}: the header must be role,purpose,field,expected; found "
-                         f"{','.join(reader.fieldnames or [])}", highlight=False)
-            raise typer.Exit(2)
-        rows = list(reader)
+    # utf-8-sig also reads the byte order mark that spreadsheet programs write.
+    try:
+        with table.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != ["role", "purpose", "field", "expected"]:
+                errors.print(f"{table}: the header must be role,purpose,field,expected; found "
+                             f"{','.join(reader.fieldnames or [])}", highlight=False)
+                raise typer.Exit(2)
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        errors.print(f"{table} is not UTF-8 text; save it as CSV in UTF-8",
+                     highlight=False)
+        raise typer.Exit(2) from exc
     mismatches = 0
     for line, row in enumerate(rows, start=2):
         roles = [r for r in row["role"].split("+") if r]

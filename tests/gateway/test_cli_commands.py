@@ -150,3 +150,25 @@ def test_explain_unknown_role_rejected() -> None:
     assert " ".join(result.stderr.split()) == (
         "role 'nobody' has no rules in the policy; use one of dpo, finance, it, sales, "
         "sales-rep")
+
+
+def test_policy_test_reads_byte_order_mark(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    table.write_bytes("\ufeffrole,purpose,field,expected\n"
+                      "sales,sales,Customer.iban,mask:last4\n".encode())
+
+    result = _run("policy", "test", str(table))
+
+    assert result.exit_code == 0
+    assert result.stdout.startswith("1 rows checked, 0 mismatches")
+
+
+def test_policy_test_not_utf8_named(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    table.write_bytes("role,purpose,field,expected\nsales,sales,Città,deny\n".encode("latin-1"))
+
+    result = _run("policy", "test", str(table))
+
+    assert result.exit_code == 2
+    assert " ".join(result.stderr.split()) == (
+        f"{table} is not UTF-8 text; save it as CSV in UTF-8")
