@@ -60,6 +60,12 @@ def audit_bundle(
     from gateway.audit.operations import admin_event, record_admin_event
 
     path = _audit_path(data_dir)
+    # Checked before the bundle record is appended, so that the log does not state a
+    # bundle that was never written. write_bundle checks again.
+    if folder.exists():
+        errors.print(f"error: bundle folder {folder} already exists; give a new folder",
+                     soft_wrap=True)
+        raise typer.Exit(2)
     key_path = key_file or data_dir / "keys" / "audit-checkpoint.pem"
     if not key_path.is_file() and not os.environ.get(KEY_ENV_VAR):
         errors.print(f"checkpoint key {key_path} not found; pass --key-file or set "

@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit import offline_verify
-from gateway.audit.export import ExportFilter, export_records
+from gateway.audit.export import ExportFilter, ExportOutputError, export_records
 from gateway.audit.record import utc_timestamp
 from gateway.audit.store import describe_error, open_reader_engine
 from gateway.audit.verify_checkpoints import read_stored_checkpoints
@@ -80,9 +80,9 @@ async def write_bundle(store_path: Path, public_keys: Path, folder: Path) -> Bun
     """Write a bundle of the store at ``store_path`` into the new folder ``folder``.
 
     ``public_keys`` is the folder of checkpoint public keys. The bundle is verified
-    with its own verifier before this returns. Raises AuditError if ``folder`` exists,
-    the store cannot be read or a key is missing, and AuditIntegrityError if the
-    written bundle does not verify.
+    with its own verifier before this returns. Raises AuditError if ``folder`` exists or
+    cannot be written (a partly written folder is removed), the store cannot be read or
+    a key is missing, and AuditIntegrityError if the written bundle does not verify.
     """
     if folder.exists():
         raise AuditError(f"bundle folder {folder} already exists; give a new folder")
@@ -92,7 +92,28 @@ async def write_bundle(store_path: Path, public_keys: Path, folder: Path) -> Bun
             f"no checkpoint public key in {public_keys}; the gateway writes them there"
         )
 
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise AuditError(f"cannot create bundle folder {folder}: {exc.strerror or exc}; "
+                         "give a folder in a writable place") from exc
+    try:
+        count, notes = await _write_files(store_path, key_files, folder)
+    except (OSError, AuditError) as exc:
+        # A partial bundle would fail its own verifier later, far from the cause.
+        shutil.rmtree(folder, ignore_errors=True)
+        cause = exc.__cause__ if isinstance(exc, ExportOutputError) else exc
+        if isinstance(cause, OSError):
+            raise AuditError(f"cannot write bundle folder {folder}: {cause.strerror or cause}; "
+                             "it was removed, so free space and run the command again") from exc
+        raise
+
+    output = _verify_bundle(folder)
+    return BundleSummary(folder, count, len(notes), output)
+
+
+async def _write_files(store_path: Path, key_files: list[Path],
+                       folder: Path) -> tuple[int, list[str]]:
     records_path = folder / RECORDS_FILE
     with records_path.open("w", encoding="utf-8", newline="") as out:
         count = await export_records(store_path, out, fmt="jsonl", filters=ExportFilter())
@@ -107,9 +128,7 @@ async def write_bundle(store_path: Path, public_keys: Path, folder: Path) -> Bun
     readme = _README.format(time=time, records=count, checkpoints=len(notes))
     (folder / README_FILE).write_text(readme, encoding="utf-8")
     _write_manifest(folder, time=time, records=count, checkpoints=len(notes))
-
-    output = _verify_bundle(folder)
-    return BundleSummary(folder, count, len(notes), output)
+    return count, notes
 
 
 async def _checkpoint_notes(store_path: Path, records: int) -> list[str]:

@@ -335,6 +335,33 @@ def test_bundle_needs_checkpoint_key(data_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "bundle").exists()
 
 
+def test_bundle_existing_folder_not_recorded(data_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+
+    result = _run("audit", "bundle", str(folder), "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        f"error: bundle folder {folder} already exists; give a new folder")
+    assert len(_bodies(data_dir)) == 3
+
+
+def test_bundle_unwritable_folder_named(data_dir: Path, tmp_path: Path) -> None:
+    # A regular file where the parent folder should be makes mkdir fail.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("", encoding="utf-8")
+    folder = blocker / "bundle"
+
+    result = _run("audit", "bundle", str(folder), "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        f"error: cannot create bundle folder {folder}: Not a directory; give a folder in a "
+        "writable place")
+    assert not folder.exists()
+
+
 def test_forget_needs_pseudonym_key(data_dir: Path, account_ids: list[str]) -> None:
     (data_dir / "keys" / "audit-pseudonym.key").unlink()
 
