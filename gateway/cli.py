@@ -132,11 +132,13 @@ def serve(
 
     from gateway.app import create_app
     from gateway.config import load_settings
+    from gateway.datadir import check_data_dir_free
     from gateway.serving import uvicorn_options
 
     _configure_logging(log_level)
     try:
         settings = load_settings(config)
+        check_data_dir_free(settings.data_dir)
     except GatewayError as exc:
         raise _fail(exc) from exc
     # proxy_headers off: the gateway reads X-Forwarded-For itself, and only

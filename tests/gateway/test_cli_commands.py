@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner, Result
 import gateway.cli
 from gateway.catalog import load_catalog
 from gateway.cli import app
+from gateway.datadir import claim_data_dir
 
 LOOKUP = "query($id: ID!) { customer(id: $id) { name creditLimit } }"
 
@@ -172,3 +174,44 @@ def test_policy_test_not_utf8_named(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert " ".join(result.stderr.split()) == (
         f"{table} is not UTF-8 text; save it as CSV in UTF-8")
+
+
+def test_demo_data_dir_in_use(tmp_path: Path) -> None:
+    lock = claim_data_dir(tmp_path)
+    try:
+        result = _run("demo", "--port", "0", "--customers", "5", "--data-dir", str(tmp_path))
+    finally:
+        lock.close()
+
+    assert result.exit_code == 2
+    assert " ".join(result.stderr.split()) == (
+        f"error: data dir '{tmp_path}' is in use by another gateway process (pid "
+        f"{os.getpid()}); give each gateway its own --data-dir")
+
+
+def test_serve_data_dir_in_use(tmp_path: Path) -> None:
+    settings = tmp_path / "fonte.toml"
+    settings.write_text(f"""
+[gateway]
+data_dir = "{tmp_path / 'data'}"
+
+[auth]
+development_tokens = true
+
+[systems.crm]
+dialect = "salesforce"
+login_url = "http://127.0.0.1:9"
+client_id_env = "PATH"
+client_secret_env = "PATH"
+""", encoding="utf-8")
+    lock = claim_data_dir(tmp_path / "data")
+    try:
+        result = _run("serve", "--config", str(settings))
+    finally:
+        lock.close()
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert " ".join(result.stderr.split()) == (
+        f"error: data dir '{tmp_path / 'data'}' is in use by another gateway process (pid "
+        f"{os.getpid()}); give each gateway its own --data-dir")
