@@ -51,6 +51,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
@@ -358,7 +359,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return _salesforce(section, spec, base, timeout)
     if dialect == "odoo-jsonrpc":
         return OdooSettings(
-            base_url=_text(section, spec, "base_url"), database=_text(section, spec, "database"),
+            base_url=_http_url(section, spec, "base_url"),
+            database=_text(section, spec, "database"),
             login=_text(section, spec, "login"), api_key=_secret(section, spec, "api_key", base),
             timeout=timeout)
     if dialect == "odoo-json2":
@@ -371,7 +373,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return rest_settings(section, spec, base, timeout)
     if dialect == "dataverse":
         return DataverseSettings(
-            base_url=_text(section, spec, "base_url"), token_url=_text(section, spec, "token_url"),
+            base_url=_http_url(section, spec, "base_url"),
+            token_url=_http_url(section, spec, "token_url"),
             client_id=_secret(section, spec, "client_id", base),
             client_secret=_secret(section, spec, "client_secret", base),
             scope=_text(section, spec, "scope"),
@@ -390,7 +393,7 @@ def _odoo_json2(section: str, spec: dict[str, Any], base: Path,
     if "login" in spec:
         raise ConfigError(f"[{section}] login is not used by dialect odoo-json2; remove it, "
                           "because the API key alone identifies the user")
-    return OdooJson2Settings(base_url=_text(section, spec, "base_url"), database=database,
+    return OdooJson2Settings(base_url=_http_url(section, spec, "base_url"), database=database,
                              api_key=_secret(section, spec, "api_key", base), timeout=timeout)
 
 
@@ -456,15 +459,18 @@ def _salesforce(section: str, spec: dict[str, Any], base: Path,
     for name in ("username", "audience", "auth"):
         if name in spec and not isinstance(spec[name], str):
             raise ConfigError(f"[{section}] {name} = {spec[name]!r} must be a string")
+    # These errors already name the section, so they stay outside the try that adds it.
+    login_url = _http_url(section, spec, "login_url")
+    client_id = _secret(section, spec, "client_id", base)
+    client_secret = read_secret(f"[{section}]", spec, "client_secret", base) or ""
+    private_key_pem = read_secret(f"[{section}]", spec, "private_key", base)
     try:
         return SalesforceSettings(
-            login_url=_text(section, spec, "login_url"),
-            client_id=_secret(section, spec, "client_id", base),
-            client_secret=read_secret(f"[{section}]", spec, "client_secret", base) or "",
+            login_url=login_url, client_id=client_id, client_secret=client_secret,
             api_version=str(spec.get("api_version", "62.0")), timeout=timeout,
             auth=spec.get("auth", "client_credentials"),
             username=spec.get("username"),
-            private_key_pem=read_secret(f"[{section}]", spec, "private_key", base),
+            private_key_pem=private_key_pem,
             audience=spec.get("audience"))
     except ConfigError as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
@@ -476,7 +482,7 @@ def _sap(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SapS
         raise ConfigError(f"[{section}] client = {client!r} must be the SAP client number as a "
                           'string, such as "100"')
     return SapSettings(
-        base_url=_text(section, spec, "base_url"), service=_text(section, spec, "service"),
+        base_url=_http_url(section, spec, "base_url"), service=_text(section, spec, "service"),
         user=_secret(section, spec, "user", base),
         password=_secret(section, spec, "password", base), client=client, timeout=timeout,
         entities=entities_from_table(section, spec.get("entities", {})))
@@ -489,6 +495,15 @@ def _flag(section: str, spec: dict[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"[{section}] {name} = {value!r} must be true or false, written "
                           "without quotes")
+    return value
+
+
+def _http_url(section: str, spec: dict[str, Any], name: str) -> str:
+    value = _text(section, spec, name)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"[{section}] {name} = {value!r} is invalid; set it to an http or "
+                          "https URL such as \"https://erp.example.com\"")
     return value
 
 
