@@ -46,7 +46,7 @@ from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
-from gateway.catalog import load_catalog
+from gateway.catalog import Catalog, load_catalog
 from gateway.config import Settings
 from gateway.datadir import claim_data_dir
 from gateway.errors import (
@@ -135,10 +135,7 @@ class Gateway:
         schema = build_schema(catalog)
         policy = await open_policy(
             catalog, settings.policy or PolicySettings(directory=settings.policy_dir))
-        missing = sorted(catalog.systems - set(settings.systems))
-        if missing:
-            raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
-                              "settings declare no [systems.<name>] section for them")
+        check_declared_systems(catalog, settings)
         sources: dict[str, Source] = {
             name: ResilientSource(_source(name, spec, (clients or {}).get(name)),
                                   settings.resilience.get(name, ResiliencePolicy()))
@@ -236,6 +233,14 @@ def _token_settings(settings: Settings) -> TokenSettings:
                          audiences=settings.token_audiences,
                          leeway_seconds=settings.token_leeway_seconds,
                          roles=settings.role_mapping)
+
+
+def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
+    """Raise ``ConfigError`` when the schema reads a system that the settings do not declare."""
+    missing = sorted(catalog.systems - set(settings.systems))
+    if missing:
+        raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
+                          "settings declare no [systems.<name>] section for them")
 
 
 def create_app(settings: Settings,

@@ -130,14 +130,18 @@ def serve(
     """Run the gateway against the systems the settings file declares."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import check_declared_systems, create_app
+    from gateway.catalog import load_catalog
     from gateway.config import load_settings
     from gateway.datadir import check_data_dir_free
     from gateway.serving import uvicorn_options
 
     _configure_logging(log_level)
+    # The gateway checks these again at start, where an error ends in uvicorn's
+    # start-up traceback instead of one line.
     try:
         settings = load_settings(config)
+        check_declared_systems(load_catalog(settings.schema_dir), settings)
         check_data_dir_free(settings.data_dir)
     except GatewayError as exc:
         raise _fail(exc) from exc

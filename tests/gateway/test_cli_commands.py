@@ -1,4 +1,4 @@
-"""``fonte token``, ``fonte demo`` options and ``fonte policy matrix|explain``."""
+"""``fonte token``, the start checks of ``fonte demo`` and ``serve``, and ``fonte policy``."""
 
 from __future__ import annotations
 
@@ -189,7 +189,26 @@ def test_demo_data_dir_in_use(tmp_path: Path) -> None:
         f"{os.getpid()}); give each gateway its own --data-dir")
 
 
-def test_serve_data_dir_in_use(tmp_path: Path) -> None:
+CRM_SECTION = """
+[systems.crm]
+dialect = "salesforce"
+login_url = "http://127.0.0.1:9"
+client_id_env = "PATH"
+client_secret_env = "PATH"
+"""
+
+ERP_SECTION = """
+[systems.erp]
+dialect = "odoo-jsonrpc"
+base_url = "http://127.0.0.1:9"
+database = "demo"
+login = "gateway"
+api_key_env = "PATH"
+"""
+
+
+def _serve_settings(tmp_path: Path, systems: str) -> Path:
+    # Port 9 is never opened: serve stops before it connects to any system.
     settings = tmp_path / "fonte.toml"
     settings.write_text(f"""
 [gateway]
@@ -197,13 +216,12 @@ data_dir = "{tmp_path / 'data'}"
 
 [auth]
 development_tokens = true
+{systems}""", encoding="utf-8")
+    return settings
 
-[systems.crm]
-dialect = "salesforce"
-login_url = "http://127.0.0.1:9"
-client_id_env = "PATH"
-client_secret_env = "PATH"
-""", encoding="utf-8")
+
+def test_serve_data_dir_in_use(tmp_path: Path) -> None:
+    settings = _serve_settings(tmp_path, CRM_SECTION + ERP_SECTION)
     lock = claim_data_dir(tmp_path / "data")
     try:
         result = _run("serve", "--config", str(settings))
@@ -215,3 +233,13 @@ client_secret_env = "PATH"
     assert " ".join(result.stderr.split()) == (
         f"error: data dir '{tmp_path / 'data'}' is in use by another gateway process (pid "
         f"{os.getpid()}); give each gateway its own --data-dir")
+
+
+def test_serve_missing_system_named(tmp_path: Path) -> None:
+    result = _run("serve", "--config", str(_serve_settings(tmp_path, CRM_SECTION)))
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert " ".join(result.stderr.split()) == (
+        "error: the schema reads from system(s) erp but the settings declare no "
+        "[systems.<name>] section for them")
