@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import traceback
 import uuid
@@ -46,7 +47,7 @@ from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
-from gateway.catalog import load_catalog
+from gateway.catalog import Catalog, load_catalog
 from gateway.config import Settings
 from gateway.datadir import claim_data_dir
 from gateway.errors import (
@@ -137,10 +138,7 @@ class Gateway:
         schema = build_schema(catalog)
         policy = await open_policy(
             catalog, settings.policy or PolicySettings(directory=settings.policy_dir))
-        missing = sorted(catalog.systems - set(settings.systems))
-        if missing:
-            raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
-                              "settings declare no [systems.<name>] section for them")
+        check_declared_systems(catalog, settings)
         sources: dict[str, Source] = {
             name: ResilientSource(_source(name, spec, (clients or {}).get(name)),
                                   settings.resilience.get(name, ResiliencePolicy()))
@@ -246,6 +244,14 @@ def _token_settings(settings: Settings) -> TokenSettings:
                          audiences=settings.token_audiences,
                          leeway_seconds=settings.token_leeway_seconds,
                          roles=settings.role_mapping)
+
+
+def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
+    """Raise ``ConfigError`` when the schema reads a system that the settings do not declare."""
+    missing = sorted(catalog.systems - set(settings.systems))
+    if missing:
+        raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
+                          "settings declare no [systems.<name>] section for them")
 
 
 def create_app(settings: Settings,
@@ -411,13 +417,58 @@ async def _read_body(request: Request, limit: int,
         if size > limit:
             return too_large
         chunks.append(chunk)
+    body = b"".join(chunks)
     try:
-        payload = json.loads(b"".join(chunks))
+        payload = json.loads(body)
     except (ValueError, RecursionError):
         # ValueError covers invalid JSON and UTF-8, and integers too long to convert.
         return GraphQLResponse(400, _error_body("request body is not valid JSON",
                                                 "BAD_REQUEST"))
+    try:
+        surrogate = _lone_surrogate_path(payload) if _SURROGATE_ESCAPE.search(body) else None
+    except RecursionError:
+        surrogate = "the request body"
+    if surrogate is not None:
+        return GraphQLResponse(400, _error_body(
+            f"{surrogate} contains a lone UTF-16 surrogate escape (\\ud800 to \\udfff), "
+            "which is not a Unicode character; escape characters outside the BMP as a pair "
+            "or send them as UTF-8", "BAD_REQUEST"))
     return _graphql_request(payload, persisted)
+
+
+# json.loads turns a lone \ud800 to \udfff escape into a str that cannot be encoded to
+# UTF-8, so an upstream request built from it fails. Such a str can only come from this
+# escape, because raw surrogate bytes are invalid UTF-8, so bodies without it skip the walk.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_path(value: Any, path: str = "") -> str | None:
+    """Return the JSON path of the first string that contains a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "the request body"
+        return None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _lone_surrogate_path(key) is not None:
+            return f"a member name in {path or 'the request body'}"
+        if isinstance(key, int):
+            item_path = f"{path}[{key}]"
+        elif path:
+            item_path = f"{path}.{key}"
+        else:
+            item_path = key
+        found = _lone_surrogate_path(item, item_path)
+        if found is not None:
+            return found
+    return None
 
 
 def _graphql_request(payload: Any,

@@ -69,8 +69,8 @@ def _fail(exc: GatewayError) -> typer.Exit:
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Gateway port on 127.0.0.1; 0 picks a free one.")
-                    ] = 8000,
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Gateway port on 127.0.0.1; 0 picks a free one.")] = 8000,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     customers: Annotated[int, typer.Option(min=1, max=100_000,
                                            help="Number of demo customers.")] = 2000,
@@ -130,13 +130,19 @@ def serve(
     """Run the gateway against the systems the settings file declares."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.app import check_declared_systems, create_app
+    from gateway.catalog import load_catalog
     from gateway.config import load_settings
+    from gateway.datadir import check_data_dir_free
     from gateway.serving import uvicorn_options
 
     _configure_logging(log_level)
+    # The gateway checks these again at start, where an error ends in uvicorn's
+    # start-up traceback instead of one line.
     try:
         settings = load_settings(config)
+        check_declared_systems(load_catalog(settings.schema_dir), settings)
+        check_data_dir_free(settings.data_dir)
     except GatewayError as exc:
         raise _fail(exc) from exc
     # proxy_headers off: the gateway reads X-Forwarded-For itself, and only
@@ -186,7 +192,10 @@ def token(
     if not key_path.exists():
         errors.print(f"created a new signing key at {key_path}: only a gateway started with "
                      f"--data-dir {data_dir} accepts this token")
-    key = load_or_create_signing_key(key_path)
+    try:
+        key = load_or_create_signing_key(key_path)
+    except GatewayError as exc:
+        raise _fail(exc) from exc
     typer.echo(issue_token(key, user=user or f"demo-{role[0]}", roles=list(role),
                            purpose=purpose, ttl_seconds=hours * 3600, extra=extra))
 
@@ -291,7 +300,7 @@ def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path 
     """Write the export, with a progress bar when standard error is a terminal."""
     from rich.progress import Progress
 
-    from gateway.audit.export import export_records, last_seq
+    from gateway.audit.export import ExportOutputError, export_records, last_seq, output_error
 
     def run(handle: TextIO, progress: Callable[[int], None] | None) -> int:
         return asyncio.run(export_records(path, handle, fmt=fmt,  # type: ignore[arg-type]
@@ -300,8 +309,21 @@ def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path 
     def run_to(progress: Callable[[int], None] | None) -> int:
         if output is None:
             return run(sys.stdout, progress)
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            return run(handle, progress)
+        try:
+            handle = output.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise ExportOutputError(f"cannot write --output {output}: {exc.strerror or exc}; "
+                                    "pass a file in an existing, writable folder") from exc
+        try:
+            with handle:
+                return run(handle, progress)
+        except BaseException as exc:
+            # A partial export would look complete to a later reader.
+            output.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                # Closing the file flushes its last buffer, which can fail on a full disk.
+                raise output_error(exc) from exc
+            raise
 
     if not errors.is_terminal:
         return run_to(None)
@@ -311,9 +333,22 @@ def _run_export(path: Path | str, fmt: str, filters: ExportFilter, output: Path 
         return run_to(lambda seq: bar.update(task, completed=seq))
 
 
+_SUBJECT_TYPES = ("customer", "contact")
+
+
+def _check_subject_type(subject_type: str) -> None:
+    if subject_type not in _SUBJECT_TYPES:
+        errors.print(f"--subject-type {subject_type!r} is not supported; use customer or "
+                     "contact")
+        raise typer.Exit(2)
+
+
 def _subject_ref(data_dir: Path, subject_type: str, subject: str) -> str:
     from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 
+    # A pseudonym of an unknown type matches no record, so a typo would look like
+    # a subject that was never consulted.
+    _check_subject_type(subject_type)
     key_path = data_dir / "keys" / "audit-pseudonym.key"
     if not key_path.is_file():
         # A new key would give a pseudonym that matches no record, and an erasure
@@ -498,13 +533,22 @@ def policy_explain(
 ) -> None:
     """Print the decision on one field for roles and a purpose, and the rule behind it."""
     _, engine = _load_engine()
+    unknown = [r for r in role if r not in engine.roles]
+    if unknown:
+        errors.print(f"role {unknown[0]!r} has no rules in the policy; use one of "
+                     f"{', '.join(engine.roles)}", highlight=False)
+        raise typer.Exit(2)
     try:
         decision = engine.explain(role, purpose, field)
     except GatewayError as exc:
         raise _fail(exc) from exc
     effective = engine.view(role, purpose).purpose
     console.print(f"{field}: {_decision_text(decision.effect, decision.mask)}", highlight=False)
-    if purpose is not None and effective is None:
+    listed = ", ".join(sorted(engine.purposes_of(role))) or "none"
+    if purpose is None:
+        console.print("  no purpose given, so only rules for any purpose (*) apply; pass "
+                      f"--purpose, one of: {listed}", highlight=False)
+    elif effective is None:
         console.print(f"  purpose {purpose!r} is not listed for role(s) {', '.join(role)} in "
                       "policies/purposes.toml, so it counts as no purpose", highlight=False)
     rule = engine.rules.get(decision.rule)
@@ -525,13 +569,19 @@ def policy_test(
     import csv
 
     _, engine = _load_engine()
-    with table.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != ["role", "purpose", "field", "expected"]:
-            errors.print(f"{table}: the header must be role,purpose,field,expected; found "
-                         f"{','.join(reader.fieldnames or [])}", highlight=False)
-            raise typer.Exit(2)
-        rows = list(reader)
+    # utf-8-sig also reads the byte order mark that spreadsheet programs write.
+    try:
+        with table.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames != ["role", "purpose", "field", "expected"]:
+                errors.print(f"{table}: the header must be role,purpose,field,expected; found "
+                             f"{','.join(reader.fieldnames or [])}", highlight=False)
+                raise typer.Exit(2)
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        errors.print(f"{table} is not UTF-8 text; save it as CSV in UTF-8",
+                     highlight=False)
+        raise typer.Exit(2) from exc
     mismatches = 0
     for line, row in enumerate(rows, start=2):
         roles = [r for r in row["role"].split("+") if r]

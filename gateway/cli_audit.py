@@ -14,7 +14,7 @@ import os
 import tomllib
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -24,6 +24,7 @@ from gateway.cli import (
     DataDir,
     Operator,
     _audit_target,
+    _check_subject_type,
     _claim,
     _count,
     _fail,
@@ -38,14 +39,6 @@ from gateway.cli import (
 from gateway.errors import ConfigError, GatewayError
 
 SubjectType = Annotated[str, typer.Option(help="customer or contact.")]
-_SUBJECT_TYPES = ("customer", "contact")
-
-
-def _check_subject_type(subject_type: str) -> None:
-    if subject_type not in _SUBJECT_TYPES:
-        errors.print(f"--subject-type {subject_type!r} is not supported; use customer or "
-                     "contact")
-        raise typer.Exit(2)
 
 
 @audit_app.command("bundle")
@@ -67,6 +60,12 @@ def audit_bundle(
     from gateway.audit.operations import admin_event, record_admin_event
 
     target = _audit_target(data_dir, store)
+    # Checked before the bundle record is appended, so that the log does not state a
+    # bundle that was never written. write_bundle checks again.
+    if folder.exists():
+        errors.print(f"error: bundle folder {folder} already exists; give a new folder",
+                     soft_wrap=True)
+        raise typer.Exit(2)
     key_path = key_file or data_dir / "keys" / "audit-checkpoint.pem"
     if not key_path.is_file() and not os.environ.get(KEY_ENV_VAR):
         errors.print(f"checkpoint key {key_path} not found; pass --key-file or set "
@@ -146,15 +145,21 @@ def audit_access_report(
     target = _audit_target(data_dir, store)
     ref = _subject_ref(data_dir, subject_type, subject)
     catalog, _ = _load_engine()
+    # Open the output before the report is recorded, so that a wrong path stops the
+    # command before the log states that a report was made.
+    handle = None if output is None else _open_output(output)
     try:
         consultations = asyncio.run(
             read_consultations(target, ref, include_callers=include_callers))
         details: dict[str, DetailValue] = {
             "format": fmt, "consultations": len(consultations),
             "callers_included": include_callers}
-        asyncio.run(record_admin_event(
+        seq = asyncio.run(record_admin_event(
             target, admin_event("access_report", _operator(operator), details)))
     except GatewayError as exc:
+        if output is not None and handle is not None:
+            handle.close()
+            output.unlink(missing_ok=True)
         raise _fail(exc) from exc
     except ValueError as exc:
         raise _fail(ConfigError(str(exc))) from exc
@@ -163,11 +168,28 @@ def audit_access_report(
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     else:
         text = report_html(document, catalog.categories)
-    if output is None:
+    if output is None or handle is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            with handle:
+                handle.write(text)
+        except OSError as exc:
+            output.unlink(missing_ok=True)
+            errors.print(f"error: cannot write --output {output}: {exc.strerror or exc}; "
+                         f"audit record {seq} already records this report, so free space "
+                         "and run the command again", soft_wrap=True)
+            raise typer.Exit(2) from exc
     errors.print(f"{_count(len(consultations), 'consultation')} reported")
+
+
+def _open_output(output: Path) -> TextIO:
+    try:
+        return output.open("w", encoding="utf-8")
+    except OSError as exc:
+        errors.print(f"error: cannot write --output {output}: {exc.strerror or exc}; pass a "
+                     "file in an existing, writable folder", soft_wrap=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command("ropa")

@@ -51,6 +51,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
@@ -190,7 +191,7 @@ def load_settings(path: Path) -> Settings:
         policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
     _check_known("auth", auth, _AUTH_SETTINGS)
     key_file = auth.get("public_key_file")
-    development_tokens = bool(auth.get("development_tokens", False))
+    development_tokens = _flag("auth", auth, "development_tokens")
     jwks = _jwks(auth)
     if sum(1 for source in (key_file, development_tokens, jwks) if source) != 1:
         raise ConfigError(f"{path}: [auth] needs exactly one token key source: jwks_url (the "
@@ -201,7 +202,7 @@ def load_settings(path: Path) -> Settings:
         data_dir=_path(base, gateway.get("data_dir", "data")),
         host=str(gateway.get("host", "127.0.0.1")),
         port=_integer("gateway", "port", gateway.get("port", 8000), 0, 65535),
-        graphiql=bool(gateway.get("graphiql", False)),
+        graphiql=_flag("gateway", gateway, "graphiql"),
         schema_dir=_path(base, gateway["schema_dir"]) if "schema_dir" in gateway
         else default_schema_dir(),
         policy_dir=_path(base, gateway["policy_dir"]) if "policy_dir" in gateway
@@ -215,7 +216,7 @@ def load_settings(path: Path) -> Settings:
         jwks=jwks,
         role_mapping=role_mapping_from_table(auth),
         http=http_settings_from_table(_table(document, "http")),
-        audit_fail_open=bool(audit.get("fail_open", False)),
+        audit_fail_open=_flag("audit", audit, "fail_open"),
         audit_checkpoint_interval=_number("audit", "checkpoint_interval",
                                           audit.get("checkpoint_interval", 60)),
         audit_checkpoint_key_name=str(audit.get("checkpoint_key_name", "fonte-audit-1")),
@@ -361,7 +362,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return _salesforce(section, spec, base, timeout)
     if dialect == "odoo-jsonrpc":
         return OdooSettings(
-            base_url=_text(section, spec, "base_url"), database=_text(section, spec, "database"),
+            base_url=_http_url(section, spec, "base_url"),
+            database=_text(section, spec, "database"),
             login=_text(section, spec, "login"), api_key=_secret(section, spec, "api_key", base),
             timeout=timeout)
     if dialect == "odoo-json2":
@@ -374,7 +376,8 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         return rest_settings(section, spec, base, timeout)
     if dialect == "dataverse":
         return DataverseSettings(
-            base_url=_text(section, spec, "base_url"), token_url=_text(section, spec, "token_url"),
+            base_url=_http_url(section, spec, "base_url"),
+            token_url=_http_url(section, spec, "token_url"),
             client_id=_secret(section, spec, "client_id", base),
             client_secret=_secret(section, spec, "client_secret", base),
             scope=_text(section, spec, "scope"),
@@ -393,7 +396,7 @@ def _odoo_json2(section: str, spec: dict[str, Any], base: Path,
     if "login" in spec:
         raise ConfigError(f"[{section}] login is not used by dialect odoo-json2; remove it, "
                           "because the API key alone identifies the user")
-    return OdooJson2Settings(base_url=_text(section, spec, "base_url"), database=database,
+    return OdooJson2Settings(base_url=_http_url(section, spec, "base_url"), database=database,
                              api_key=_secret(section, spec, "api_key", base), timeout=timeout)
 
 
@@ -465,15 +468,18 @@ def _salesforce(section: str, spec: dict[str, Any], base: Path,
     for name in ("username", "audience", "auth"):
         if name in spec and not isinstance(spec[name], str):
             raise ConfigError(f"[{section}] {name} = {spec[name]!r} must be a string")
+    # These errors already name the section, so they stay outside the try that adds it.
+    login_url = _http_url(section, spec, "login_url")
+    client_id = _secret(section, spec, "client_id", base)
+    client_secret = read_secret(f"[{section}]", spec, "client_secret", base) or ""
+    private_key_pem = read_secret(f"[{section}]", spec, "private_key", base)
     try:
         return SalesforceSettings(
-            login_url=_text(section, spec, "login_url"),
-            client_id=_secret(section, spec, "client_id", base),
-            client_secret=read_secret(f"[{section}]", spec, "client_secret", base) or "",
+            login_url=login_url, client_id=client_id, client_secret=client_secret,
             api_version=str(spec.get("api_version", "62.0")), timeout=timeout,
             auth=spec.get("auth", "client_credentials"),
             username=spec.get("username"),
-            private_key_pem=read_secret(f"[{section}]", spec, "private_key", base),
+            private_key_pem=private_key_pem,
             audience=spec.get("audience"))
     except ConfigError as exc:
         raise ConfigError(f"[{section}] {exc}") from exc
@@ -485,10 +491,29 @@ def _sap(section: str, spec: dict[str, Any], base: Path, timeout: float) -> SapS
         raise ConfigError(f"[{section}] client = {client!r} must be the SAP client number as a "
                           'string, such as "100"')
     return SapSettings(
-        base_url=_text(section, spec, "base_url"), service=_text(section, spec, "service"),
+        base_url=_http_url(section, spec, "base_url"), service=_text(section, spec, "service"),
         user=_secret(section, spec, "user", base),
         password=_secret(section, spec, "password", base), client=client, timeout=timeout,
         entities=entities_from_table(section, spec.get("entities", {})))
+
+
+def _flag(section: str, spec: dict[str, Any], name: str) -> bool:
+    # bool() would read the string "false" as true, which turns on fail_open or
+    # development tokens by mistake.
+    value = spec.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"[{section}] {name} = {value!r} must be true or false, written "
+                          "without quotes")
+    return value
+
+
+def _http_url(section: str, spec: dict[str, Any], name: str) -> str:
+    value = _text(section, spec, name)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"[{section}] {name} = {value!r} is invalid; set it to an http or "
+                          "https URL such as \"https://erp.example.com\"")
+    return value
 
 
 def _text(section: str, spec: dict[str, Any], name: str) -> str:

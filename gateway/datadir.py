@@ -39,3 +39,12 @@ def claim_data_dir(path: Path) -> IO[str]:
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def check_data_dir_free(path: Path) -> None:
+    """Raise ``ConfigError`` when another gateway holds ``path``.
+
+    Commands call this before their slow start-up work, so that the error is one line
+    instead of a failed application start-up. The gateway still takes the lock itself.
+    """
+    claim_data_dir(path).close()

@@ -199,6 +199,9 @@ async def push(database: str, *, password_env: str | None = None, redis: str | N
                           "postgresql+asyncpg://user@host:port/database") from exc
     if url.password is not None:
         raise ConfigError("--database must not contain a password; pass --password-env NAME")
+    if not _is_async_driver(url):
+        raise ConfigError(f"--database driver {url.drivername!r} is not an asyncio driver "
+                          "that Fonte can load; write postgresql+asyncpg://user@host:port/database")
     if password_env is not None:
         url = url.set(password=_environment("--password-env", password_env))
     if pg_notify and url.get_backend_name() != "postgresql":
@@ -212,6 +215,13 @@ async def push(database: str, *, password_env: str | None = None, redis: str | N
         notify = Notification("redis", redis, password, redis_channel)
     return await publish_policy(url.render_as_string(hide_password=False),
                                 directory or default_policy_dir(), notify)
+
+
+def _is_async_driver(url: URL) -> bool:
+    try:
+        return bool(url.get_dialect().is_async)
+    except sqlalchemy_exc.NoSuchModuleError:
+        return False
 
 
 def _environment(option: str, variable: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit import offline_verify
-from gateway.audit.export import ExportFilter, export_records
+from gateway.audit.export import ExportFilter, ExportOutputError, export_records
 from gateway.audit.postgres import open_reader
 from gateway.audit.record import utc_timestamp
 from gateway.audit.store import describe_error
@@ -94,9 +94,9 @@ async def write_bundle(
 
     ``target`` is the path of an SQLite store or the URL of a PostgreSQL store.
     ``public_keys`` is the folder of checkpoint public keys. The bundle is verified
-    with its own verifier before this returns. Raises AuditError if ``folder`` exists,
-    the store cannot be read or a key is missing, and AuditIntegrityError if the
-    written bundle does not verify.
+    with its own verifier before this returns. Raises AuditError if ``folder`` exists or
+    cannot be written (a partly written folder is removed), the store cannot be read or
+    a key is missing, and AuditIntegrityError if the written bundle does not verify.
     """
     if folder.exists():
         raise AuditError(f"bundle folder {folder} already exists; give a new folder")
@@ -106,7 +106,28 @@ async def write_bundle(
             f"no checkpoint public key in {public_keys}; the gateway writes them there"
         )
 
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise AuditError(f"cannot create bundle folder {folder}: {exc.strerror or exc}; "
+                         "give a folder in a writable place") from exc
+    try:
+        count, notes, first_seq, last_seq = await _write_files(target, key_files, folder)
+    except (OSError, AuditError) as exc:
+        # A partial bundle would fail its own verifier later, far from the cause.
+        shutil.rmtree(folder, ignore_errors=True)
+        cause = exc.__cause__ if isinstance(exc, ExportOutputError) else exc
+        if isinstance(cause, OSError):
+            raise AuditError(f"cannot write bundle folder {folder}: {cause.strerror or cause}; "
+                             "it was removed, so free space and run the command again") from exc
+        raise
+
+    output = _verify_bundle(folder)
+    return BundleSummary(folder, count, len(notes), output, first_seq, last_seq)
+
+
+async def _write_files(target: Path | str, key_files: list[Path],
+                       folder: Path) -> tuple[int, list[str], int, int]:
     records_path = folder / RECORDS_FILE
     seqs: list[int] = []
     with records_path.open("w", encoding="utf-8", newline="") as out:
@@ -133,9 +154,7 @@ async def write_bundle(
     _write_manifest(
         folder, time=time, records=count, checkpoints=len(notes), first_seq=first_seq
     )
-
-    output = _verify_bundle(folder)
-    return BundleSummary(folder, count, len(notes), output, first_seq, last_seq)
+    return count, notes, first_seq, last_seq
 
 
 async def _checkpoint_notes(target: Path | str, last_seq: int) -> list[str]:

@@ -53,6 +53,10 @@ _FETCH_ROWS = 500
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
+class ExportOutputError(AuditError):
+    """A failed write to the file or stream of an export, for example on a full disk."""
+
+
 @dataclass(frozen=True)
 class ExportFilter:
     """Conditions that an exported record must meet. None means no condition.
@@ -139,8 +143,8 @@ async def export_records(
     after each batch of rows that the query returned, with the seq of the batch's last
     row, including rows that the list conditions then drop.
     Returns the number of records written. Raises ValueError for a bad ``fmt`` or
-    filter, AuditError if the store cannot be read, and AuditIntegrityError if a stored
-    body is not a JSON object.
+    filter, ExportOutputError if ``out`` cannot be written, AuditError if the store cannot
+    be read, and AuditIntegrityError if a stored body is not a JSON object.
     """
     if fmt not in ("jsonl", "csv"):
         raise ValueError(f"export format {fmt!r} is not supported; use 'jsonl' or 'csv'")
@@ -151,7 +155,10 @@ async def export_records(
     csv_writer = None
     if fmt == "csv":
         csv_writer = csv.writer(out, lineterminator="\n")
-        csv_writer.writerow(CSV_COLUMNS)
+        try:
+            csv_writer.writerow(CSV_COLUMNS)
+        except OSError as exc:
+            raise output_error(exc) from exc
 
     count = 0
     try:
@@ -163,10 +170,13 @@ async def export_records(
                     record = _decode_record(row.seq, row.body, row.hash)
                     if not filters.matches_body(record):
                         continue
-                    if csv_writer is None:
-                        out.write(_json_line(record))
-                    else:
-                        csv_writer.writerow(_csv_row(record, row.subject_refs))
+                    try:
+                        if csv_writer is None:
+                            out.write(_json_line(record))
+                        else:
+                            csv_writer.writerow(_csv_row(record, row.subject_refs))
+                    except OSError as exc:
+                        raise output_error(exc) from exc
                     count += 1
                 if progress is not None and rows:
                     progress(rows[-1].seq)
@@ -188,6 +198,12 @@ async def last_seq(target: Path | str) -> int:
     finally:
         await engine.dispose()
     return int(value or 0)
+
+
+def output_error(exc: OSError) -> ExportOutputError:
+    """Return the error for a failed write of an export, naming the system's reason."""
+    return ExportOutputError(f"cannot write the export: {exc.strerror or exc}; free space "
+                             "or write it to another file")
 
 
 def _filtered_query(filters: ExportFilter, *, with_refs: bool, dialect_name: str) -> Select[Any]:

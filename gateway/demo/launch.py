@@ -29,6 +29,7 @@ from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.datadir import check_data_dir_free
 from gateway.demo.data import DemoData, generate
 from gateway.demo.dataverse import create_dataverse_app
 from gateway.demo.mappings import DATAVERSE_ENTITIES, SAP_ENTITIES, demo_rest_settings
@@ -272,6 +273,7 @@ async def run_demo(*, port: int, data_dir: Path, customers: int, erp: str = "odo
                    settings_file: Path | None = None) -> None:
     """Run the demo until interrupted; ``announce`` prints where it listens."""
     check_port_free(port)
+    check_data_dir_free(data_dir)
     if settings_file is not None and erp in _MAPPED_ERPS:
         raise ConfigError(f"--write-settings does not write the {ERP_LABELS[erp]} demo's "
                           "entity mapping; use it with --erp odoo, odoo-json2 or sql")

@@ -45,6 +45,9 @@ def data_dir(demo_data: DemoData, tmp_path: Path, account_ids: list[str]) -> Pat
     asyncio.run(_write_log(demo_data, directory, account_ids[0], account_ids[1]))
     return directory
 
+# /dev/full fails every write with ENOSPC; it exists on Linux.
+FULL_DISK = pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+
 
 def _run(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
@@ -110,6 +113,49 @@ async def test_export_while_gateway_runs(
     assert [body.get("kind") for body in bodies] == [None, "export", None]
     assert verify.returncode == 0, verified.decode()
     assert _text(verified.decode()) == "audit log intact: 3 records and 1 checkpoint verified"
+
+
+def test_export_unknown_subject_type(data_dir: Path, account_ids: list[str]) -> None:
+    result = _run("audit", "export", "--subject", account_ids[0], "--subject-type", "person",
+                  "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert _text(result.stderr) == (
+        "--subject-type 'person' is not supported; use customer or contact")
+    assert len(_bodies(data_dir)) == 3
+
+
+@pytest.mark.parametrize("command", ["export", "access-report"])
+def test_output_folder_missing(data_dir: Path, account_ids: list[str], tmp_path: Path,
+                               command: str) -> None:
+    output = tmp_path / "missing" / "out.json"
+    subject = [account_ids[0]] if command == "access-report" else []
+
+    result = _run("audit", command, *subject, "--output", str(output),
+                  "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        f"error: cannot write --output {output}: No such file or directory; pass a file in "
+        "an existing, writable folder")
+    assert len(_bodies(data_dir)) == 3
+
+
+@FULL_DISK
+def test_export_full_disk_removes_file(data_dir: Path, tmp_path: Path) -> None:
+    # Every write to /dev/full fails with ENOSPC, as on a full disk.
+    output = tmp_path / "export.jsonl"
+    output.symlink_to("/dev/full")
+
+    result = _run("audit", "export", "--output", str(output), "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        "error: cannot write the export: No space left on device; free space or write it "
+        "to another file")
+    assert not output.is_symlink()
+    assert len(_bodies(data_dir)) == 3
 
 
 def test_export_while_data_dir_locked(data_dir: Path) -> None:
@@ -217,6 +263,23 @@ def test_access_report_html_is_self_contained(data_dir: Path, account_ids: list[
     assert "<script" not in result.stdout
 
 
+@FULL_DISK
+def test_access_report_full_disk_named(data_dir: Path, account_ids: list[str],
+                                       tmp_path: Path) -> None:
+    output = tmp_path / "report.json"
+    output.symlink_to("/dev/full")
+
+    result = _run("audit", "access-report", account_ids[0], "--output", str(output),
+                  "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        f"error: cannot write --output {output}: No space left on device; audit record 4 "
+        "already records this report, so free space and run the command again")
+    assert not output.is_symlink()
+    assert _bodies(data_dir)[3]["kind"] == "access_report"
+
+
 def test_access_report_after_forget_is_empty(data_dir: Path, account_ids: list[str]) -> None:
     _run("audit", "forget", account_ids[0], "--yes", "--data-dir", str(data_dir))
 
@@ -270,6 +333,33 @@ def test_bundle_needs_checkpoint_key(data_dir: Path, tmp_path: Path) -> None:
     assert "checkpoint key" in _text(result.stderr)
     assert "not found; pass --key-file" in _text(result.stderr)
     assert not (tmp_path / "bundle").exists()
+
+
+def test_bundle_existing_folder_not_recorded(data_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+
+    result = _run("audit", "bundle", str(folder), "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        f"error: bundle folder {folder} already exists; give a new folder")
+    assert len(_bodies(data_dir)) == 3
+
+
+def test_bundle_unwritable_folder_named(data_dir: Path, tmp_path: Path) -> None:
+    # A regular file where the parent folder should be makes mkdir fail.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("", encoding="utf-8")
+    folder = blocker / "bundle"
+
+    result = _run("audit", "bundle", str(folder), "--data-dir", str(data_dir))
+
+    assert result.exit_code == 2
+    assert _text(result.stderr) == (
+        f"error: cannot create bundle folder {folder}: Not a directory; give a folder in a "
+        "writable place")
+    assert not folder.exists()
 
 
 def test_forget_needs_pseudonym_key(data_dir: Path, account_ids: list[str]) -> None:

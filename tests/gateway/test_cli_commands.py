@@ -1,8 +1,10 @@
-"""``fonte token`` and ``fonte policy matrix`` against the gateway they describe."""
+"""``fonte token``, the start checks of ``fonte demo`` and ``serve``, and ``fonte policy``."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import jwt
 import pytest
@@ -13,6 +15,7 @@ from typer.testing import CliRunner, Result
 import gateway.cli
 from gateway.catalog import load_catalog
 from gateway.cli import app
+from gateway.datadir import claim_data_dir
 
 LOOKUP = "query($id: ID!) { customer(id: $id) { name creditLimit } }"
 
@@ -104,3 +107,139 @@ def test_matrix_shows_masks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dict(zip(roles, rows["Customer.name"], strict=True)) == {
         "dpo": "deny", "finance": "allow", "it": "mask:pseudonym:it", "sales": "allow",
         "sales-rep": "allow"}
+
+
+def test_token_corrupt_key_named(tmp_path: Path) -> None:
+    key_path = tmp_path / "keys" / "token-signing.pem"
+    key_path.parent.mkdir()
+    key_path.write_text("not a key\n", encoding="utf-8")
+
+    result = _run("token", "--role", "sales", "--data-dir", str(tmp_path))
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert " ".join(result.stderr.split()) == (
+        f"error: {key_path} is not a PEM private key; delete it to create a new "
+        "development key")
+
+
+def test_demo_port_out_of_range() -> None:
+    result = _run("demo", "--port", "99999")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--port'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_explain_names_missing_purpose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.cli, "console", Console(width=200, markup=False, highlight=False))
+
+    result = _run("policy", "explain", "--role", "sales", "--field", "Customer.name")
+
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[:2] == [
+        "Customer.name: deny",
+        "  no purpose given, so only rules for any purpose (*) apply; pass --purpose, one "
+        "of: sales, support",
+    ]
+
+
+def test_explain_unknown_role_rejected() -> None:
+    result = _run("policy", "explain", "--role", "nobody", "--field", "Customer.name")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert " ".join(result.stderr.split()) == (
+        "role 'nobody' has no rules in the policy; use one of dpo, finance, it, sales, "
+        "sales-rep")
+
+
+def test_policy_test_reads_byte_order_mark(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    table.write_bytes("\ufeffrole,purpose,field,expected\n"
+                      "sales,sales,Customer.iban,mask:last4\n".encode())
+
+    result = _run("policy", "test", str(table))
+
+    assert result.exit_code == 0
+    assert result.stdout.startswith("1 rows checked, 0 mismatches")
+
+
+def test_policy_test_not_utf8_named(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    table.write_bytes("role,purpose,field,expected\nsales,sales,Città,deny\n".encode("latin-1"))
+
+    result = _run("policy", "test", str(table))
+
+    assert result.exit_code == 2
+    assert " ".join(result.stderr.split()) == (
+        f"{table} is not UTF-8 text; save it as CSV in UTF-8")
+
+
+def test_demo_data_dir_in_use(tmp_path: Path) -> None:
+    lock = claim_data_dir(tmp_path)
+    try:
+        result = _run("demo", "--port", "0", "--customers", "5", "--data-dir", str(tmp_path))
+    finally:
+        lock.close()
+
+    assert result.exit_code == 2
+    assert " ".join(result.stderr.split()) == (
+        f"error: data dir '{tmp_path}' is in use by another gateway process (pid "
+        f"{os.getpid()}); give each gateway its own --data-dir")
+
+
+CRM_SECTION = """
+[systems.crm]
+dialect = "salesforce"
+login_url = "http://127.0.0.1:9"
+client_id_env = "PATH"
+client_secret_env = "PATH"
+"""
+
+ERP_SECTION = """
+[systems.erp]
+dialect = "odoo-jsonrpc"
+base_url = "http://127.0.0.1:9"
+database = "demo"
+login = "gateway"
+api_key_env = "PATH"
+"""
+
+
+def _serve_settings(tmp_path: Path, systems: str) -> Path:
+    # Port 9 is never opened: serve stops before it connects to any system.
+    settings = tmp_path / "fonte.toml"
+    settings.write_text(f"""
+[gateway]
+data_dir = "{tmp_path / 'data'}"
+
+[auth]
+development_tokens = true
+{systems}""", encoding="utf-8")
+    return settings
+
+
+def test_serve_data_dir_in_use(tmp_path: Path) -> None:
+    settings = _serve_settings(tmp_path, CRM_SECTION + ERP_SECTION)
+    lock = claim_data_dir(tmp_path / "data")
+    try:
+        result = _run("serve", "--config", str(settings))
+    finally:
+        lock.close()
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert " ".join(result.stderr.split()) == (
+        f"error: data dir '{tmp_path / 'data'}' is in use by another gateway process (pid "
+        f"{os.getpid()}); give each gateway its own --data-dir")
+
+
+def test_serve_missing_system_named(tmp_path: Path) -> None:
+    result = _run("serve", "--config", str(_serve_settings(tmp_path, CRM_SECTION)))
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert " ".join(result.stderr.split()) == (
+        "error: the schema reads from system(s) erp but the settings declare no "
+        "[systems.<name>] section for them")

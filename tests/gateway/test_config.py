@@ -216,3 +216,53 @@ def test_persisted_queries_section(tmp_path: Path) -> None:
 def test_bad_persisted_queries_named(tmp_path: Path, lines: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, VALID + f"\n[persisted_queries]\n{lines}\n"))
+
+
+@pytest.mark.parametrize(("section", "name", "text"), [
+    ("auth", "development_tokens",
+     VALID.replace("development_tokens = true", 'development_tokens = "false"')),
+    ("gateway", "graphiql", VALID.replace("port = 8100", 'port = 8100\ngraphiql = "false"')),
+    ("audit", "fail_open", VALID + '\n[audit]\nfail_open = "false"\n'),
+])
+def test_quoted_boolean_rejected(tmp_path: Path, section: str, name: str, text: str) -> None:
+    # The string "false" is truthy, so reading it as a flag would turn the setting on.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == (
+        f"[{section}] {name} = 'false' must be true or false, written without quotes")
+
+
+def test_boolean_flags_read(tmp_path: Path) -> None:
+    text = VALID.replace("port = 8100", "port = 8100\ngraphiql = true")
+    settings = load_settings(write(tmp_path, text + "\n[audit]\nfail_open = false\n"))
+
+    assert settings.graphiql is True
+    assert settings.audit_fail_open is False
+    assert settings.development_tokens is True
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('base_url = "https://erp.example"', 'base_url = "not a url"',
+     "[systems.erp] base_url = 'not a url' is invalid; set it to an http or https URL such "
+     'as "https://erp.example.com"'),
+    ('login_url = "https://crm.example"', 'login_url = "ftp://crm.example"',
+     "[systems.crm] login_url = 'ftp://crm.example' is invalid; set it to an http or https "
+     'URL such as "https://erp.example.com"'),
+])
+def test_system_url_checked(tmp_path: Path, old: str, new: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, VALID.replace(old, new)))
+
+    assert str(caught.value) == message
+
+
+def test_salesforce_error_names_section_once(tmp_path: Path) -> None:
+    text = VALID.replace('client_id_env = "TEST_CRM_ID"', 'client_id_env = "FONTE_TEST_UNSET"')
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == (
+        "[systems.crm] client_id_env names 'FONTE_TEST_UNSET', which is not set in the "
+        "environment")

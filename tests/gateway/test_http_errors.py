@@ -147,6 +147,44 @@ async def test_body_not_json_400(harness: Harness) -> None:
     assert _single_error(response) == ("BAD_REQUEST", "request body is not valid JSON")
 
 
+SURROGATE_BODIES = {
+    "search": (b'{"query": "query($s: String) { customers(first: 2, search: $s) '
+               b'{ edges { node { name } } } }", "variables": {"s": "a\\ud800"}}',
+               "variables.s"),
+    "list_item": (b'{"query": "{ __typename }", "variables": {"v": ["ok", "\\udfff"]}}',
+                  "variables.v[1]"),
+    "member_name": (b'{"query": "{ __typename }", "variables": {"\\ud800": 1}}',
+                    "a member name in variables"),
+}
+
+
+@pytest.mark.parametrize("case", SURROGATE_BODIES)
+async def test_lone_surrogate_400(harness: Harness, case: str) -> None:
+    # JSON allows a lone \ud800 escape, but no UTF-8 text or upstream query can carry it.
+    body, path = SURROGATE_BODIES[case]
+
+    response = await _post(harness, content=body,
+                           headers={**_bearer(harness), "Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert _single_error(response) == (
+        "BAD_REQUEST",
+        f"{path} contains a lone UTF-16 surrogate escape (\\ud800 to \\udfff), which is "
+        "not a Unicode character; escape characters outside the BMP as a pair or send them "
+        "as UTF-8")
+    assert harness.crm_requests() == []
+
+
+async def test_surrogate_pair_accepted(harness: Harness) -> None:
+    response = await _post(
+        harness, content=b'{"query": "query($s: String) { customers(first: 2, search: $s) '
+                         b'{ edges { node { name } } } }", "variables": {"s": "\\ud83d\\ude00"}}',
+        headers={**_bearer(harness), "Content-Type": "application/json"})
+
+    assert response.status_code == 200
+    assert response.json() == {"data": {"customers": {"edges": []}}}
+
+
 @pytest.mark.parametrize("payload", [[{"query": "{ __typename }"}], "{ __typename }", 42])
 async def test_body_not_object_400(harness: Harness, payload: Any) -> None:
     response = await _post(harness, json=payload, headers=_bearer(harness))

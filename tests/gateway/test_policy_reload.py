@@ -740,6 +740,9 @@ async def test_push_invalid_options(sqlite_url: str, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize(("database", "message"), [
     ("not a url", "--database is not a valid SQLAlchemy URL"),
     ("postgresql+asyncpg://fonte:pw@db.test/fonte", "--database must not contain a password"),
+    ("sqlite:///policy.db", "--database driver 'sqlite' is not an asyncio driver"),
+    ("postgresql://fonte@db.test/fonte", "--database driver 'postgresql' is not an asyncio"),
+    ("nosuch://db.test/fonte", "--database driver 'nosuch' is not an asyncio driver"),
 ])
 async def test_push_invalid_database(database: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
