@@ -216,3 +216,31 @@ def test_persisted_queries_section(tmp_path: Path) -> None:
 def test_bad_persisted_queries_named(tmp_path: Path, lines: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, VALID + f"\n[persisted_queries]\n{lines}\n"))
+
+
+def test_http_client_per_system(tmp_path: Path) -> None:
+    text = VALID.replace("timeout = 3", 'timeout = 3\nhttp_client = "httpx"')
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.http_clients == {"erp": "httpx"}
+    assert load_settings(write(tmp_path, VALID)).http_clients == {}
+
+
+def test_bad_http_client_named(tmp_path: Path) -> None:
+    text = VALID.replace("timeout = 3", 'timeout = 3\nhttp_client = "urllib3"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == ("[systems.erp] http_client = 'urllib3' is not supported; use "
+                                 "'aiohttp' or 'httpx'")
+
+
+def test_http_client_rejected_for_sql(tmp_path: Path) -> None:
+    erp = VALID[VALID.index("[systems.erp]"):]
+    text = VALID.replace(erp, '[systems.erp]\ndialect = "sql"\nurl = "sqlite+aiosqlite:///erp.db"\n'
+                         'http_client = "httpx"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == ("[systems.erp] http_client is not a setting of dialect sql, "
+                                 "which sends no HTTP requests; remove it")
