@@ -27,7 +27,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Literal, get_args
+from http.cookiejar import CookieJar
+from typing import Any, Literal, get_args
 
 import aiohttp
 import httpx
@@ -75,7 +76,7 @@ def new_client(timeout: float, http_client: HttpClient = DEFAULT_HTTP_CLIENT
                ) -> httpx.AsyncClient:
     """Create the client of one source, with ``timeout`` seconds for each phase of a request."""
     if http_client == "httpx":
-        return httpx.AsyncClient(timeout=timeout, limits=_LIMITS)
+        return _UpstreamClient(timeout=timeout, limits=_LIMITS)
     return _AiohttpClient(timeout=timeout, limits=_LIMITS)
 
 
@@ -86,7 +87,38 @@ def new_transport(http_client: HttpClient = DEFAULT_HTTP_CLIENT) -> httpx.AsyncB
     return MappedAiohttpTransport(limits=_LIMITS)
 
 
-class _AiohttpClient(httpx.AsyncClient):
+class _SetCookieCookies(httpx.Cookies):
+    """A cookie jar that reads only the responses that set a cookie.
+
+    For every response, httpx 0.29 wraps the request and the response for
+    ``http.cookiejar``, about 30 microseconds even when the response sets
+    no cookie. The jar's default policy ignores ``Set-Cookie2``, so a
+    response without ``Set-Cookie`` changes nothing and can be skipped.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+class _UpstreamClient(httpx.AsyncClient):
+    """An httpx client whose cookie jar is a ``_SetCookieCookies``, also after a reassignment."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cookies = self.cookies
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: httpx.Cookies | CookieJar | dict[str, str]
+                | list[tuple[str, str]]) -> None:
+        self._cookies = _SetCookieCookies(cookies)
+
+
+class _AiohttpClient(_UpstreamClient):
     """An httpx client whose requests go through aiohttp unless they go through a proxy.
 
     Passing ``transport=`` to ``httpx.AsyncClient`` would also turn off the

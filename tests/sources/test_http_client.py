@@ -226,3 +226,26 @@ async def test_environment_proxy_used(http_client: HttpClient,
 
     assert response.json() == {"ok": True}
     assert heads[0].startswith(b"GET http://erp.invalid/api HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
+async def test_reassigned_cookies_sent(http_client: HttpClient) -> None:
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for cookie in (b"", b"Set-Cookie: later=2; Path=/\r\n", b""):
+            heads.append(await read_head(reader))
+            writer.write(answer(OK_BODY, cookie))
+            await writer.drain()
+        writer.close()
+
+    async with raw_server(record) as url, new_client(5.0, http_client) as client:
+        url = url.replace("127.0.0.1", "localhost")
+        client.cookies = {"first": "1"}
+        for _ in range(3):
+            await send(client, "crm", "query", "GET", url + "/query")
+
+    assert b"cookie: first=1\r\n" in heads[0].lower()
+    assert b"cookie: first=1\r\n" in heads[1].lower()
+    assert b"later=2" in heads[2]
+    assert b"first=1" in heads[2]
