@@ -104,15 +104,19 @@ class Sample:
 def start_upstreams(customers: int, scratch: Path) -> Upstreams:
     """Start ``peers_upstreams.py`` and wait until it has written its addresses."""
     output = scratch / "upstreams.json"
-    log = (scratch / "upstreams.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "peers_upstreams.py"), "--customers", str(customers),
-         "--output", str(output)], stdout=log, stderr=subprocess.STDOUT)
+    log_path = scratch / "upstreams.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "peers_upstreams.py"), "--customers",
+             str(customers), "--output", str(output)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while not (output.exists() and output.stat().st_size > 0):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise BenchmarkError(f"the demo servers did not start; see {scratch}/upstreams.log")
+            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
+            raise BenchmarkError("the demo servers did not start within "
+                                 f"{STARTUP_TIMEOUT_SECONDS:g} s; their output ends with:\n"
+                                 + "\n".join(tail))
         time.sleep(0.2)
     return Upstreams(process, json.loads(output.read_text(encoding="utf-8")))
 
@@ -200,7 +204,7 @@ async def run_fetch(workload: Workload) -> None:
 
 
 async def run_round(workload: Workload, fetches: int, concurrency: int) -> tuple[float, float]:
-    """Run ``fetches`` fetches, ``concurrency`` at a time; return (CPU s, wall s)."""
+    """Run ``fetches`` fetches, ``concurrency`` at a time, and return (CPU s, wall s)."""
     remaining = fetches
 
     async def worker() -> None:
@@ -352,7 +356,11 @@ def run_on_uvloop(measure_in_loop: Callable[[], Coroutine[Any, Any, list[Sample]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fonte-upstream-client-") as scratch:
-        upstreams = start_upstreams(args.customers, Path(scratch))
+        try:
+            upstreams = start_upstreams(args.customers, Path(scratch))
+        except BenchmarkError as exc:
+            print(f"upstream_client: {exc}", file=sys.stderr)
+            return 1
         try:
             load_before = os.getloadavg()[0]
             samples = run_on_uvloop(lambda: measure(upstreams.description, args))
