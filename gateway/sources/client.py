@@ -91,9 +91,10 @@ class _SetCookieCookies(httpx.Cookies):
     """A cookie jar that reads only the responses that set a cookie.
 
     For every response, httpx 0.29 wraps the request and the response for
-    ``http.cookiejar``, about 30 microseconds even when the response sets
-    no cookie. The jar's default policy ignores ``Set-Cookie2``, so a
-    response without ``Set-Cookie`` changes nothing and can be skipped.
+    ``http.cookiejar``, about 24 microseconds (timeit) even when the
+    response sets no cookie. The jar's default policy ignores
+    ``Set-Cookie2``, so a response without ``Set-Cookie`` changes nothing
+    and can be skipped.
     """
 
     def extract_cookies(self, response: httpx.Response) -> None:
@@ -107,6 +108,9 @@ class _UpstreamClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cookies = self.cookies
+
+    # NOTE: the property mirrors httpx 0.29's, which keeps the jar in the
+    # private attribute ``_cookies``. A later httpx may store it elsewhere.
 
     @property
     def cookies(self) -> httpx.Cookies:
