@@ -58,6 +58,22 @@ def answer(body: bytes, extra_headers: bytes = b"") -> bytes:
             + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
+def answering(headers: tuple[bytes, ...], heads: list[bytes]) -> Handler:
+    """Return a handler that answers one request per entry of ``headers`` on one connection.
+
+    Each response is ``OK_BODY`` with that entry's extra header lines, and
+    each request head is appended to ``heads``.
+    """
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for extra in headers:
+            heads.append(await read_head(reader))
+            writer.write(answer(OK_BODY, extra))
+            await writer.drain()
+        writer.close()
+
+    return handler
+
+
 async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_head(reader)
     writer.close()
@@ -126,13 +142,7 @@ async def test_silent_server_times_out(http_client: HttpClient) -> None:
 @pytest.mark.parametrize("http_client", HTTP_CLIENTS)
 async def test_keep_alive_and_cookies(http_client: HttpClient) -> None:
     heads: list[bytes] = []
-
-    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for cookie in (b"Set-Cookie: session=abc; Path=/\r\n", b"", b""):
-            heads.append(await read_head(reader))
-            writer.write(answer(OK_BODY, cookie))
-            await writer.drain()
-        writer.close()
+    keep_alive = answering((b"Set-Cookie: session=abc; Path=/\r\n", b"", b""), heads)
 
     # A host name, not an address: aiohttp's default cookie jar ignores cookies
     # of IP addresses, so only a name shows whether a second jar keeps them.
@@ -209,12 +219,7 @@ def test_http_client_setting_checked() -> None:
 async def test_environment_proxy_used(http_client: HttpClient,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     heads: list[bytes] = []
-
-    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await read_head(reader))
-        writer.write(answer(OK_BODY))
-        await writer.drain()
-        writer.close()
+    proxy = answering((b"",), heads)
 
     async with raw_server(proxy) as proxy_url:
         for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
@@ -231,13 +236,7 @@ async def test_environment_proxy_used(http_client: HttpClient,
 @pytest.mark.parametrize("http_client", HTTP_CLIENTS)
 async def test_reassigned_cookies_sent(http_client: HttpClient) -> None:
     heads: list[bytes] = []
-
-    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for cookie in (b"", b"Set-Cookie: later=2; Path=/\r\n", b""):
-            heads.append(await read_head(reader))
-            writer.write(answer(OK_BODY, cookie))
-            await writer.drain()
-        writer.close()
+    record = answering((b"", b"Set-Cookie: later=2; Path=/\r\n", b""), heads)
 
     async with raw_server(record) as url, new_client(5.0, http_client) as client:
         url = url.replace("127.0.0.1", "localhost")
