@@ -69,6 +69,7 @@ from gateway.policy_watch import PolicyWatchers, open_policy
 from gateway.principal import Principal
 from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.sources import Source
+from gateway.sources.client import DEFAULT_HTTP_CLIENT, HttpClient, new_client
 from gateway.sources.dataverse import DataverseSettings, DataverseSource
 from gateway.sources.mapping import MappedSource
 from gateway.sources.odoo import (
@@ -140,7 +141,8 @@ class Gateway:
             catalog, settings.policy or PolicySettings(directory=settings.policy_dir))
         check_declared_systems(catalog, settings)
         sources: dict[str, Source] = {
-            name: ResilientSource(_source(name, spec, (clients or {}).get(name)),
+            name: ResilientSource(_source(name, spec, (clients or {}).get(name),
+                                          settings.http_clients.get(name, DEFAULT_HTTP_CLIENT)),
                                   settings.resilience.get(name, ResiliencePolicy()))
             for name, spec in settings.systems.items()
         }
@@ -209,7 +211,10 @@ async def _open_audit_store(settings: Settings, checkpoint_key: CheckpointKey,
         checkpoint_interval=settings.audit_checkpoint_interval)
 
 
-def _source(name: str, spec: Any, client: httpx.AsyncClient | None) -> Source:
+def _source(name: str, spec: Any, client: httpx.AsyncClient | None,
+            http_client: HttpClient) -> Source:
+    if client is None and not isinstance(spec, SqlSettings):
+        client = new_client(spec.timeout, http_client)
     if isinstance(spec, DataverseSettings):
         dataverse = DataverseSource(name, spec, client)
         return MappedSource(dataverse, spec.entities) if spec.entities else dataverse

@@ -31,6 +31,8 @@ Example::
     client_id_env = "FONTE_CRM_CLIENT_ID"
     client_secret_env = "FONTE_CRM_CLIENT_SECRET"
 
+    # http_client = "httpx"    # optional; "aiohttp" (the default) or "httpx"
+
     [systems.crm.resilience]   # optional; these are the defaults
     timeout = 30               # seconds for a whole read, retries included
     max_concurrency = 10
@@ -66,6 +68,7 @@ from gateway.policy_reload import PolicySettings, policy_settings_from_table
 from gateway.ratelimit import RateLimit
 from gateway.role_claims import RoleMapping, role_mapping_from_table
 from gateway.secrets import read_secret
+from gateway.sources.client import HttpClient, check_http_client
 from gateway.sources.dataverse import DataverseSettings
 from gateway.sources.mapping import entities_from_table
 from gateway.sources.odoo import OdooJson2Settings, OdooSettings
@@ -130,6 +133,8 @@ class Settings:
     # the demo, the tests and the benchmarks send bursts from one user.
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(rate=0))
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
+    # The HTTP client of each system that sets one; other HTTP systems use aiohttp.
+    http_clients: dict[str, HttpClient] = field(default_factory=dict)
     # None: the policy is read once from policy_dir, with no reload watchers.
     policy: PolicySettings | None = None
     persisted_queries: PersistedQuerySettings = field(default_factory=PersistedQuerySettings)
@@ -229,6 +234,7 @@ def load_settings(path: Path) -> Settings:
                                                            DEFAULT_RETENTION_MONTHS)),
         audit_auto_purge=_auto_purge(audit.get("auto_purge", True)),
         resilience=resilience,
+        http_clients=_http_clients(document, systems),
         policy=policy_settings_from_table(policy, base),
         max_body_bytes=_integer("limits", "max_body_bytes",
                                 limits.get("max_body_bytes", 1_000_000), 1_000, 100_000_000),
@@ -311,6 +317,19 @@ def _resilience(document: dict[str, Any], systems: dict[str, SystemSettings]
                 "so one attempt can finish")
         policies[name] = policy
     return policies
+
+
+def _http_clients(document: dict[str, Any], systems: dict[str, SystemSettings]
+                  ) -> dict[str, HttpClient]:
+    chosen = {}
+    for name, spec in _table(document, "systems").items():
+        if "http_client" not in spec:
+            continue
+        if isinstance(systems[name], SqlSettings):
+            raise ConfigError(f"[systems.{name}] http_client is not a setting of dialect sql, "
+                              "which sends no HTTP requests; remove it")
+        chosen[name] = check_http_client(f"systems.{name}", spec["http_client"])
+    return chosen
 
 
 def _table(document: dict[str, Any], name: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import httpx
 
 from gateway.errors import UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
 from gateway.sources import FetchRequest, Row
+from gateway.sources.client import new_client
 from gateway.sources.http import json_body, send, status_error
 from gateway.sources.mapping import EntityMap
 from gateway.sources.odata import Flavour, ODataSource, error_code, generic_error
@@ -68,7 +69,7 @@ class DataverseSource(ODataSource):
 
     def __init__(self, name: str, settings: DataverseSettings,
                  client: httpx.AsyncClient | None = None) -> None:
-        super().__init__(name, client or httpx.AsyncClient(timeout=settings.timeout))
+        super().__init__(name, client or new_client(settings.timeout))
         self._settings = settings
         self._token: tuple[str, float] | None = None  # (access token, monotonic expiry)
         self._token_lock = asyncio.Lock()

@@ -43,6 +43,8 @@ class MappedSource:
         self.inner = inner
         self.name = inner.name
         self._entities = dict(entities)
+        self._inverses = {entity: inverse_attributes(mapping)
+                          for entity, mapping in self._entities.items()}
 
     @property
     def supports_row_filters(self) -> bool:
@@ -56,7 +58,9 @@ class MappedSource:
         if mapping is None:
             return await self.inner.fetch(request)
         rows = await self.inner.fetch(map_request(request, mapping))
-        return [unmap_row(row, request.attributes, mapping) for row in rows]
+        inverse = self._inverses[request.entity]
+        requested = [(name, mapping.attribute(name)) for name in request.attributes]
+        return [unmap_row(row, inverse, requested) for row in rows]
 
 
 def map_request(request: FetchRequest, mapping: EntityMap) -> FetchRequest:
@@ -80,19 +84,28 @@ def map_request(request: FetchRequest, mapping: EntityMap) -> FetchRequest:
     )
 
 
-def unmap_row(row: Row, attributes: tuple[str, ...], mapping: EntityMap) -> Row:
-    """Return ``row`` keyed by the schema's names.
+def inverse_attributes(mapping: EntityMap) -> dict[str, str]:
+    """Return the schema name of each mapped system attribute.
 
-    Each requested attribute is looked up by its system name, so two schema
-    attributes mapped onto one system attribute both get its value. Keys the
-    request did not name are renamed back where the mapping is one-to-one.
+    Where two schema attributes map onto one system attribute, the first wins.
     """
     inverse: dict[str, str] = {}
     for schema_name, system_name in mapping.attributes.items():
         inverse.setdefault(system_name, schema_name)
+    return inverse
+
+
+def unmap_row(row: Row, inverse: Mapping[str, str],
+              requested: list[tuple[str, str]]) -> Row:
+    """Return ``row`` keyed by the schema's names.
+
+    ``requested`` pairs each requested schema attribute with its system name.
+    Each one is looked up by its system name, so two schema attributes mapped
+    onto one system attribute both get its value. Keys the request did not
+    name are renamed back with ``inverse`` (from ``inverse_attributes``).
+    """
     result: Row = {inverse.get(key, key): value for key, value in row.items()}
-    for name in attributes:
-        system_name = mapping.attribute(name)
+    for name, system_name in requested:
         if system_name in row:
             result[name] = row[system_name]
     return result

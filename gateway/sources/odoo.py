@@ -39,6 +39,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Many2one, Row, order_terms
+from gateway.sources.client import new_client
 from gateway.sources.http import json_body, send, status_error
 
 log = logging.getLogger("gateway.upstream")
@@ -200,7 +201,7 @@ class OdooJsonRpcSource(OdooSource):
                  client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self._settings = settings
-        self._client = client or httpx.AsyncClient(timeout=settings.timeout)
+        self._client = client or new_client(settings.timeout)
         self._uid: int | None = None
         self._uid_lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -283,7 +284,7 @@ class OdooJson2Source(OdooSource):
                  client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self._settings = settings
-        self._client = client or httpx.AsyncClient(timeout=settings.timeout)
+        self._client = client or new_client(settings.timeout)
         self._headers = {"Authorization": f"bearer {settings.api_key}", "User-Agent": USER_AGENT}
         if settings.database:
             self._headers["X-Odoo-Database"] = settings.database

@@ -43,6 +43,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Row, chunk_by_size, matches, order_terms
+from gateway.sources.client import new_client
 from gateway.sources.http import json_body, retry_after, send, status_error
 from gateway.sources.mapping import EntityMap
 from gateway.sources.odata import error_code
@@ -158,7 +159,7 @@ class RestSource:
                  client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self._settings = settings
-        self._client = client or httpx.AsyncClient(timeout=settings.timeout)
+        self._client = client or new_client(settings.timeout)
         self._slots = asyncio.Semaphore(settings.parallel_requests)
         self._origin = _origin(settings.base_url)
 

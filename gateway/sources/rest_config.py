@@ -42,7 +42,8 @@ _READ_SETTINGS = frozenset({*_TEXT, *_OPTIONAL_TEXT, *_COUNTS, "ids_repeat", "pa
 _SYSTEM_SETTINGS = frozenset({"dialect", "base_url", "timeout", "resilience", "entities",
                               "auth", "token", "token_env", "token_file", "api_key",
                               "api_key_env",
-                              "api_key_file", "api_key_header", "parallel_requests"})
+                              "api_key_file", "api_key_header", "parallel_requests",
+                              "http_client"})
 _ENTITY_SETTINGS = frozenset({"name", "attributes", "filters"})
 
 

@@ -38,6 +38,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Row, chunk_by_size, order_terms
+from gateway.sources.client import new_client
 from gateway.sources.http import json_body, send, status_error
 
 log = logging.getLogger("gateway.upstream")
@@ -213,7 +214,7 @@ class SalesforceSource:
                  client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self._settings = settings
-        self._client = client or httpx.AsyncClient(timeout=settings.timeout)
+        self._client = client or new_client(settings.timeout)
         self._signing_key = (load_private_key(settings.private_key_pem)
                              if settings.private_key_pem else None)
         self._token: tuple[str, str] | None = None  # (access token, instance URL)

@@ -39,6 +39,7 @@ import httpx
 
 from gateway.errors import UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
 from gateway.sources import FetchRequest, Row
+from gateway.sources.client import new_client
 from gateway.sources.http import send
 from gateway.sources.mapping import EntityMap
 from gateway.sources.odata import Flavour, ODataSource, error_code, generic_error
@@ -106,7 +107,7 @@ class SapSource(ODataSource):
 
     def __init__(self, name: str, settings: SapSettings,
                  client: httpx.AsyncClient | None = None) -> None:
-        super().__init__(name, client or httpx.AsyncClient(timeout=settings.timeout))
+        super().__init__(name, client or new_client(settings.timeout))
         self._settings = settings
         self._auth = httpx.BasicAuth(settings.user, settings.password)
         self._csrf: str | None = None

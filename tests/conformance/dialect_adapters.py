@@ -60,6 +60,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Source
+from gateway.sources.client import DEFAULT_HTTP_CLIENT, HttpClient, new_transport
 from gateway.sources.dataverse import MAX_PAGE_SIZE, DataverseSettings, DataverseSource
 from gateway.sources.mapping import EntityMap, MappedSource
 from gateway.sources.odoo import (
@@ -185,11 +186,12 @@ class Adapter(ABC):
 
     @abstractmethod
     def source(self, *, timeout: float = 10.0, empty: EmptyForm | None = None,
-               paged: bool = False) -> Source:
+               paged: bool = False, http_client: HttpClient = DEFAULT_HTTP_CLIENT) -> Source:
         """Build a source. ``empty`` rewrites every ``sample.empty`` value to that form.
 
         ``paged`` makes pages ``page_size`` rows long, and otherwise they have
-        the dialect's default size.
+        the dialect's default size. ``http_client`` picks the transport of a
+        fake on a real socket.
         """
 
     @abstractmethod
@@ -304,11 +306,11 @@ class HttpAdapter(Adapter):
             await stop_background(self._server)
 
     def source(self, *, timeout: float = 10.0, empty: EmptyForm | None = None,
-               paged: bool = False) -> Source:
+               paged: bool = False, http_client: HttpClient = DEFAULT_HTTP_CLIENT) -> Source:
         assert self.app is not None, "start the adapter first"
         transport: httpx.AsyncBaseTransport
         if self._server is not None:
-            transport = httpx.AsyncHTTPTransport()
+            transport = new_transport(http_client)
         else:
             transport = httpx.ASGITransport(app=self.app)
         if empty is not None:
@@ -652,7 +654,7 @@ class SqlAdapter(Adapter):
             await source.aclose()
 
     def source(self, *, timeout: float = 10.0, empty: EmptyForm | None = None,
-               paged: bool = False) -> Source:
+               paged: bool = False, http_client: HttpClient = DEFAULT_HTTP_CLIENT) -> Source:
         # The demo ERP contains real NULLs, so the null form needs no rewriting.
         assert empty in (None, "null"), f"{empty} does not apply to SQL"
         source = SqlSource("erp", SqlSettings(url=self.url, timeout=timeout))

@@ -35,6 +35,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Row, Source
+from gateway.sources.client import HTTP_CLIENTS, HttpClient
 
 ADAPTER_NAMES = [*ADAPTERS, *(f"sql-{backend}" for backend in SQL_BACKENDS)]
 
@@ -255,9 +256,11 @@ async def test_bad_credentials_auth_failed(adapter: Adapter, demo_data: DemoData
 
 
 @pytest.mark.loopback
-async def test_slow_upstream_times_out(adapter: Adapter, demo_data: DemoData) -> None:
+@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
+async def test_slow_upstream_times_out(adapter: Adapter, demo_data: DemoData,
+                                       http_client: HttpClient) -> None:
     applies(adapter, "slow")
-    source = adapter.source(timeout=TIMEOUT)
+    source = adapter.source(timeout=TIMEOUT, http_client=http_client)
     await warm_up(adapter, source, demo_data)
     replaced = await adapter.inject("slow")
 
@@ -266,9 +269,11 @@ async def test_slow_upstream_times_out(adapter: Adapter, demo_data: DemoData) ->
 
 
 @pytest.mark.loopback
-async def test_dropped_connection_unavailable(adapter: Adapter, demo_data: DemoData) -> None:
+@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
+async def test_dropped_connection_unavailable(adapter: Adapter, demo_data: DemoData,
+                                              http_client: HttpClient) -> None:
     applies(adapter, "drop")
-    source = adapter.source()
+    source = adapter.source(http_client=http_client)
     await warm_up(adapter, source, demo_data)
     replaced = await adapter.inject("drop")
 
@@ -278,9 +283,12 @@ async def test_dropped_connection_unavailable(adapter: Adapter, demo_data: DemoD
     assert type(caught.value) is UpstreamUnavailable
 
 
-async def test_malformed_json_unavailable(adapter: Adapter, demo_data: DemoData) -> None:
+@pytest.mark.loopback
+@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
+async def test_malformed_json_unavailable(adapter: Adapter, demo_data: DemoData,
+                                          http_client: HttpClient) -> None:
     applies(adapter, "malformed")
-    source = adapter.source()
+    source = adapter.source(http_client=http_client)
     await warm_up(adapter, source, demo_data)
     await adapter.inject("malformed")
 

@@ -266,3 +266,31 @@ def test_salesforce_error_names_section_once(tmp_path: Path) -> None:
     assert str(caught.value) == (
         "[systems.crm] client_id_env names 'FONTE_TEST_UNSET', which is not set in the "
         "environment")
+
+
+def test_http_client_per_system(tmp_path: Path) -> None:
+    text = VALID.replace("timeout = 3", 'timeout = 3\nhttp_client = "httpx"')
+    settings = load_settings(write(tmp_path, text))
+
+    assert settings.http_clients == {"erp": "httpx"}
+    assert load_settings(write(tmp_path, VALID)).http_clients == {}
+
+
+def test_bad_http_client_named(tmp_path: Path) -> None:
+    text = VALID.replace("timeout = 3", 'timeout = 3\nhttp_client = "urllib3"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == ("[systems.erp] http_client = 'urllib3' is not supported; use "
+                                 "'aiohttp' or 'httpx'")
+
+
+def test_http_client_rejected_for_sql(tmp_path: Path) -> None:
+    erp = VALID[VALID.index("[systems.erp]"):]
+    text = VALID.replace(erp, '[systems.erp]\ndialect = "sql"\nurl = "sqlite+aiosqlite:///erp.db"\n'
+                         'http_client = "httpx"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == ("[systems.erp] http_client is not a setting of dialect sql, "
+                                 "which sends no HTTP requests; remove it")
