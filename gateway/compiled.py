@@ -18,18 +18,24 @@ value by response key:
 NOTE: field arguments are not evaluated here, so graphql-core's error for
 an argument that fails coercion at execution cannot occur. The planner has
 already evaluated the arguments of every field that execution reaches and
-answers HTTP 400 when one fails.
+rejects the request with HTTP 400 when one fails.
 
 Shapes depend on the values of the variables that ``@include``/``@skip``
 read, so one shape is compiled per document, operation and those values.
-``tests/gateway/test_compiled_executor.py`` compares both executors on
+``tests/security/test_compiled_executor.py`` compares both executors on
 generated operations, byte for byte.
+
+NOTE: ``collect_fields``, ``collect_subfields`` and ``Executor.build`` are
+graphql-core 3.3 internals, documented "for internal use only", so a
+graphql-core upgrade can break this module. The differential test and the
+tests in ``tests/gateway/test_compiled_shapes.py`` would then fail.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +109,8 @@ class _Field:
     nullable: bool
     typename: str = ""
     pass_through: type | None = None
+    # The leaf type's output coercion, for the fast path of a leaf.
+    coerce: Callable[[Any], Any] | None = None
     # The object fields of an object or of a list's items, for the fast paths.
     fields: list[_Field] = field(default_factory=list)
     item_type: _Type | None = None
@@ -265,6 +273,7 @@ class _Compiler:
         if is_leaf_type(named.graphql_type):
             compiled.kind = _LEAF
             compiled.pass_through = named.pass_through
+            compiled.coerce = named.graphql_type.coerce_output_value
         elif is_object_type(named.graphql_type):
             compiled.kind = _OBJECT
             compiled.fields = named.fields
@@ -332,6 +341,8 @@ class _Run:
                 data[key] = None
             elif kind == _LEAF and type(value) is compiled.pass_through:
                 data[key] = value
+            elif kind == _LEAF and value is not None and not isinstance(value, Exception):
+                data[key] = self._leaf(compiled, value, (path, key))
             elif kind == _OBJECT and type(value) is dict:
                 data[key] = self._object(compiled, value, (path, key))
             elif kind == _LIST_OF_OBJECTS and type(value) is list:
@@ -339,6 +350,17 @@ class _Run:
             else:
                 data[key] = self._field(compiled, value, (path, key))
         return data
+
+    def _leaf(self, compiled: _Field, value: Any, path: _Path) -> Any:
+        """Coerce a leaf value; on any failure let ``_field`` raise and locate the error."""
+        assert compiled.coerce is not None
+        try:
+            coerced = compiled.coerce(value)
+        except Exception:  # coercion is repeated below, where the error is located
+            coerced = None
+        if coerced is None or coerced is Undefined:
+            return self._field(compiled, value, path)
+        return coerced
 
     def _object(self, compiled: _Field, value: dict[str, Any], path: _Path) -> Any:
         try:

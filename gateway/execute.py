@@ -188,7 +188,7 @@ class Executor:
         """
         prepared = fetched.prepared
         shape = None
-        if executor == "compiled" and not _introspects(prepared.operation, prepared.fragments):
+        if executor == "compiled":  # introspection is not compiled, so it gets None here
             shape = self.shapes.shape(prepared.document, request.operation_name,
                                       request.variables, prepared.variables.coerced)
         if shape is not None:
