@@ -318,6 +318,7 @@ class Executor:
 
     def build_root(self, plan: Plan, nodes: Mapping[str, Any], builder: Builder
                     ) -> dict[str, Any]:
+        """Return the values of the root fields, built from the fetched records."""
         root: dict[str, Any] = {}
         for pick in plan.roots:
             outcome = nodes[pick.response_key]

@@ -2,8 +2,8 @@
 
 Random operations from ``operations.py`` (aliases, fragments, ``@include``
 and ``@skip`` with variables, ``__typename``, nested relations) are planned
-and fetched once for a role, and the same built value tree is executed by
-both executors; the two JSON bodies must be identical, key order included.
+and fetched for a role. Both executors then execute the same built value
+tree, and the two JSON bodies must be identical, key order included.
 
 To make failures likely, the records are served from memory with some
 values spoiled: rows without their key (null in a non-null ``id``), rows
@@ -66,7 +66,7 @@ EXERCISED = {"sales": _FAILURES, "sales-rep": _FAILURES, "finance": _FAILURES,
 
 
 class MemorySource:
-    """Serves a fixed set of records the way a dialect answers a ``FetchRequest``.
+    """Returns rows of a fixed set of records for a ``FetchRequest``, as a dialect does.
 
     Reading an entity in ``failing`` raises ``UpstreamError``, as a dialect
     does when its system is down.
@@ -143,7 +143,7 @@ def source_of(catalog: Catalog, data: DemoData, system: str) -> MemorySource:
 
 @dataclass(frozen=True)
 class Scenario:
-    """The records one execution sees: clean (0) or spoiled (1, 2), and the entities that fail."""
+    """The records of one execution: clean (0) or spoiled (1, 2), and the entities that fail."""
 
     variant: int
     failing: frozenset[str] = frozenset()
