@@ -122,7 +122,7 @@ class Executor:
         self._max_search = max_search_length
         self._parse = lru_cache(maxsize=512)(self._parse_and_validate)
         self._visible: dict[tuple[frozenset[str], str | None, str], GraphQLSchema] = {}
-        self.executor = executor
+        self.configured_executor = executor
         self.shapes = ShapeCache(schema.graphql_schema)
 
     async def run(self, request: GraphQLRequest, principal: Principal,
@@ -148,7 +148,7 @@ class Executor:
                     log.warning("request %s served without its audit record (fail-open)",
                                 request_id)
 
-        body = self.respond(request, fetched, root, self.executor)
+        body = self.respond(request, fetched, root, self.configured_executor)
         return GraphQLResponse(200, body, fetched.headers)
 
     async def fetch(self, request: GraphQLRequest, principal: Principal
