@@ -163,7 +163,8 @@ class Gateway:
         policy.on_change = recorder.policy_changed
         keys = PseudonymKeys(load_or_create_key(settings.mask_key_path))
         executor = Executor(catalog, schema, policy, sources, recorder, keys,
-                            settings.operation_limits, settings.max_search_length)
+                            settings.operation_limits, settings.max_search_length,
+                            settings.executor)
         verifier = TokenVerifier(_token_settings(settings))
         persisted = PersistedQueries.load(settings.persisted_queries)
         log.info("gateway ready: %d systems, policy %s, audit store %s", len(sources),

@@ -59,6 +59,7 @@ from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 
 from gateway.catalog import default_schema_dir
+from gateway.compiled import EXECUTORS
 from gateway.errors import ConfigError
 from gateway.identity import DEFAULT_LEEWAY_SECONDS, DEV_AUDIENCE, DEV_ISSUER
 from gateway.limits import OperationLimits
@@ -138,6 +139,8 @@ class Settings:
     # None: the policy is read once from policy_dir, with no reload watchers.
     policy: PolicySettings | None = None
     persisted_queries: PersistedQuerySettings = field(default_factory=PersistedQuerySettings)
+    # How responses are assembled from the fetched values: "compiled" or "graphql-core".
+    executor: str = "compiled"
 
     @property
     def audit_path(self) -> Path:
@@ -254,7 +257,15 @@ def load_settings(path: Path) -> Settings:
             rate=_rate("limits", "requests_per_second", limits.get("requests_per_second", 20)),
             burst=_integer("limits", "burst", limits.get("burst", 40), 1, 100_000)),
         persisted_queries=_persisted_queries(_table(document, "persisted_queries"), base),
+        executor=_executor(gateway.get("executor", "compiled")),
     )
+
+
+def _executor(value: Any) -> str:
+    if value not in EXECUTORS:
+        raise ConfigError(f"[gateway] executor is {value!r}; set it to \"compiled\" (the "
+                          "default) or \"graphql-core\"")
+    return str(value)
 
 
 _AUTH_SETTINGS = {"public_key_file", "development_tokens", "jwks_url", "jwks_timeout",

@@ -1,9 +1,12 @@
 """Run one GraphQL request: parse, validate, plan, fetch, audit, respond.
 
-graphql-core executes the operation over values prepared in advance, so
-it only walks dicts: aliases, fragments, ``__typename``, null propagation
-and error paths behave exactly as the GraphQL specification defines, while
-no field resolver does I/O.
+The operation is executed over values prepared in advance, so execution
+only walks dicts and no field resolver does I/O. By default the compiled
+executor of ``gateway.compiled`` walks them. graphql-core does so for
+introspection, for what the compiler does not support, and for every
+operation under ``[gateway] executor = "graphql-core"``. Both give the
+same aliases, fragments, ``__typename``, null propagation and error paths,
+as the GraphQL specification defines them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from graphql import (
     DocumentNode,
+    ExecutionResult,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -34,6 +38,7 @@ from graphql.execution.values import VariableValues, get_variable_values
 from gateway.audit_events import AuditRecorder
 from gateway.build import CURSOR_DOMAIN, Builder, client_error, decode_cursor, forbidden
 from gateway.catalog import Catalog
+from gateway.compiled import CompiledResult, ShapeCache, execute_shape
 from gateway.errors import AuditError
 from gateway.fetch import Budget, Fetcher, FetchStats, Node
 from gateway.graphql_schema import MAX_PAGE_SIZE, GatewaySchema
@@ -87,13 +92,25 @@ class _Prepared:
     variables: VariableValues
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A planned request and the records read for it, before values are built."""
+
+    prepared: _Prepared
+    plan: Plan
+    nodes: dict[str, Node | Any]
+    stats: FetchStats
+    headers: dict[str, str]
+
+
 class Executor:
     """Runs GraphQL requests for one schema, policy and set of sources."""
 
     def __init__(self, catalog: Catalog, schema: GatewaySchema, policy: PolicyHolder,
                  sources: Mapping[str, Source], recorder: AuditRecorder,
                  keys: PseudonymKeys, limits: OperationLimits | None = None,
-                 max_search_length: int = MAX_SEARCH_LENGTH) -> None:
+                 max_search_length: int = MAX_SEARCH_LENGTH, executor: str = "compiled"
+                 ) -> None:
         self._catalog = catalog
         self._schema = schema
         self._policy = policy
@@ -105,9 +122,38 @@ class Executor:
         self._max_search = max_search_length
         self._parse = lru_cache(maxsize=512)(self._parse_and_validate)
         self._visible: dict[tuple[frozenset[str], str | None, str], GraphQLSchema] = {}
+        self.configured_executor = executor
+        self.shapes = ShapeCache(schema.graphql_schema)
 
     async def run(self, request: GraphQLRequest, principal: Principal,
                   request_id: str) -> GraphQLResponse:
+        fetched = await self.fetch(request, principal)
+        if isinstance(fetched, GraphQLResponse):
+            return fetched
+        prepared, plan, nodes = fetched.prepared, fetched.plan, fetched.nodes
+
+        builder = Builder(self._keys)
+        root = self.build_root(plan, nodes, builder)
+        if self._recorder.must_record(plan):
+            try:
+                await self._recorder.record(
+                    principal=principal, request_id=request_id, query=request.query,
+                    operation_name=_operation_name(prepared.operation), plan=plan,
+                    facts=builder.facts, stats=fetched.stats, policy_version=plan.view.version)
+            except AuditError:
+                if not self._recorder.fail_open:
+                    root = self.build_root(plan, nodes,
+                                           Builder(self._keys, withhold_personal=True))
+                else:
+                    log.warning("request %s served without its audit record (fail-open)",
+                                request_id)
+
+        body = self.respond(request, fetched, root, self.configured_executor)
+        return GraphQLResponse(200, body, fetched.headers)
+
+    async def fetch(self, request: GraphQLRequest, principal: Principal
+                    ) -> Fetched | GraphQLResponse:
+        """Plan the request and read its records, or return the response that rejects it."""
         try:
             prepared = self._prepare(request)
         except RequestError as exc:
@@ -132,32 +178,31 @@ class Executor:
         seconds = self._limits.request_timeout
         budget = Budget(asyncio.get_running_loop().time() + seconds, seconds)
         nodes = await self._fetch_roots(plan, stats, budget)
+        return Fetched(prepared, plan, nodes, stats, headers)
 
-        builder = Builder(self._keys)
-        root = self._build_root(plan, nodes, builder)
-        if self._recorder.must_record(plan):
-            try:
-                await self._recorder.record(
-                    principal=principal, request_id=request_id, query=request.query,
-                    operation_name=_operation_name(prepared.operation), plan=plan,
-                    facts=builder.facts, stats=stats, policy_version=view.version)
-            except AuditError:
-                if not self._recorder.fail_open:
-                    root = self._build_root(plan, nodes,
-                                            Builder(self._keys, withhold_personal=True))
-                else:
-                    log.warning("request %s served without its audit record (fail-open)",
-                                request_id)
+    def respond(self, request: GraphQLRequest, fetched: Fetched, root: dict[str, Any],
+                executor: str) -> dict[str, Any]:
+        """Execute the operation over the built values with ``executor``; return the body.
 
-        result = execute_sync(
-            self._executable_schema(plan, prepared), prepared.document, root_value=root,
-            variable_values=request.variables, operation_name=request.operation_name,
-            field_resolver=_by_response_key,
-        )
+        ``executor`` is one of ``gateway.compiled.EXECUTORS``.
+        """
+        prepared = fetched.prepared
+        shape = None
+        if executor == "compiled":  # introspection is not compiled, so it gets None here
+            shape = self.shapes.shape(prepared.document, request.operation_name,
+                                      request.variables, prepared.variables.coerced)
+        if shape is not None:
+            result: ExecutionResult | CompiledResult = execute_shape(shape, root)
+        else:
+            result = execute_sync(
+                self._executable_schema(fetched.plan, prepared), prepared.document,
+                root_value=root, variable_values=request.variables,
+                operation_name=request.operation_name, field_resolver=_by_response_key,
+            )
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
-        return GraphQLResponse(200, body, headers)
+        return body
 
     def _too_costly(self, cost: int) -> GraphQLError:
         limit = self._limits.max_cost
@@ -271,8 +316,9 @@ class Executor:
                             after=after, search=search, any_of=pick.child.row_filter or (),
                             visible=pick.child.row_filter != ())
 
-    def _build_root(self, plan: Plan, nodes: Mapping[str, Any], builder: Builder
+    def build_root(self, plan: Plan, nodes: Mapping[str, Any], builder: Builder
                     ) -> dict[str, Any]:
+        """Return the values of the root fields, built from the fetched records."""
         root: dict[str, Any] = {}
         for pick in plan.roots:
             outcome = nodes[pick.response_key]

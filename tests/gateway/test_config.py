@@ -92,6 +92,22 @@ def test_bad_port_named(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text))
 
 
+def test_executor_defaults_to_compiled(tmp_path: Path) -> None:
+    default = load_settings(write(tmp_path, VALID))
+    chosen = load_settings(write(tmp_path, VALID.replace(
+        "port = 8100", 'port = 8100\nexecutor = "graphql-core"')))
+
+    assert default.executor == "compiled"
+    assert chosen.executor == "graphql-core"
+
+
+def test_unknown_executor_named(tmp_path: Path) -> None:
+    text = VALID.replace("port = 8100", 'port = 8100\nexecutor = "fast"')
+    with pytest.raises(ConfigError, match=r"\[gateway\] executor is 'fast'; set it to "
+                                          r"\"compiled\" \(the default\) or \"graphql-core\""):
+        load_settings(write(tmp_path, text))
+
+
 def test_bad_timeout_named(tmp_path: Path) -> None:
     text = VALID.replace("timeout = 3", "timeout = -1")
     with pytest.raises(ConfigError, match=r"\[systems.erp\] timeout = -1 must be a positive"):
