@@ -249,7 +249,7 @@ async def test_graphiql_enabled_in_demo(harness: Harness) -> None:
 
 
 def write_serve_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("FONTE_TEST_ID", "FONTE_TEST_SECRET"):
+    for name in ("FONTE_TEST_ID", "FONTE_TEST_SECRET", "FONTE_TEST_ERP_KEY"):
         monkeypatch.setenv(name, "x")
     path = tmp_path / "fonte.toml"
     path.write_text("""
@@ -261,6 +261,13 @@ dialect = "salesforce"
 login_url = "https://crm.example.com"
 client_id_env = "FONTE_TEST_ID"
 client_secret_env = "FONTE_TEST_SECRET"
+
+[systems.erp]
+dialect = "odoo-jsonrpc"
+base_url = "https://erp.example.com"
+database = "prod"
+login = "gateway"
+api_key_env = "FONTE_TEST_ERP_KEY"
 """, encoding="utf-8")
     return path
 
