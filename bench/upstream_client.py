@@ -101,14 +101,19 @@ class Sample:
     wall_s: float
 
 
-def start_upstreams(customers: int, scratch: Path) -> Upstreams:
-    """Start ``peers_upstreams.py`` and wait until it has written its addresses."""
+def start_upstreams(customers: int, scratch: Path,
+                    latency: tuple[float, float] = (0.0, 0.0)) -> Upstreams:
+    """Start ``peers_upstreams.py`` and wait until it has written its addresses.
+
+    ``latency`` is the wait in milliseconds before each CRM and each ERP answer.
+    """
     output = scratch / "upstreams.json"
     log_path = scratch / "upstreams.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "peers_upstreams.py"), "--customers",
-             str(customers), "--output", str(output)], stdout=log, stderr=subprocess.STDOUT)
+             str(customers), "--crm-latency-ms", str(latency[0]), "--erp-latency-ms",
+             str(latency[1]), "--output", str(output)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while not (output.exists() and output.stat().st_size > 0):
         if process.poll() is not None or time.monotonic() > deadline:
