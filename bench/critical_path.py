@@ -5,11 +5,11 @@ the critical path, the slowest chain of dependent upstream calls. With
 ``--crm-latency-ms 20 --erp-latency-ms 30`` the injected waits add up to
 50 ms, but the fakes also parse, filter and encode, and the client sends and
 reads. This script measures the chain itself, without any gateway. It
-starts ``bench/peers_upstreams.py`` with the given latencies and, through
-the gateway's own Salesforce and Odoo sources, repeats the W1 calls in
-their order: the account by id, then the ERP partner, its orders and its
-invoices at the same time, as the gateway's fetch plan sends them. It
-prints the median, p95 and minimum of the chain and of each call.
+starts ``bench/peers_upstreams.py`` with the given latencies. Through the
+gateway's own Salesforce and Odoo sources, it then repeats the W1 calls in
+the gateway's order: the account by id, then the ERP partner, its orders
+and its invoices at the same time. It prints the median, p95 and minimum
+of the whole chain and of each of its two steps.
 
     .venv/bin/python bench/critical_path.py [--crm-latency-ms 20] [--erp-latency-ms 30]
         [--iterations 60]
@@ -31,6 +31,7 @@ from upstream_client import BenchmarkError, build_source, start_upstreams, stop_
 
 from gateway.sources import FetchRequest
 from gateway.sources.client import new_client
+from gateway.sources.resilience import ResilientSource
 
 CARD_FIELDS = ("Id", "Name", "VAT_Number__c", "PEC_Email__c", "Phone", "BillingStreet",
                "BillingCity", "BillingPostalCode", "BillingState", "Region__c", "Industry",
@@ -46,10 +47,19 @@ def percentile(values: list[float], share: float) -> float:
 async def measure(description: dict[str, str], iterations: int) -> dict[str, list[float]]:
     crm = build_source("salesforce", description, new_client(TIMEOUT_SECONDS, "aiohttp"), 10)
     erp = build_source("odoo", description, new_client(TIMEOUT_SECONDS, "aiohttp"), 10)
+    try:
+        return await _chains(crm, erp, iterations)
+    finally:
+        await crm.aclose()
+        await erp.aclose()
+
+
+async def _chains(crm: ResilientSource, erp: ResilientSource,
+                  iterations: int) -> dict[str, list[float]]:
     first = await crm.fetch(FetchRequest("Account", ("Id",), order="Id", limit=1))
     account_id = str(first[0]["Id"])
     times: dict[str, list[float]] = {"chain": [], "account": [], "erp level": []}
-    # Two untimed rounds: token, login and connections first.
+    # The first two rounds get the token, log in and open connections, so they are not timed.
     for index in range(iterations + 2):
         start = time.perf_counter()
         accounts = await crm.fetch(FetchRequest("Account", CARD_FIELDS, match="Id",
