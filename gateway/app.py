@@ -56,6 +56,7 @@ from gateway.errors import (
     IdentityUnavailable,
     NoRoleError,
     PurposeError,
+    quoted,
 )
 from gateway.execute import Executor, GraphQLRequest, GraphQLResponse
 from gateway.graphql_schema import build_schema
@@ -546,6 +547,7 @@ def _log_access(gateway: Gateway, request_id: str, user: str | None, status: int
                 started: float, operation_name: str | None) -> None:
     if gateway.metrics is not None:
         gateway.metrics.observe(status, time.perf_counter() - started)
-    access_log.info("request %s user=%r status=%d operation=%r duration_ms=%.1f", request_id,
-                    user or "-", status, operation_name,
+    access_log.info("request %s user=%r status=%d operation=%s duration_ms=%.1f", request_id,
+                    user or "-", status,
+                    None if operation_name is None else quoted(operation_name),
                     (time.perf_counter() - started) * 1000)

@@ -27,6 +27,17 @@ client-facing message::
 
 from __future__ import annotations
 
+# Client input that an error or a log line quotes is cut to this many characters, so
+# that a 100 KB operation name or header cannot inflate responses and logs.
+QUOTE_LIMIT = 80
+
+
+def quoted(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """Return ``repr(value)``, or the repr of its first ``limit`` characters and its length."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 class GatewayError(Exception):
     """Base class of every error the gateway raises."""

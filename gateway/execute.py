@@ -39,7 +39,7 @@ from gateway.audit_events import AuditRecorder
 from gateway.build import CURSOR_DOMAIN, Builder, client_error, decode_cursor, forbidden
 from gateway.catalog import Catalog
 from gateway.compiled import CompiledResult, ShapeCache, execute_shape
-from gateway.errors import AuditError
+from gateway.errors import AuditError, quoted
 from gateway.fetch import Budget, Fetcher, FetchStats, Node
 from gateway.graphql_schema import MAX_PAGE_SIZE, GatewaySchema
 from gateway.limits import OperationLimits, check_limits, estimate_cost
@@ -352,7 +352,7 @@ def _select_operation(document: DocumentNode, name: str | None) -> OperationDefi
     for operation in operations:
         if operation.name is not None and operation.name.value == name:
             return operation
-    raise RequestError([_bad_request(f"No operation named {name!r} in the document.")])
+    raise RequestError([_bad_request(f"No operation named {quoted(name)} in the document.")])
 
 
 _INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})

@@ -25,7 +25,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import AuthenticationError, ConfigError, PurposeError
+from gateway.errors import AuthenticationError, ConfigError, PurposeError, quoted
 from gateway.principal import Principal
 from gateway.role_claims import RoleMapping
 from gateway.token_keys import KeyResolver, check_key_id
@@ -75,7 +75,7 @@ class TokenVerifier:
             chosen = allowed[0] if len(allowed) == 1 else None
             return replace(principal, purpose=chosen)
         if purpose not in allowed:
-            raise PurposeError(f"purpose {purpose!r} is not one the bearer token allows "
+            raise PurposeError(f"purpose {quoted(purpose)} is not one the bearer token allows "
                                f"({', '.join(allowed) or 'none'}); request a token for it")
         return replace(principal, purpose=purpose)
 

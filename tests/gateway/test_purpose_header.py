@@ -78,6 +78,18 @@ async def test_header_not_in_token(harness: Harness, claims: dict[str, Any],
     assert await read_audit_records(harness.data_dir) == []
 
 
+async def test_long_header_cut_in_error(harness: Harness) -> None:
+    token = harness.token_with("sales", purpose="sales")
+    header = "p" * 5000
+    response = await harness.query(CARD, variables={"id": harness.customer_ids(1)[0]},
+                                   token=token, headers={"Fonte-Purpose": header})
+    message = response.json()["errors"][0]["message"]
+    assert response.status_code == 403
+    assert message.startswith(f"purpose {'p' * 80!r}... (5000 characters) is not one the "
+                              "bearer token allows (sales)")
+    assert len(message) < 200
+
+
 async def test_header_matches_single_purpose(harness: Harness) -> None:
     token = harness.token_with("sales", purpose="sales")
     response = await harness.query(CARD, variables={"id": harness.customer_ids(1)[0]},

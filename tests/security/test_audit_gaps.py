@@ -130,6 +130,20 @@ async def test_operation_name_injection(harness: Harness, caplog: Caplog, name: 
     assert probe.audit == []
 
 
+async def test_long_operation_name_cut(harness: Harness, caplog: Caplog) -> None:
+    name = "N" * 100_000
+    probe = await send(harness, caplog, CARD, operation_name=name,
+                       variables={"id": harness.customer_ids(1)[0]})
+    clipped = f"{'N' * 80!r}... (100000 characters)"
+
+    assert probe.status == 400
+    assert probe.body["errors"][0]["message"] == f"No operation named {clipped} in the document."
+    assert f"operation={clipped} " in _access_line(probe)
+    assert len(_access_line(probe)) < 300
+    assert probe.upstream == []
+    assert probe.audit == []
+
+
 async def test_control_characters_stay_data(harness: Harness, caplog: Caplog) -> None:
     purpose = "sales\nforged,record"
     client = "crm\r\n\x1b[31m"
