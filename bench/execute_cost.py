@@ -5,9 +5,9 @@ request is planned and fetched once from the in-process demo systems, and
 its values are built once. ``Executor.respond`` then runs over that tree
 with the compiled executor and with graphql-core in alternating rounds, so
 that a change of machine load hits both alike. Each round times ``--calls`` calls
-with ``time.process_time`` (CPU of this process, not wall time); the report
-gives the median of the rounds per call, and checks that both bodies are the
-same bytes.
+with ``time.process_time`` (CPU of this process, not wall time). The report
+gives the median of the rounds per call. It also checks that both bodies are
+the same bytes.
 
     .venv/bin/python bench/execute_cost.py [--customers 200] [--rounds 15] [--calls 20]
 

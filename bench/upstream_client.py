@@ -105,7 +105,7 @@ def start_upstreams(customers: int, scratch: Path,
                     latency: tuple[float, float] = (0.0, 0.0)) -> Upstreams:
     """Start ``peers_upstreams.py`` and wait until it has written its addresses.
 
-    ``latency`` is the wait in milliseconds before each CRM and each ERP answer.
+    ``latency`` is the wait in milliseconds before each CRM and each ERP response.
     """
     output = scratch / "upstreams.json"
     log_path = scratch / "upstreams.log"

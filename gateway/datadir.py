@@ -42,7 +42,7 @@ def claim_data_dir(path: Path) -> IO[str]:
 
 
 def check_data_dir_free(path: Path) -> None:
-    """Raise ``ConfigError`` when another gateway holds ``path``.
+    """Raise ``ConfigError`` when another gateway has locked ``path``.
 
     Commands call this before their slow start-up work, so that the error is one line
     instead of a failed application start-up. The gateway still takes the lock itself.

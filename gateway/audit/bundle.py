@@ -64,7 +64,7 @@ were replaced verifies against the replacement.
 
 A log purged for retention starts after record 1. Its first record must link to
 a signed checkpoint of the record before it, and a later purge record must name
-that checkpoint; the verifier checks both.
+that checkpoint. The verifier checks both.
 
 Records after the newest checkpoint are covered by the hash chain only. Data
 subjects appear only as sealed values that this bundle cannot open.

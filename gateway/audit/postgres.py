@@ -222,7 +222,7 @@ class PostgresAuditStore(GroupCommitStore):
                 raise AuditError("the PostgreSQL connection of the audit store is closed")
             try:
                 # BEGIN and the lock in one round trip. Each later statement takes a
-                # new snapshot (READ COMMITTED), so it sees the commits made before
+                # new snapshot (READ COMMITTED), so it reads the commits made before
                 # the lock was granted.
                 await driver.execute(f"BEGIN; SELECT pg_advisory_xact_lock({POSTGRES_LOCK_KEY})")
                 rows = await driver.fetch(_READ_HEAD_AND_KEYS, refs)

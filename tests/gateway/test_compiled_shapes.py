@@ -108,10 +108,10 @@ def test_skip_on_fragment_spread() -> None:
              ' fragment Names on Customer { name city }')
     root = {"customer": {"name": "Rossi SPA", "city": "Milano", "id": ID}}
 
-    shown = run(query, root, {"hide": False})
+    visible = run(query, root, {"hide": False})
     hidden = run(query, root, {"hide": True})
 
-    assert list(shown["data"]["customer"]) == ["name", "city", "id"]
+    assert list(visible["data"]["customer"]) == ["name", "city", "id"]
     assert hidden["data"] == {"customer": {"id": ID}}
 
 
@@ -119,12 +119,12 @@ def test_cache_keeps_shape_per_condition_values() -> None:
     cache = ShapeCache(SCHEMA)
     document = parse('query Q($hide: Boolean!) { customer(id: "1") { name @skip(if: $hide) } }')
 
-    shown = cache.shape(document, None, {"hide": False}, {"hide": False})
+    visible = cache.shape(document, None, {"hide": False}, {"hide": False})
     hidden = cache.shape(document, None, {"hide": True}, {"hide": True})
 
-    assert shown is not None and hidden is not None
-    assert cache.shape(document, None, {"hide": False}, {"hide": False}) is shown
-    assert [field.key for field in shown.fields[0].fields] == ["name"]
+    assert visible is not None and hidden is not None
+    assert cache.shape(document, None, {"hide": False}, {"hide": False}) is visible
+    assert [field.key for field in visible.fields[0].fields] == ["name"]
     assert hidden.fields[0].fields == []
 
 

@@ -6,8 +6,8 @@ and fetched for a role. Both executors then execute the same built value
 tree, and the two JSON bodies must be identical, key order included.
 
 To make failures likely, the records are served from memory with some
-values spoiled: rows without their key (null in a non-null ``id``), rows
-with every other attribute null, and rows with values that do not convert
+values spoiled. Some rows lack their key (null in a non-null ``id``), some
+have every other attribute null, and some have values that do not convert
 (an error value in the tree). Drawn sets of entities fail upstream. The
 role's policy adds denied and masked fields.
 
@@ -89,8 +89,8 @@ class MemorySource:
             raise UpstreamError(self.name, f"{request.entity} is unavailable")
         rows = list(self._tables.get(request.entity, []))
         if request.match is not None:
-            wanted = {str(key) for key in request.keys}
-            rows = [row for row in rows if key_text(row.get(request.match)) in wanted]
+            requested = {str(key) for key in request.keys}
+            rows = [row for row in rows if key_text(row.get(request.match)) in requested]
         rows = [row for row in rows if all(matches(row, c) for c in request.where)]
         if not request.visible:
             return []

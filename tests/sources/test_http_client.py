@@ -59,7 +59,7 @@ def answer(body: bytes, extra_headers: bytes = b"") -> bytes:
 
 
 def answering(headers: tuple[bytes, ...], heads: list[bytes]) -> Handler:
-    """Return a handler that answers one request per entry of ``headers`` on one connection.
+    """Return a handler that responds to one request per entry of ``headers`` on one connection.
 
     Each response is ``OK_BODY`` with that entry's extra header lines, and
     each request head is appended to ``heads``.
