@@ -250,7 +250,7 @@ def _token_settings(settings: Settings) -> TokenSettings:
     return TokenSettings(keys=keys, issuer=settings.token_issuer,
                          audiences=settings.token_audiences,
                          leeway_seconds=settings.token_leeway_seconds,
-                         roles=settings.role_mapping)
+                         roles=settings.role_mapping, cache_size=settings.token_cache_size)
 
 
 def check_declared_systems(catalog: Catalog, settings: Settings) -> None:

@@ -61,7 +61,12 @@ from sqlalchemy.engine import make_url
 from gateway.catalog import default_schema_dir
 from gateway.compiled import EXECUTORS
 from gateway.errors import ConfigError
-from gateway.identity import DEFAULT_LEEWAY_SECONDS, DEV_AUDIENCE, DEV_ISSUER
+from gateway.identity import (
+    DEFAULT_LEEWAY_SECONDS,
+    DEFAULT_TOKEN_CACHE_SIZE,
+    DEV_AUDIENCE,
+    DEV_ISSUER,
+)
 from gateway.limits import OperationLimits
 from gateway.persisted import MODES, PersistedQuerySettings
 from gateway.policy import default_policy_dir
@@ -112,6 +117,7 @@ class Settings:
     # A token must name at least one of these in its aud claim.
     token_audiences: tuple[str, ...] = (DEV_AUDIENCE,)
     token_leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
+    token_cache_size: int = DEFAULT_TOKEN_CACHE_SIZE
     # None: keys come from token_public_key_file or the development key.
     jwks: JwksSettings | None = None
     role_mapping: RoleMapping = field(default_factory=RoleMapping)
@@ -221,6 +227,9 @@ def load_settings(path: Path) -> Settings:
         token_audiences=_audiences(auth.get("audience", DEV_AUDIENCE)),
         token_leeway_seconds=_integer("auth", "leeway_seconds",
                                       auth.get("leeway_seconds", DEFAULT_LEEWAY_SECONDS), 0, 300),
+        token_cache_size=_integer("auth", "token_cache_size",
+                                  auth.get("token_cache_size", DEFAULT_TOKEN_CACHE_SIZE), 0,
+                                  1_000_000),
         jwks=jwks,
         role_mapping=role_mapping_from_table(auth),
         http=http_settings_from_table(_table(document, "http")),
@@ -270,7 +279,7 @@ def _executor(value: Any) -> str:
 
 _AUTH_SETTINGS = {"public_key_file", "development_tokens", "jwks_url", "jwks_timeout",
                   "jwks_cache_seconds", "jwks_min_refetch_seconds", "issuer", "audience",
-                  "leeway_seconds", "role_claims", "role_map"}
+                  "leeway_seconds", "token_cache_size", "role_claims", "role_map"}
 
 
 def _jwks(auth: dict[str, Any]) -> JwksSettings | None:

@@ -11,12 +11,18 @@ A token is accepted only when it is signed with an asymmetric algorithm
 allowed for its key (see ``gateway.token_keys``), and carries ``exp``,
 ``sub`` and the configured ``iss`` and ``aud``. ``exp`` and ``nbf`` are
 checked with a configurable leeway for clock differences.
+
+A verified token is kept in a bounded in-memory cache until it expires, so
+a caller that sends the same token again skips the signature check. A hit
+still resolves the token's key, so a key that the identity provider
+withdraws, or a JWKS refetch, is seen as without the cache.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,12 +34,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.errors import AuthenticationError, ConfigError, PurposeError, quoted
 from gateway.principal import Principal
 from gateway.role_claims import RoleMapping
-from gateway.token_keys import KeyResolver, check_key_id
+from gateway.token_keys import KeyResolver, VerificationKey, check_key_id
 
 DEV_ISSUER = "fonte-dev"
 DEV_AUDIENCE = "fonte"
 ALGORITHM = "EdDSA"
 DEFAULT_LEEWAY_SECONDS = 30
+DEFAULT_TOKEN_CACHE_SIZE = 10_000
 
 # Every algorithm any supported key type allows; a header naming another one
 # (none, HS256 ...) is rejected before a key is looked up or fetched.
@@ -51,6 +58,19 @@ class TokenSettings:
     audiences: tuple[str, ...] = (DEV_AUDIENCE,)
     leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
     roles: RoleMapping = field(default_factory=RoleMapping)
+    # Verified tokens kept in memory; 0 checks every token's signature.
+    cache_size: int = DEFAULT_TOKEN_CACHE_SIZE
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """What a verified token gave, and what a cache hit must still check."""
+
+    key_id: str | None
+    key: VerificationKey
+    principal: Principal
+    purposes: list[str]
+    expires_at: float  # exp plus the leeway, in seconds since the epoch
 
 
 class TokenVerifier:
@@ -62,15 +82,20 @@ class TokenVerifier:
     when the purpose header names a purpose the token does not allow.
     """
 
-    def __init__(self, settings: TokenSettings) -> None:
+    def __init__(self, settings: TokenSettings, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
+        self._clock = clock
+        # Insertion order is age order: the oldest entry is evicted first.
+        self._verified: dict[str, _Verified] = {}
 
     async def verify(self, authorization: str | None,
                      purpose: str | None = None) -> Principal:
         """Return the caller; ``purpose`` is the purpose header, one the token must allow."""
-        claims = await self._claims(authorization)
-        principal = _principal(claims, self._settings.roles)
-        allowed = token_purposes(claims)
+        token = _bearer_token(authorization)
+        verified = await self._cached(token)
+        if verified is None:
+            verified = await self._verify(token)
+        principal, allowed = verified.principal, verified.purposes
         if purpose is None:
             chosen = allowed[0] if len(allowed) == 1 else None
             return replace(principal, purpose=chosen)
@@ -82,8 +107,36 @@ class TokenVerifier:
     async def aclose(self) -> None:
         await self._settings.keys.aclose()
 
-    async def _claims(self, authorization: str | None) -> dict[str, Any]:
-        token = _bearer_token(authorization)
+    async def _cached(self, token: str) -> _Verified | None:
+        """Return the cached verification of ``token`` if its key and expiry still hold."""
+        verified = self._verified.get(token)
+        if verified is None:
+            return None
+        if self._clock() < verified.expires_at:
+            try:
+                key = await self._settings.keys.resolve(verified.key_id)
+            except AuthenticationError:
+                key = None
+            if key == verified.key:
+                return verified
+        # Expired, or its key changed or was withdrawn: the full check decides.
+        self._verified.pop(token, None)
+        return None
+
+    async def _verify(self, token: str) -> _Verified:
+        key_id, key, claims = await self._claims(token)
+        verified = _Verified(key_id=key_id, key=key,
+                             principal=_principal(claims, self._settings.roles),
+                             purposes=token_purposes(claims),
+                             expires_at=float(claims["exp"]) + self._settings.leeway_seconds)
+        size = self._settings.cache_size
+        if size > 0:
+            if len(self._verified) >= size:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = verified
+        return verified
+
+    async def _claims(self, token: str) -> tuple[str | None, VerificationKey, dict[str, Any]]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -93,7 +146,8 @@ class TokenVerifier:
             raise AuthenticationError("the bearer token's 'alg' header is not an accepted "
                                       "signature algorithm; use one of "
                                       f"{', '.join(sorted(_ASYMMETRIC_ALGORITHMS))}")
-        key = await self._settings.keys.resolve(check_key_id(header.get("kid")))
+        key_id = check_key_id(header.get("kid"))
+        key = await self._settings.keys.resolve(key_id)
         if algorithm not in key.algorithms:
             raise AuthenticationError(f"the bearer token is signed with {algorithm}, but its key "
                                       f"accepts only {', '.join(key.algorithms)}")
@@ -109,7 +163,7 @@ class TokenVerifier:
             raise AuthenticationError("the bearer token has expired; request a new one") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"the bearer token is invalid: {_reason(exc)}") from exc
-        return dict(claims)
+        return key_id, key, dict(claims)
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,14 @@ from jwks_server import (
 
 from gateway.config import load_settings
 from gateway.demo.data import DemoData
-from gateway.errors import AuthenticationError, ConfigError, IdentityUnavailable, NoRoleError
+from gateway.errors import (
+    AuthenticationError,
+    ConfigError,
+    IdentityUnavailable,
+    NoRoleError,
+    PurposeError,
+)
+from gateway.identity import TokenSettings, TokenVerifier
 from gateway.role_claims import RoleMapping
 from gateway.token_keys import JwksKeys, JwksSettings, check_key_id, load_public_key
 
@@ -470,6 +478,126 @@ async def test_missing_kid_single_key(jwks: JwksServer) -> None:
     await keys.aclose()
 
 
+# --- verified-token cache -----------------------------------------------------------------
+
+
+class DecodeCounter:
+    """Counts PyJWT's signature checks, each still done by the real ``jwt.decode``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = jwt.decode
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", counted)
+
+
+def cached_verifier(server: JwksServer, clock: FakeClock, *, size: int = 10,
+                    leeway: int = 30) -> TokenVerifier:
+    return TokenVerifier(TokenSettings(keys=jwks_keys(server, clock), issuer=ISSUER,
+                                       audiences=(AUDIENCE,), leeway_seconds=leeway,
+                                       cache_size=size), clock=clock)
+
+
+async def test_repeated_token_checked_once(jwks: JwksServer,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    verifier = cached_verifier(jwks, FakeClock(time.time()))
+    token = jwks.sign(purposes=["sales", "marketing"], purpose=None, region="nord")
+
+    first = await verifier.verify(f"Bearer {token}", "sales")
+    second = await verifier.verify(f"Bearer {token}", "marketing")
+
+    assert decode.calls == 1
+    assert (first.user, first.roles, first.purpose) == ("u-idp", frozenset({"sales"}), "sales")
+    assert (second.user, second.purpose, second.attributes) == ("u-idp", "marketing",
+                                                                 {"region": "nord"})
+    with pytest.raises(PurposeError, match="'billing' is not one the bearer token allows"):
+        await verifier.verify(f"Bearer {token}", "billing")
+    await verifier.aclose()
+
+
+async def test_cached_token_rechecked_after_expiry(jwks: JwksServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    now = time.time()
+    clock = FakeClock(now)
+    verifier = cached_verifier(jwks, clock, leeway=30)
+    token = jwks.sign(exp=int(now) + 60)
+    await verifier.verify(f"Bearer {token}")
+    clock.now = int(now) + 60 + 29
+    await verifier.verify(f"Bearer {token}")
+    assert decode.calls == 1
+
+    clock.now = int(now) + 60 + 30
+    await verifier.verify(f"Bearer {token}")
+
+    # The entry is dropped at exp plus the leeway, so PyJWT checked the token again.
+    assert decode.calls == 2
+    await verifier.aclose()
+
+
+async def test_cached_token_refused_once_key_withdrawn(jwks: JwksServer) -> None:
+    clock = FakeClock(time.time())
+    verifier = cached_verifier(jwks, clock)
+    token = jwks.sign()
+    await verifier.verify(f"Bearer {token}")
+    jwks.rotate("key-2")
+    clock.now += 301  # past jwks_cache_seconds, so the key set is fetched again
+
+    with pytest.raises(AuthenticationError, match="does not publish"):
+        await verifier.verify(f"Bearer {token}")
+
+    assert jwks.fetches == 2
+    assert (await verifier.verify(f"Bearer {jwks.sign()}")).user == "u-idp"
+    await verifier.aclose()
+
+
+async def test_token_cache_bounded(jwks: JwksServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    verifier = cached_verifier(jwks, FakeClock(time.time()), size=2)
+    tokens = [jwks.sign(sub=f"u-{index}") for index in range(3)]
+    for token in tokens:
+        await verifier.verify(f"Bearer {token}")
+    assert decode.calls == 3
+
+    await verifier.verify(f"Bearer {tokens[2]}")
+    assert decode.calls == 3
+    await verifier.verify(f"Bearer {tokens[0]}")  # the oldest entry was dropped
+
+    assert decode.calls == 4
+    await verifier.aclose()
+
+
+async def test_token_cache_off(jwks: JwksServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    verifier = cached_verifier(jwks, FakeClock(time.time()), size=0)
+    token = jwks.sign()
+
+    for _ in range(3):
+        await verifier.verify(f"Bearer {token}")
+
+    assert decode.calls == 3
+    await verifier.aclose()
+
+
+async def test_invalid_token_not_cached(jwks: JwksServer,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    verifier = cached_verifier(jwks, FakeClock(time.time()))
+    token = jwks.sign(aud="someone-else")
+
+    for _ in range(2):
+        with pytest.raises(AuthenticationError, match="Audience doesn't match"):
+            await verifier.verify(f"Bearer {token}")
+
+    assert decode.calls == 2
+    await verifier.aclose()
+
+
 # --- claims to roles ----------------------------------------------------------------------
 
 
@@ -595,6 +723,7 @@ jwks_min_refetch_seconds = 60
 issuer = "https://idp.example.com"
 audience = ["fonte", "api://fonte"]
 leeway_seconds = 5
+token_cache_size = 0
 role_claims = ["realm_access.roles", "scope"]
 
 [auth.role_map]
@@ -607,6 +736,7 @@ role_claims = ["realm_access.roles", "scope"]
                                          cache_seconds=600.0, min_refetch_seconds=60.0)
     assert settings.token_audiences == ("fonte", "api://fonte")
     assert settings.token_leeway_seconds == 5
+    assert settings.token_cache_size == 0
     assert settings.role_mapping == RoleMapping(
         claims=("realm_access.roles", "scope"),
         names={"fonte-sales": ("sales",), "fonte:all": ("sales", "finance")})
@@ -620,6 +750,8 @@ role_claims = ["realm_access.roles", "scope"]
      r"jwks_cache_seconds = 10 is shorter than jwks_min_refetch_seconds = 30"),
     ('development_tokens = true\nleeway_seconds = 3600',
      r"leeway_seconds = 3600 must be a whole number from 0 to 300"),
+    ('development_tokens = true\ntoken_cache_size = -1',
+     r"token_cache_size = -1 must be a whole number from 0 to 1000000"),
     ('development_tokens = true\naudience = []', r"audience = \[\] must be a string or a list"),
     ('development_tokens = true\nrole_claims = "roles"', r"role_claims = 'roles' must be a"),
     ('development_tokens = true\nrole_claims = ["realm_access..roles"]', r"must be a non-empty"),
