@@ -118,9 +118,11 @@ class Builder:
         objects = self.objects(node, rows)
         key = node.selection.type_decl.key
         secret = self._keys.key(CURSOR_DOMAIN)
-        cursors = [encode_cursor(str(row[key]), secret) for row in rows]
-        page = {"hasNextPage": node.more,
-                "endCursor": cursors[-1] if cursors else None}
+        # A cursor costs an HMAC, so rows get one only when an edge selects it.
+        cursors: list[str | None] = [None] * len(rows)
+        if any(wrapper.name == "edges" and any(c.name == "cursor" for c in wrapper.children)
+               for wrapper in pick.wrapper):
+            cursors = [encode_cursor(str(row[key]), secret) for row in rows]
         value: dict[str, Any] = {}
         for wrapper in pick.wrapper:
             if wrapper.name == "edges":
@@ -129,6 +131,9 @@ class Builder:
                     for cursor, obj in zip(cursors, objects, strict=True)
                 ]
             elif wrapper.name == "pageInfo":
+                page: dict[str, Any] = {"hasNextPage": node.more, "endCursor": None}
+                if rows:
+                    page["endCursor"] = cursors[-1] or encode_cursor(str(rows[-1][key]), secret)
                 value[wrapper.response_key] = {c.response_key: page[c.name]
                                                for c in wrapper.children if c.name in page}
         return value
@@ -238,7 +243,8 @@ class Builder:
         return step
 
 
-def _edge(children: list[WrapperField], cursor: str, obj: dict[str, Any]) -> dict[str, Any]:
+def _edge(children: list[WrapperField], cursor: str | None,
+          obj: dict[str, Any]) -> dict[str, Any]:
     edge: dict[str, Any] = {}
     for child in children:
         if child.name == "cursor":

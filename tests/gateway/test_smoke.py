@@ -28,3 +28,22 @@ async def test_paging_visits_every_customer_once(harness: Harness) -> None:
         after = page["pageInfo"]["endCursor"]
 
     assert seen == sorted(a["Id"] for a in harness.data.crm["Account"])
+
+
+async def test_cursors_signed_with_and_without_edge_cursors(harness: Harness) -> None:
+    """endCursor is the last edge's cursor, whether or not the edges select theirs."""
+    with_cursors = await harness.query(
+        "{ customers(first: 3) { edges { cursor node { id } } "
+        "pageInfo { endCursor hasNextPage } } }")
+    without = await harness.query(
+        "{ customers(first: 3) { edges { node { id } } pageInfo { endCursor } } }")
+    page = with_cursors.json()["data"]["customers"]
+    cursors = [edge["cursor"] for edge in page["edges"]]
+
+    assert len(set(cursors)) == 3
+    assert page["pageInfo"] == {"endCursor": cursors[-1], "hasNextPage": True}
+    assert without.json()["data"]["customers"]["pageInfo"] == {"endCursor": cursors[-1]}
+    after = await harness.query(
+        "query($after: String) { customers(first: 1, after: $after) { edges { node { id } } } }",
+        variables={"after": cursors[0]})
+    assert after.json()["data"]["customers"]["edges"] == [{"node": page["edges"][1]["node"]}]
