@@ -261,10 +261,13 @@ def _scalar_step(selection: Selection, decl: FieldDecl, attribute: str,
     system = selection.type_decl.system if decl.link is None else \
         selection.type_decl.links[str(decl.link)].system
 
+    # Most text values arrive as str and need no conversion.
+    passes_text = mask is None and decl.base_type in ("String", "ID")
+
     def step(row: Row) -> Any:
         value = row.get(attribute)
-        if value is None:
-            return None
+        if value is None or (passes_text and type(value) is str):
+            return value
         try:
             return convert(value)
         except (ValueError, TypeError, ArithmeticError):
