@@ -373,7 +373,8 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
         command = [sys.executable, str(BENCH_DIR / "peers_fonte.py"),
                    "--upstreams", str(description), "--data-dir", str(data_dir),
                    "--port", str(port), "--mode", "off" if name == "fonte-off" else "on",
-                   "--dialects", "rest" if name == "fonte-rest" else "vendor"]
+                   "--dialects", "rest" if name == "fonte-rest" else "vendor",
+                   "--max-concurrency", str(args.fonte_max_concurrency)]
         service = start(name, command, args.gateway_cpus, scratch)
     elif supergraph is None:
         raise StartError(f"{name} needs the composed supergraph, which was not built")
@@ -679,6 +680,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-s", type=float, default=0.0,
                         help="after the workloads, run W1 at its fixed rate for this many "
                              "seconds and sample each gateway's RSS (default 0: no soak)")
+    parser.add_argument("--fonte-max-concurrency", type=int, default=10,
+                        help="Fonte's max_concurrency: upstream requests in flight per "
+                             "system (default 10, the gateway's default); the peers have "
+                             "no such limit")
     parser.add_argument("--gateway-cpus", default="1",
                         help="taskset CPU list of each gateway process (default 1)")
     parser.add_argument("--other-cpus", default="0",
@@ -735,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         "saturation_s": args.saturation_s, "fixed_rate_s": args.fixed_rate_s,
         "warmup_s": args.warmup_s, "gateway_cpus": args.gateway_cpus,
         "other_cpus": args.other_cpus, "soak_s": args.soak_s,
+        "fonte_max_concurrency": args.fonte_max_concurrency,
         "fixed_rates": {w.name: w.fixed_rate for w in workloads("", args.customers)},
     }
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -38,6 +38,7 @@ from gateway.plan import Plan
 from gateway.policy import default_policy_dir
 from gateway.serving import uvicorn_options
 from gateway.sources.odoo import OdooSettings
+from gateway.sources.resilience import MAX_CONCURRENCY, ResiliencePolicy
 from gateway.sources.rest import RestSettings
 from gateway.sources.salesforce import SalesforceSettings
 
@@ -77,7 +78,8 @@ def _record_nothing(plan: Plan) -> bool:
 
 
 def settings_from(upstreams: dict[str, str], dialects: str, data_dir: Path, port: int,
-                  policy_dir: Path | None) -> Settings:
+                  policy_dir: Path | None,
+                  max_concurrency: int = ResiliencePolicy.max_concurrency) -> Settings:
     crm: SalesforceSettings | RestSettings
     erp: OdooSettings | RestSettings
     if dialects == "rest":
@@ -90,8 +92,10 @@ def settings_from(upstreams: dict[str, str], dialects: str, data_dir: Path, port
         erp = OdooSettings(base_url=upstreams["erp_url"], database=upstreams["erp_database"],
                            login=upstreams["erp_login"], api_key=upstreams["erp_api_key"])
     extra = {"policy_dir": policy_dir} if policy_dir is not None else {}
+    resilience = {name: ResiliencePolicy(max_concurrency=max_concurrency)
+                  for name in ("crm", "erp")}
     return Settings(systems={"crm": crm, "erp": erp}, data_dir=data_dir, port=port,
-                    graphiql=False, development_tokens=True,
+                    graphiql=False, development_tokens=True, resilience=resilience,
                     operation_limits=OperationLimits(max_cost=BENCH_MAX_COST),
                     **extra)  # type: ignore[arg-type]
 
@@ -109,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
                              "rest: read both as plain REST (default vendor)")
     parser.add_argument("--mode", choices=("on", "off"), default="on",
                         help="on: shipped policy and audit; off: allow-all policy, no audit")
+    parser.add_argument("--max-concurrency", type=int,
+                        default=ResiliencePolicy.max_concurrency,
+                        help="upstream requests in flight per system (the gateway's "
+                             f"max_concurrency; default {ResiliencePolicy.max_concurrency}, "
+                             f"at most {MAX_CONCURRENCY})")
     args = parser.parse_args(argv)
+    if not 1 <= args.max_concurrency <= MAX_CONCURRENCY:
+        parser.error(f"--max-concurrency {args.max_concurrency} is out of range; use 1 to "
+                     f"{MAX_CONCURRENCY}")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -119,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         policy_dir = write_allow_all_policy(args.data_dir / "allow-all-policy")
         # Class attribute, so every recorder in this process skips the audit.
         AuditRecorder.must_record = staticmethod(_record_nothing)  # type: ignore[method-assign]
-    settings = settings_from(upstreams, args.dialects, args.data_dir, args.port, policy_dir)
+    settings = settings_from(upstreams, args.dialects, args.data_dir, args.port, policy_dir,
+                             args.max_concurrency)
     uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False, lifespan="on", **uvicorn_options())
     return 0

@@ -257,7 +257,9 @@ def render(results: Mapping[str, Any]) -> str:
         f"{settings['saturation_s']:g} s at saturation and {settings['fixed_rate_s']:g} s at "
         f"the fixed rate. Each gateway ran as one process pinned to CPU "
         f"{settings['gateway_cpus']}; the upstreams and the load generator shared CPU "
-        f"{settings['other_cpus']}.",
+        f"{settings['other_cpus']}. Fonte allowed "
+        f"{settings.get('fonte_max_concurrency', 10)} upstream requests in flight per system "
+        "(`max_concurrency`).",
         "",
         f"Versions: {versions}.",
         "",

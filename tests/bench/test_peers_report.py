@@ -55,6 +55,7 @@ def results() -> dict[str, Any]:
         "settings": {"customers": 100, "crm_latency_ms": 0.0, "erp_latency_ms": 0.0,
                      "connections": 16, "saturation_s": 15.0, "fixed_rate_s": 15.0,
                      "warmup_s": 3.0, "gateway_cpus": "1", "other_cpus": "0",
+                     "fonte_max_concurrency": 64,
                      "fixed_rates": {"W1": 50, "W2": 20, "W3": 10}},
         "gateways": [_gateway("fonte-on", 80.0, 10.0), _gateway("fonte-off", 100.0, 8.0),
                      _gateway("apollo", 160.0, 5.0), _gateway("hive", 40.0, 20.0)],
@@ -178,6 +179,7 @@ def test_render_states_settings(results: dict[str, Any]) -> None:
 
     assert "Run at 2026-12-04 23:00:00 UTC against commit `abc1234`." in text
     assert "16 connections (one token each)" in text
+    assert "Fonte allowed 64 upstream requests in flight per system" in text
     assert "Failed checks" not in text
 
 
