@@ -382,8 +382,10 @@ async def _authenticate(request: Request, gateway: Gateway, address: str | None,
 
 def _client_address(request: Request, gateway: Gateway) -> str | None:
     peer = request.client.host if request.client else None
-    return client_address(peer, request.headers.getlist("x-forwarded-for"),
-                          gateway.settings.http.trusted_proxies)
+    trusted = gateway.settings.http.trusted_proxies
+    # Without a trusted proxy the header is ignored, so it is not even decoded.
+    forwarded = request.headers.getlist("x-forwarded-for") if trusted else ()
+    return client_address(peer, forwarded, trusted)
 
 
 def _check_transport(request: Request) -> GraphQLResponse | None:
