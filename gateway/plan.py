@@ -161,8 +161,10 @@ class _Context:
               decl: FieldDecl, depth: int) -> FieldPick:
         decision = self.view.decide(decl.qualified_name)
         self.judged[decl.qualified_name] = (decl, decision)
-        arguments = get_argument_values(graphql_type.fields[decl.name], nodes[0],
-                                        self.variables)
+        field_def = graphql_type.fields[decl.name]
+        # Validation has rejected arguments a field does not define.
+        arguments = get_argument_values(field_def, nodes[0], self.variables) \
+            if field_def.args else {}
         pick = FieldPick(response_key, decl, decision, arguments)
         if decl.target is None or not decision.allowed:
             return pick
@@ -248,6 +250,8 @@ class _Context:
                     self._collect(type_name, fragment.selection_set, grouped, visited)
 
     def _included(self, node: FieldNode | InlineFragmentNode | FragmentSpreadNode | Any) -> bool:
+        if not node.directives:
+            return True
         skip = get_directive_values(GraphQLSkipDirective, node, self.variables)
         if skip and skip.get("if") is True:
             return False
