@@ -126,27 +126,23 @@ def search_read_options(request: FetchRequest) -> dict[str, Any]:
     return options
 
 
-def normalise(record: dict[str, Any]) -> Row:
-    """Return an Odoo record with ``None`` for empty values and ``Many2one`` references."""
-    row: Row = {}
-    for key, value in record.items():
-        if value is False and key != "id":
-            row[key] = None
-        elif (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)
-              and isinstance(value[1], str)):
-            row[key] = Many2one(value[0], value[1])
-        else:
-            row[key] = value
-    return row
+def normalise(record: dict[str, Any], attributes: tuple[str, ...]) -> Row:
+    """Return ``record`` with exactly ``attributes``, as every source returns rows.
 
-
-def project(row: Row, attributes: tuple[str, ...]) -> Row:
-    """Return ``row`` with exactly ``attributes``, as every source returns rows.
-
-    Odoo adds ``id`` to every record even when ``fields`` omits it, and a
-    field missing from a record reads as None, like ``false``.
+    Empty values (``false``) become ``None``, except ``id``, and ``[id, name]``
+    pairs become ``Many2one`` references. Odoo adds ``id`` to every record even
+    when ``fields`` omits it, and a field missing from a record reads as None.
     """
-    return {name: row.get(name) for name in attributes}
+    row: Row = {}
+    for name in attributes:
+        value = record.get(name)
+        if value is False and name != "id":
+            value = None
+        elif (type(value) is list and len(value) == 2 and isinstance(value[0], int)
+              and isinstance(value[1], str)):
+            value = Many2one(value[0], value[1])
+        row[name] = value
+    return row
 
 
 def is_request_error(name: str) -> bool:
@@ -191,7 +187,8 @@ class OdooSource(ABC):
         if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
             raise UpstreamUnavailable(self.name, f"system {self.name!r} answered {what} with "
                                       "something other than a list of records")
-        return [project(normalise(record), request.attributes) for record in result]
+        attributes = request.attributes
+        return [normalise(record, attributes) for record in result]
 
 
 class OdooJsonRpcSource(OdooSource):

@@ -38,10 +38,14 @@ def test_domain_has_every_leaf() -> None:
 
 
 def test_normalise_false_and_references() -> None:
-    record = {"id": 3, "name": False, "partner_id": [9, "ACME"], "tag_ids": [1, 2]}
+    record = {"id": 3, "name": False, "partner_id": [9, "ACME"], "tag_ids": [1, 2],
+              "active": True, "ref": "C-1"}
+    attributes = ("id", "name", "partner_id", "tag_ids", "active", "missing")
 
-    assert normalise(record) == {"id": 3, "name": None, "partner_id": Many2one(9, "ACME"),
-                                 "tag_ids": [1, 2]}
+    assert normalise(record, attributes) == {
+        "id": 3, "name": None, "partner_id": Many2one(9, "ACME"), "tag_ids": [1, 2],
+        "active": True, "missing": None}
+    assert normalise({"id": False}, ("id",)) == {"id": False}
 
 
 async def test_fetch_sends_fields_always(erp: Starlette, demo_data: DemoData) -> None:
