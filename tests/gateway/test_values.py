@@ -25,6 +25,18 @@ def test_decimal_from_float_keeps_cents() -> None:
     assert converter("Decimal")(1190.1) == decimal.Decimal("1190.10")
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    (0.125, "0.12"), (0.135, "0.14"), (-2.675, "-2.68"), (5, "5.00"), ("12.345", "12.34"),
+])
+def test_decimal_rounds_half_even_to_cents(value: object, expected: str) -> None:
+    assert str(converter("Decimal")(value)) == expected
+
+
+def test_decimal_rejects_text() -> None:
+    with pytest.raises(decimal.InvalidOperation):
+        converter("Decimal")("n/a")
+
+
 def test_odoo_datetime_is_utc() -> None:
     assert converter("DateTime")("2026-03-01 10:22:11") == datetime.datetime(
         2026, 3, 1, 10, 22, 11, tzinfo=datetime.UTC)
