@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         AuditRecorder.must_record = staticmethod(_record_nothing)  # type: ignore[method-assign]
     settings = settings_from(upstreams, args.dialects, args.data_dir, args.port, policy_dir,
                              args.max_concurrency)
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on", **uvicorn_options())
+    uvicorn.run(create_app(settings, server_process=True), host="127.0.0.1", port=args.port,
+                log_level="warning", access_log=False, lifespan="on", **uvicorn_options())
     return 0
 
 

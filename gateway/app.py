@@ -69,6 +69,7 @@ from gateway.policy_reload import PolicyHolder, PolicySettings
 from gateway.policy_watch import PolicyWatchers, open_policy
 from gateway.principal import Principal
 from gateway.ratelimit import RateLimiter, retry_after_header
+from gateway.serving import tune_garbage_collector
 from gateway.sources import Source
 from gateway.sources.client import DEFAULT_HTTP_CLIENT, HttpClient, new_client
 from gateway.sources.dataverse import DataverseSettings, DataverseSource
@@ -262,13 +263,21 @@ def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
 
 
 def create_app(settings: Settings,
-               clients: Mapping[str, httpx.AsyncClient] | None = None) -> Starlette:
-    """Return the ASGI application; the gateway starts in its lifespan."""
+               clients: Mapping[str, httpx.AsyncClient] | None = None, *,
+               server_process: bool = False) -> Starlette:
+    """Return the ASGI application; the gateway starts in its lifespan.
+
+    ``server_process`` is for a process that serves only this gateway, such as
+    ``fonte serve``: once the gateway has started, it tunes the process's
+    garbage collector (``gateway.serving.tune_garbage_collector``).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway = await Gateway.start(settings, clients)
         app.state.gateway = gateway
+        if server_process:
+            tune_garbage_collector()
         try:
             yield
         finally:

@@ -147,7 +147,7 @@ def serve(
         raise _fail(exc) from exc
     # proxy_headers off: the gateway reads X-Forwarded-For itself, and only
     # from [http] trusted_proxies.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, server_process=True), host=settings.host, port=settings.port,
                 log_level=log_level.lower(), access_log=False, proxy_headers=False,
                 **uvicorn_options())
 

@@ -294,7 +294,7 @@ async def _serve_demo(data: DemoData, *, port: int, data_dir: Path, erp: str, sc
     tokens = demo_tokens(data_dir, data)
     # proxy_headers off, as in `fonte serve`: uvicorn would otherwise take the
     # client address from X-Forwarded-For of any local caller.
-    config = uvicorn.Config(create_app(settings), host=LOOPBACK, port=port,
+    config = uvicorn.Config(create_app(settings, server_process=True), host=LOOPBACK, port=port,
                             log_level="warning", access_log=False, lifespan="on",
                             proxy_headers=False, **uvicorn_options())
     server = _ForegroundServer(config)

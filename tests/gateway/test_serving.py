@@ -1,9 +1,12 @@
-"""uvicorn runs on uvloop and httptools when they are installed."""
+"""uvicorn runs on uvloop and httptools when they are installed; servers tune the GC."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import uvloop
@@ -35,3 +38,18 @@ def test_event_loop_factory_uvloop() -> None:
 def test_event_loop_factory_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(serving, "_installed", lambda module: False)
     assert serving.event_loop_factory() is None
+
+
+def test_tune_garbage_collector() -> None:
+    # In a child process: the settings belong to the whole interpreter.
+    script = ("import gc, json\n"
+              "from gateway import serving\n"
+              "before = gc.get_threshold()\n"
+              "serving.tune_garbage_collector()\n"
+              "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count()]))\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               check=True, timeout=60)
+    before, after, frozen = json.loads(completed.stdout)
+
+    assert after == [serving.GC_YOUNG_THRESHOLD, before[1], before[2]]
+    assert frozen > 1000  # at least the imported modules' objects
