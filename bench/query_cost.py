@@ -62,6 +62,7 @@ from gateway.demo.odoo import create_odoo_app
 from gateway.demo.salesforce import create_salesforce_app
 from gateway.graphql_schema import MAX_PAGE_SIZE
 from gateway.identity import issue_token, load_or_create_signing_key
+from gateway.serving import tune_garbage_collector
 from gateway.sources import FetchRequest, Row
 from gateway.sources.odoo import OdooSettings
 from gateway.sources.salesforce import SalesforceSettings
@@ -519,7 +520,8 @@ def build_results(args: argparse.Namespace, samples: Samples, sweep: list[dict[s
         "workload": {"query": QUERY, "role": ROLE, "purpose": PURPOSE,
                      "crm_fields": list(CRM_FIELDS), "erp_fields": list(ERP_FIELDS),
                      "customers": args.customers, "iterations": args.iterations,
-                     "warmup": args.warmup, "transport": args.transport},
+                     "warmup": args.warmup, "transport": args.transport,
+                     "server_gc": args.server_gc},
         "gateway_ms": gateway,
         "graphql_core_ms": core,
         # Median over iterations of (gateway query time / graphql-core execute time).
@@ -579,6 +581,10 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     with tempfile.TemporaryDirectory(prefix="fonte-bench-", dir=args.data_dir) as temp:
         data_dir = Path(temp)
         async with open_stack(args.transport, args.customers, data_dir / "main") as stack:
+            if args.server_gc:
+                # As fonte serve does once the gateway has started; graphql-core's
+                # baseline runs in this process too, under the same settings.
+                tune_garbage_collector()
             samples = await measure(stack, args.customers, args.iterations, args.warmup)
             rss = {"after_measurement": peak_rss_mib()}
             profile = ""
@@ -649,6 +655,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="directory for the temporary gateway data (audit store, keys). "
                         "Its file system decides the cost of the durable commit "
                         "(default: the system temp directory)")
+    parser.add_argument("--server-gc", action="store_true",
+                        help="tune the garbage collector as fonte serve does once the gateway "
+                        "has started (gc.freeze, a young threshold of 20,000), for the gateway "
+                        "and the graphql-core baseline alike (default: the interpreter's)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=900.0,
                         help="seconds the whole run may take before it is stopped "
                         "(default 900)")
