@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.errors import ConfigError, UpstreamTimeout, UpstreamUnavailable
-from gateway.sources.aiohttp_client import AiohttpClient, AiohttpResponse, httpx_error_class
+from gateway.sources.aiohttp_client import httpx_error_class
 from gateway.sources.client import (
     HTTP_CLIENTS,
     HttpClient,
