@@ -5,14 +5,14 @@
 ``data``, ``json``) and encodes them as httpx 0.29 does: ``params`` and
 ``data`` with ``urllib.parse.urlencode``, ``json`` as compact UTF-8 JSON
 with ``Content-Type: application/json``. It builds no httpx request, URL or
-response. Python checks each URL character once with a regular expression,
-and aiohttp parses the response in C. A request costs about a third of the
-CPU time that httpx with its aiohttp transport needed (bench/README.md).
+response. One regular expression checks each URL, and aiohttp parses the
+response in C. On ``bench/upstream_client.py`` a request took about 40 %
+less CPU time than through httpx with httpx-aiohttp's transport.
 
-What stays as with httpx: no redirect is followed, gzip and deflate bodies
-are decoded, each phase of a request (pool wait, connect, each read) has
-the source's timeout, and the pool keeps at most 100 connections, each
-closed after 5 idle seconds. TLS uses the SSL context that
+What stays as with httpx: no redirect is followed, and gzip and deflate
+bodies are decoded. Each phase of a request (pool wait, connect, each
+read) has the source's timeout. The pool keeps at most 100 connections,
+each closed after 5 idle seconds. TLS uses the SSL context that
 ``httpx.create_ssl_context`` builds, so ``SSL_CERT_FILE`` and
 ``SSL_CERT_DIR`` still apply. A URL that a proxy of the environment
 (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, less ``NO_PROXY``) applies

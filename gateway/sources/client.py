@@ -6,8 +6,8 @@ either client. ``new_client`` picks one:
 - ``aiohttp`` (the default): ``AiohttpClient`` of
   ``gateway.sources.aiohttp_client`` sends each request with one aiohttp
   session per source, whose parser is written in C and which runs on
-  asyncio directly. It builds no httpx request or response, and it hands
-  each URL that a proxy of the environment applies to to an httpx client.
+  asyncio directly. It builds no httpx request or response. A request to a
+  URL that a proxy of the environment applies to goes to an httpx client.
 - ``httpx``: an ``httpx.AsyncClient`` on httpx's own transport (httpcore
   1.0.9, which runs every read and write through anyio with a cancel scope
   each).
