@@ -277,13 +277,16 @@ def test_basic_authorization_as_httpx() -> None:
     assert basic_authorization("COMM_USER", "pässword:1") == expected
 
 
-@pytest.mark.parametrize("cookies", [True, False])
-async def test_sap_batch_needs_session_cookie(demo_data: DemoData, cookies: bool) -> None:
+# The httpx client keeps cookies whatever ``cookies`` says.
+@pytest.mark.parametrize(("http_client", "cookies"),
+                         [("aiohttp", True), ("aiohttp", False), ("httpx", True)])
+async def test_sap_batch_needs_session_cookie(demo_data: DemoData, http_client: HttpClient,
+                                              cookies: bool) -> None:
     app = create_sap_app(demo_data, user="COMM_USER", password="s3cret")
     server, port = await serve_in_background(app)
     settings = SapSettings(base_url=f"http://127.0.0.1:{port}", service="API_FONTE_DEMO",
                            user="COMM_USER", password="s3cret")
-    client = new_client(5.0, cookies=cookies)
+    client = new_client(5.0, http_client, cookies=cookies)
     sap = MappedSource(SapSource("erp", settings, client), SAP_ENTITIES)
     # Enough keys that the reads go in one $batch POST.
     request = FetchRequest("res.partner", ("id",), match="id", keys=tuple(range(1, 3001)))
