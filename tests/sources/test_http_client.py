@@ -143,8 +143,6 @@ async def test_keep_alive_and_cookies_httpx() -> None:
     heads: list[bytes] = []
     keep_alive = answering((b"Set-Cookie: session=abc; Path=/\r\n", b"", b""), heads)
 
-    # A host name, not an address: aiohttp's default cookie jar ignores cookies
-    # of IP addresses, so only a name shows whether a second jar keeps them.
     async with raw_server(keep_alive) as url, new_client(5.0, "httpx") as client:
         assert isinstance(client, httpx.AsyncClient)
         url = url.replace("127.0.0.1", "localhost")
