@@ -120,7 +120,7 @@ class AiohttpClient:
     def __init__(self, timeout: float, *, cookies: bool = False,
                  proxied: httpx.AsyncClient | None = None) -> None:
         # aiohttp's "connect" covers the wait for a pooled connection and the
-        # connect, like httpx's pool timeout; httpx-aiohttp 0.2.0 maps it so too.
+        # connect, like httpx's pool timeout. httpx-aiohttp 0.2.0 maps it so too.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout,
                                               sock_connect=timeout, sock_read=timeout)
         self._cookies = cookies
@@ -184,13 +184,13 @@ class AiohttpClient:
                                          ssl=httpx.create_ssl_context())
         jar: aiohttp.abc.AbstractCookieJar
         if self._cookies:
-            # unsafe=True keeps cookies of IP-address hosts, which http.cookiejar
-            # (under httpx) keeps too; quote_cookie=False sends values as set.
+            # unsafe=True keeps cookies of IP-address hosts, as http.cookiejar
+            # under httpx does. quote_cookie=False sends values as they were set.
             jar = aiohttp.CookieJar(unsafe=True, quote_cookie=False)
         else:
             jar = aiohttp.DummyCookieJar()
-        # Bodies without a Content-Type header go without one, as with httpx;
-        # aiohttp would otherwise add application/octet-stream.
+        # Bodies without a Content-Type header go without one, as with httpx,
+        # where aiohttp would otherwise add application/octet-stream.
         self._session = aiohttp.ClientSession(connector=connector, cookie_jar=jar,
                                               timeout=self._timeout, trust_env=False,
                                               skip_auto_headers=("Content-Type",))
@@ -199,7 +199,7 @@ class AiohttpClient:
     def _uses_proxy(self, target: URL) -> bool:
         """Return whether httpx would send a request for ``target`` through a proxy.
 
-        The answer depends on the scheme, host and port only, so it is kept
+        The result depends on the scheme, host and port only, so it is kept
         per origin.
         """
         assert self._proxied is not None
