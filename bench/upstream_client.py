@@ -48,7 +48,8 @@ import httpx
 
 from gateway.demo.mappings import REST_ENTITIES, demo_rest_settings
 from gateway.sources import FetchRequest, Source
-from gateway.sources.client import HTTP_CLIENTS, HttpClient, new_client
+from gateway.sources.aiohttp_client import AiohttpClient
+from gateway.sources.client import HTTP_CLIENTS, HttpClient, UpstreamClient, new_client
 from gateway.sources.mapping import MappedSource
 from gateway.sources.odoo import OdooJsonRpcSource, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, ResilientSource
@@ -56,7 +57,7 @@ from gateway.sources.rest import RestSource
 from gateway.sources.salesforce import SalesforceSettings, SalesforceSource
 
 BENCH_DIR = Path(__file__).resolve().parent
-PACKAGES = ("httpx", "httpcore", "anyio", "aiohttp", "httpx-aiohttp", "uvicorn", "uvloop",
+PACKAGES = ("httpx", "httpcore", "anyio", "aiohttp", "yarl", "multidict", "uvicorn", "uvloop",
             "orjson")
 SOURCES = ("salesforce", "odoo", "rest")
 STARTUP_TIMEOUT_SECONDS = 120.0
@@ -134,7 +135,7 @@ def stop_upstreams(upstreams: Upstreams) -> None:
         upstreams.process.kill()
 
 
-def build_source(name: str, description: dict[str, str], client: httpx.AsyncClient,
+def build_source(name: str, description: dict[str, str], client: UpstreamClient,
                  concurrency: int) -> ResilientSource:
     inner: Source
     if name == "salesforce":
@@ -175,29 +176,31 @@ async def build_workloads(description: dict[str, str], http_client: HttpClient, 
 
 
 async def count_requests(workload: Workload) -> float:
-    """Return the upstream requests of one fetch, counted with an httpx event hook."""
+    """Return the upstream requests of one fetch, counted by wrapping the client's ``request``."""
     client = http_client_of(workload.source)
     count = 0
+    unwrapped = client.request
 
-    async def counted(_request: httpx.Request) -> None:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
         nonlocal count
         count += 1
+        return await unwrapped(*args, **kwargs)
 
     await run_fetch(workload)  # logs in or gets a token first
-    client.event_hooks = {"request": [counted]}
+    client.request = counted  # type: ignore[method-assign]
     try:
         await run_fetch(workload)
     finally:
-        client.event_hooks = {}
+        del client.request
     return float(count)
 
 
-def http_client_of(source: ResilientSource) -> httpx.AsyncClient:
+def http_client_of(source: ResilientSource) -> UpstreamClient:
     inner: Any = source.inner
     while isinstance(inner, MappedSource):
         inner = inner.inner
     client = inner._client
-    assert isinstance(client, httpx.AsyncClient)
+    assert isinstance(client, httpx.AsyncClient | AiohttpClient)
     return client
 
 

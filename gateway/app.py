@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -71,7 +70,7 @@ from gateway.principal import Principal
 from gateway.ratelimit import RateLimiter, retry_after_header
 from gateway.serving import tune_garbage_collector
 from gateway.sources import Source
-from gateway.sources.client import DEFAULT_HTTP_CLIENT, HttpClient, new_client
+from gateway.sources.client import DEFAULT_HTTP_CLIENT, HttpClient, UpstreamClient, new_client
 from gateway.sources.dataverse import DataverseSettings, DataverseSource
 from gateway.sources.mapping import MappedSource
 from gateway.sources.odoo import (
@@ -125,7 +124,7 @@ class Gateway:
 
     @classmethod
     async def start(cls, settings: Settings,
-                    clients: Mapping[str, httpx.AsyncClient] | None = None) -> Gateway:
+                    clients: Mapping[str, UpstreamClient] | None = None) -> Gateway:
         """Load schema and policy, open the audit store and the upstream clients."""
         lock = claim_data_dir(settings.data_dir)
         try:
@@ -135,7 +134,7 @@ class Gateway:
             raise
 
     @classmethod
-    async def _start(cls, settings: Settings, clients: Mapping[str, httpx.AsyncClient] | None,
+    async def _start(cls, settings: Settings, clients: Mapping[str, UpstreamClient] | None,
                      lock: IO[str]) -> Gateway:
         catalog = load_catalog(settings.schema_dir)
         schema = build_schema(catalog)
@@ -214,10 +213,11 @@ async def _open_audit_store(settings: Settings, checkpoint_key: CheckpointKey,
         checkpoint_interval=settings.audit_checkpoint_interval)
 
 
-def _source(name: str, spec: Any, client: httpx.AsyncClient | None,
+def _source(name: str, spec: Any, client: UpstreamClient | None,
             http_client: HttpClient) -> Source:
     if client is None and not isinstance(spec, SqlSettings):
-        client = new_client(spec.timeout, http_client)
+        # SAP sends the session cookie of its CSRF token back with each $batch.
+        client = new_client(spec.timeout, http_client, cookies=isinstance(spec, SapSettings))
     if isinstance(spec, DataverseSettings):
         dataverse = DataverseSource(name, spec, client)
         return MappedSource(dataverse, spec.entities) if spec.entities else dataverse
@@ -263,7 +263,7 @@ def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
 
 
 def create_app(settings: Settings,
-               clients: Mapping[str, httpx.AsyncClient] | None = None, *,
+               clients: Mapping[str, UpstreamClient] | None = None, *,
                server_process: bool = False) -> Starlette:
     """Return the ASGI application; the gateway starts in its lifespan.
 

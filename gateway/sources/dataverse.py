@@ -23,12 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from gateway.errors import UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
 from gateway.sources import FetchRequest, Row
-from gateway.sources.client import new_client
-from gateway.sources.http import json_body, send, status_error
+from gateway.sources.client import UpstreamClient, new_client
+from gateway.sources.http import UpstreamResponse, json_body, send, status_error
 from gateway.sources.mapping import EntityMap
 from gateway.sources.odata import Flavour, ODataSource, error_code, generic_error
 
@@ -68,7 +66,7 @@ class DataverseSource(ODataSource):
     flavour = DATAVERSE
 
     def __init__(self, name: str, settings: DataverseSettings,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: UpstreamClient | None = None) -> None:
         super().__init__(name, client or new_client(settings.timeout))
         self._settings = settings
         self._token: tuple[str, float] | None = None  # (access token, monotonic expiry)
@@ -95,10 +93,10 @@ class DataverseSource(ODataSource):
     def batch_part_headers(self, request: FetchRequest) -> dict[str, str]:
         return self._headers(request)
 
-    async def get(self, url: str, request: FetchRequest, what: str) -> httpx.Response:
+    async def get(self, url: str, request: FetchRequest, what: str) -> UpstreamResponse:
         return await self._send("GET", url, self._headers(request), None, what)
 
-    async def post_batch(self, body: bytes, boundary: str, what: str) -> httpx.Response:
+    async def post_batch(self, body: bytes, boundary: str, what: str) -> UpstreamResponse:
         # Accept: multipart/mixed, because SAP CAP responds to a batch in the
         # OData 4.01 JSON batch format when the request accepts JSON.
         headers = {"Accept": "multipart/mixed", "OData-MaxVersion": "4.0",
@@ -109,7 +107,7 @@ class DataverseSource(ODataSource):
         return await self._send("POST", self.service_url() + "$batch", headers, body, what)
 
     async def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                    what: str) -> httpx.Response:
+                    what: str) -> UpstreamResponse:
         token = await self._access(stale=None)
         response = await send(self._client, self.name, what, method, url, content=body,
                               headers={**headers, "Authorization": f"Bearer {token}"})
@@ -134,7 +132,7 @@ class DataverseSource(ODataSource):
         # which the gateway's converters read as they are.
         return row
 
-    def error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         code = _error_code(response)
         status = response.status_code
         if status == 401:
@@ -178,7 +176,7 @@ class DataverseSource(ODataSource):
         log.info("system %r: new access token obtained", self.name)
         return token, time.monotonic() + max(0.0, float(lifetime) - _TOKEN_MARGIN)
 
-    def _token_error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def _token_error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         try:
             body = response.json()
         except ValueError:
@@ -191,7 +189,7 @@ class DataverseSource(ODataSource):
         return status_error(self.name, what, response, error_code(code))
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(response: UpstreamResponse) -> str | None:
     """Return the ``error.code`` of a Dataverse error body; Dataverse often leaves it empty."""
     try:
         body = response.json()

@@ -1,8 +1,9 @@
-"""HTTP plumbing shared by the dialects: one place maps httpx errors.
+"""HTTP plumbing shared by the dialects: one place maps the clients' errors.
 
-Every httpx exception becomes an ``UpstreamError`` here, so no dialect lets
-a library error escape and no upstream text reaches a client. Messages name
-the system, the entity and the key count, never keys or values.
+Every httpx and aiohttp exception becomes an ``UpstreamError`` here, so no
+dialect lets a library error escape and no upstream text reaches a client.
+Messages name the system, the entity and the key count, never keys or
+values.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 import httpx
 import orjson
 
@@ -22,6 +25,10 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.sources.aiohttp_client import httpx_error_class
+
+if TYPE_CHECKING:
+    from gateway.sources.client import UpstreamClient
 
 log = logging.getLogger("gateway.upstream")
 
@@ -39,20 +46,44 @@ _NUMBER_SHAPE = bytes.maketrans(b"123456789,[- \n\t\r", b"000000000:::::::")
 _LONG_NUMBER = b":" + b"0" * 19
 
 
-async def send(client: httpx.AsyncClient, system: str, what: str, method: str, url: str,
-               **kwargs: Any) -> httpx.Response:
-    """Send one request; map transport failures to the gateway's errors."""
+class UpstreamResponse(Protocol):
+    """A complete response of either client: ``httpx.Response`` or ``AiohttpResponse``."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    def json(self) -> Any: ...
+
+
+async def send(client: UpstreamClient, system: str, what: str, method: str, url: str,
+               **kwargs: Any) -> UpstreamResponse:
+    """Send one request; map transport failures to the gateway's errors.
+
+    An aiohttp error is named by the httpx class of the same failure, so the
+    message is the same on both clients.
+    """
     try:
         return await client.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        # aiohttp's timeouts (ServerTimeoutError and its subclasses) are TimeoutErrors.
         raise UpstreamTimeout(system, f"system {system!r} timed out on {what}") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(
+            system, f"system {system!r} could not be reached for {what}: "
+            f"{httpx_error_class(type(exc)).__name__}") from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise UpstreamUnavailable(
             system, f"system {system!r} could not be reached for {what}: {type(exc).__name__}"
         ) from exc
 
 
-def json_body(response: httpx.Response, system: str, what: str) -> Any:
+def json_body(response: UpstreamResponse, system: str, what: str) -> Any:
     """Return the decoded JSON body or raise ``UpstreamUnavailable`` naming the fault.
 
     orjson decodes UTF-8 bodies. A body it rejects goes through the standard
@@ -84,7 +115,7 @@ def _may_hold_long_integer(content: bytes) -> bool:
     return _LONG_NUMBER in b":" + content.translate(_NUMBER_SHAPE)
 
 
-def status_error(system: str, what: str, response: httpx.Response,
+def status_error(system: str, what: str, response: UpstreamResponse,
                  code: str | None = None) -> UpstreamError:
     """Return the error for a failed HTTP status; ``code`` is the vendor's error code."""
     detail = f" ({code})" if code else ""
@@ -96,7 +127,7 @@ def status_error(system: str, what: str, response: httpx.Response,
     return UpstreamUnavailable(system, message)
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: UpstreamResponse) -> float | None:
     """Return the delay a ``Retry-After`` header asks for, in seconds (RFC 9110 10.2.3)."""
     value = response.headers.get("retry-after")
     if value is None:

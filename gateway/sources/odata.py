@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urljoin
 
-import httpx
-
 from gateway.catalog import Condition
 from gateway.errors import (
     UpstreamError,
@@ -31,7 +29,8 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Row, chunk_by_size, order_terms
-from gateway.sources.http import json_body, retry_after, status_error
+from gateway.sources.client import UpstreamClient
+from gateway.sources.http import UpstreamResponse, json_body, retry_after, status_error
 from gateway.sources.odata_batch import batch_boundary, decode_batch, encode_batch, new_boundary
 
 log = logging.getLogger("gateway.upstream")
@@ -149,7 +148,7 @@ class ODataSource(ABC):
     flavour: Flavour
     supports_row_filters = True
 
-    def __init__(self, name: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, client: UpstreamClient) -> None:
         self.name = name
         self._client = client
 
@@ -165,11 +164,11 @@ class ODataSource(ABC):
         """Return the dialect's extra query options, such as ``$top`` or ``$format``."""
 
     @abstractmethod
-    async def get(self, url: str, request: FetchRequest, what: str) -> httpx.Response:
+    async def get(self, url: str, request: FetchRequest, what: str) -> UpstreamResponse:
         """Send one authenticated GET and return a 200 response or raise the mapped error."""
 
     @abstractmethod
-    async def post_batch(self, body: bytes, boundary: str, what: str) -> httpx.Response:
+    async def post_batch(self, body: bytes, boundary: str, what: str) -> UpstreamResponse:
         """Send one authenticated ``$batch`` POST and return a 200 response or raise."""
 
     @abstractmethod
@@ -185,7 +184,7 @@ class ODataSource(ABC):
         """Return ``row`` with the dialect's wire values turned into the gateway's."""
 
     @abstractmethod
-    def error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         """Return the error for a failed response, naming no upstream text."""
 
     async def fetch(self, request: FetchRequest) -> list[Row]:
@@ -233,7 +232,7 @@ class ODataSource(ABC):
             rows.extend(await self._read_pages(request, part, what))
         return rows
 
-    async def _read_pages(self, request: FetchRequest, response: httpx.Response,
+    async def _read_pages(self, request: FetchRequest, response: UpstreamResponse,
                           what: str) -> list[Row]:
         records, next_url = self.page(json_body(response, self.name, what), what)
         rows = [self.convert(project(r, request.attributes)) for r in records]
@@ -258,7 +257,7 @@ def _reached(rows: list[Row], limit: int | None) -> bool:
     return limit is not None and len(rows) >= limit
 
 
-def generic_error(system: str, response: httpx.Response, what: str,
+def generic_error(system: str, response: UpstreamResponse, what: str,
                   code: str | None) -> UpstreamError:
     """Return the error for the statuses that every OData dialect returns alike."""
     status = response.status_code

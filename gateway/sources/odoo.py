@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from gateway.catalog import Condition
 from gateway.errors import (
     UpstreamAuthFailed,
@@ -39,8 +37,8 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Many2one, Row, order_terms
-from gateway.sources.client import new_client
-from gateway.sources.http import json_body, send, status_error
+from gateway.sources.client import UpstreamClient, new_client
+from gateway.sources.http import UpstreamResponse, json_body, send, status_error
 
 log = logging.getLogger("gateway.upstream")
 
@@ -195,7 +193,7 @@ class OdooJsonRpcSource(OdooSource):
     """Reads one Odoo database through ``/jsonrpc``."""
 
     def __init__(self, name: str, settings: OdooSettings,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: UpstreamClient | None = None) -> None:
         self.name = name
         self._settings = settings
         self._client = client or new_client(settings.timeout)
@@ -278,7 +276,7 @@ class OdooJson2Source(OdooSource):
     """
 
     def __init__(self, name: str, settings: OdooJson2Settings,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: UpstreamClient | None = None) -> None:
         self.name = name
         self._settings = settings
         self._client = client or new_client(settings.timeout)
@@ -299,7 +297,7 @@ class OdooJson2Source(OdooSource):
             raise self._status_error(response, what)
         return json_body(response, self.name, what)
 
-    def _status_error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def _status_error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         status = response.status_code
         name = _error_name(_error_body(response))
         # Only the exception class name is kept: Odoo's message and debug
@@ -328,7 +326,7 @@ class OdooJson2Source(OdooSource):
         return status_error(self.name, what, response, name)
 
 
-def _error_body(response: httpx.Response) -> Any:
+def _error_body(response: UpstreamResponse) -> Any:
     """Return the decoded error body, or None when it is not JSON (a proxy's text page)."""
     try:
         return response.json()

@@ -32,8 +32,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote, urljoin, urlsplit
 
-import httpx
-
 from gateway.catalog import Condition
 from gateway.errors import (
     UpstreamAuthFailed,
@@ -43,8 +41,8 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Row, chunk_by_size, matches, order_terms
-from gateway.sources.client import new_client
-from gateway.sources.http import json_body, retry_after, send, status_error
+from gateway.sources.client import UpstreamClient, new_client
+from gateway.sources.http import UpstreamResponse, json_body, retry_after, send, status_error
 from gateway.sources.mapping import EntityMap
 from gateway.sources.odata import error_code
 
@@ -156,7 +154,7 @@ class RestSource:
     supports_row_filters = False
 
     def __init__(self, name: str, settings: RestSettings,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: UpstreamClient | None = None) -> None:
         self.name = name
         self._settings = settings
         self._client = client or new_client(settings.timeout)
@@ -323,7 +321,7 @@ class RestSource:
                                       "entity's rows_path setting")
         return rows
 
-    def _error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def _error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         status = response.status_code
         code = _error_code(response)
         detail = f" ({code})" if code else ""
@@ -402,7 +400,7 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(response: UpstreamResponse) -> str | None:
     """Return a safe ``error.code`` or ``code`` of an error body, the usual REST shapes."""
     try:
         body = response.json()

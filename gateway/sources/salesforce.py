@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
-import httpx
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -38,8 +37,8 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Row, chunk_by_size, order_terms
-from gateway.sources.client import new_client
-from gateway.sources.http import json_body, send, status_error
+from gateway.sources.client import UpstreamClient, new_client
+from gateway.sources.http import UpstreamResponse, json_body, send, status_error
 
 log = logging.getLogger("gateway.upstream")
 
@@ -211,7 +210,7 @@ class SalesforceSource:
     supports_row_filters = True
 
     def __init__(self, name: str, settings: SalesforceSettings,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: UpstreamClient | None = None) -> None:
         self.name = name
         self._settings = settings
         self._client = client or new_client(settings.timeout)
@@ -317,7 +316,7 @@ class SalesforceSource:
         return json_body(response, self.name, what)
 
     async def _send_data(self, method: str, url: str, token: str, what: str,
-                         **kwargs: Any) -> httpx.Response:
+                         **kwargs: Any) -> UpstreamResponse:
         return await send(self._client, self.name, what, method, url,
                           headers={"Authorization": f"Bearer {token}",
                                    "Accept": "application/json"}, **kwargs)
@@ -374,7 +373,7 @@ class SalesforceSource:
         return (f"system {self.name!r} rejected the gateway's JWT bearer assertion ({code}); "
                 f"check its {hint}")
 
-    def _read_usage(self, response: httpx.Response) -> None:
+    def _read_usage(self, response: UpstreamResponse) -> None:
         """Keep the org's API usage from ``Sforce-Limit-Info: api-usage=N/M``."""
         match = _API_USAGE.search(response.headers.get("sforce-limit-info", ""))
         if match is None:
@@ -384,7 +383,7 @@ class SalesforceSource:
             log.warning("system %r has used %d of its %d daily API requests", self.name,
                         *self.api_usage)
 
-    def _error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def _error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         code = _error_code(response)
         if response.status_code in (414, 431):
             return UpstreamRejected(self.name, f"system {self.name!r} rejected {what} as too "
@@ -431,7 +430,7 @@ def _drop_malformed_ids(request: FetchRequest) -> FetchRequest:
     return request
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(response: UpstreamResponse) -> str | None:
     try:
         body = response.json()
     except ValueError:

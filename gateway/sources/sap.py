@@ -19,15 +19,16 @@ Dates arrive as ``/Date(<ms since 1970 UTC>)/`` (``Edm.DateTime``) or
 Every request carries Basic auth for the communication user. A ``$batch``
 POST also needs a CSRF token: a GET of the service root with
 ``x-csrf-token: fetch`` returns it in a header and sets a session cookie,
-which the client's cookie jar keeps. A POST whose token has expired gets 403
-with ``x-csrf-token: Required``, and then the token is fetched once more and
-the POST retried once. A service that sends no token in response to the
-fetch gets its POSTs without one.
+which the client's cookie jar keeps (``new_client(..., cookies=True)``). A
+POST whose token has expired gets 403 with ``x-csrf-token: Required``, and
+then the token is fetched once more and the POST retried once. A service
+that sends no token in response to the fetch gets its POSTs without one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 from collections.abc import Mapping
@@ -35,12 +36,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from gateway.errors import UpstreamAuthFailed, UpstreamError, UpstreamUnavailable
 from gateway.sources import FetchRequest, Row
-from gateway.sources.client import new_client
-from gateway.sources.http import send
+from gateway.sources.client import UpstreamClient, new_client
+from gateway.sources.http import UpstreamResponse, send
 from gateway.sources.mapping import EntityMap
 from gateway.sources.odata import Flavour, ODataSource, error_code, generic_error
 
@@ -106,10 +105,10 @@ class SapSource(ODataSource):
     flavour = SAP
 
     def __init__(self, name: str, settings: SapSettings,
-                 client: httpx.AsyncClient | None = None) -> None:
-        super().__init__(name, client or new_client(settings.timeout))
+                 client: UpstreamClient | None = None) -> None:
+        super().__init__(name, client or new_client(settings.timeout, cookies=True))
         self._settings = settings
-        self._auth = httpx.BasicAuth(settings.user, settings.password)
+        self._authorization = basic_authorization(settings.user, settings.password)
         self._csrf: str | None = None
         self._csrf_lock = asyncio.Lock()
 
@@ -127,13 +126,13 @@ class SapSource(ODataSource):
     def batch_part_headers(self, request: FetchRequest) -> dict[str, str]:
         return {"Accept": "application/json"}
 
-    async def get(self, url: str, request: FetchRequest, what: str) -> httpx.Response:
+    async def get(self, url: str, request: FetchRequest, what: str) -> UpstreamResponse:
         response = await self._send("GET", url, {"Accept": "application/json"}, None, what)
         if response.status_code != 200:
             raise self.error(response, what)
         return response
 
-    async def post_batch(self, body: bytes, boundary: str, what: str) -> httpx.Response:
+    async def post_batch(self, body: bytes, boundary: str, what: str) -> UpstreamResponse:
         url = self.service_url() + "$batch"
         if self._settings.client is not None:
             url += f"?sap-client={self._settings.client}"
@@ -155,9 +154,9 @@ class SapSource(ODataSource):
         return response
 
     async def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-                    what: str) -> httpx.Response:
+                    what: str) -> UpstreamResponse:
         return await send(self._client, self.name, what, method, url, content=body,
-                          headers=headers, auth=self._auth)
+                          headers={**headers, "Authorization": self._authorization})
 
     async def _csrf_token(self, *, stale: str | None, what: str) -> str:
         async with self._csrf_lock:
@@ -200,7 +199,7 @@ class SapSource(ODataSource):
     def convert(self, row: Row) -> Row:
         return {name: _wire_value(value) for name, value in row.items()}
 
-    def error(self, response: httpx.Response, what: str) -> UpstreamError:
+    def error(self, response: UpstreamResponse, what: str) -> UpstreamError:
         code = _error_code(response)
         status = response.status_code
         if status == 401:
@@ -213,6 +212,12 @@ class SapSource(ODataSource):
                                       f"403{detail}); add the service to the communication "
                                       "arrangement or role of the communication user")
         return generic_error(self.name, response, what, code)
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """Return the ``Authorization`` value of Basic auth, UTF-8 encoded as httpx 0.29 does."""
+    credentials = user.encode("utf-8") + b":" + password.encode("utf-8")
+    return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
 def _wire_value(value: Any) -> Any:
@@ -228,12 +233,12 @@ def _with_token(headers: dict[str, str], token: str) -> dict[str, str]:
     return {**headers, "x-csrf-token": token} if token else headers
 
 
-def _csrf_required(response: httpx.Response) -> bool:
+def _csrf_required(response: UpstreamResponse) -> bool:
     return (response.status_code == 403
             and response.headers.get("x-csrf-token", "").lower() == "required")
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(response: UpstreamResponse) -> str | None:
     """Return the ``error.code`` of an SAP error body, such as ``/IWBEP/CM_MGW_RT/020``."""
     try:
         body = response.json()

@@ -60,7 +60,13 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.sources import FetchRequest, Source
-from gateway.sources.client import DEFAULT_HTTP_CLIENT, HttpClient, new_transport
+from gateway.sources.client import (
+    DEFAULT_HTTP_CLIENT,
+    HttpClient,
+    UpstreamClient,
+    new_client,
+    new_transport,
+)
 from gateway.sources.dataverse import MAX_PAGE_SIZE, DataverseSettings, DataverseSource
 from gateway.sources.mapping import EntityMap, MappedSource
 from gateway.sources.odoo import (
@@ -190,7 +196,7 @@ class Adapter(ABC):
         """Build a source. ``empty`` rewrites every ``sample.empty`` value to that form.
 
         ``paged`` makes pages ``page_size`` rows long, and otherwise they have
-        the dialect's default size. ``http_client`` picks the transport of a
+        the dialect's default size. ``http_client`` picks the client of a
         fake on a real socket.
         """
 
@@ -284,7 +290,7 @@ class HttpAdapter(Adapter):
         """Build the dialect's fake over ``self.data``."""
 
     @abstractmethod
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         """Build the source that reads ``self.base_url`` through ``client``."""
 
     @property
@@ -308,15 +314,20 @@ class HttpAdapter(Adapter):
     def source(self, *, timeout: float = 10.0, empty: EmptyForm | None = None,
                paged: bool = False, http_client: HttpClient = DEFAULT_HTTP_CLIENT) -> Source:
         assert self.app is not None, "start the adapter first"
-        transport: httpx.AsyncBaseTransport
-        if self._server is not None:
-            transport = new_transport(http_client)
+        client: UpstreamClient
+        if self._server is not None and empty is None:
+            client = new_client(timeout, http_client, cookies=self.dialect == "sap")
         else:
-            transport = httpx.ASGITransport(app=self.app)
-        if empty is not None:
-            transport = _EmptyRewrite(transport, self.wire_name(self.sample.entity,
-                                                                self.sample.empty), empty)
-        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+            # The empty-value rewrite is an httpx transport, so it needs an httpx client.
+            transport: httpx.AsyncBaseTransport
+            if self._server is not None:
+                transport = new_transport()
+            else:
+                transport = httpx.ASGITransport(app=self.app)
+            if empty is not None:
+                transport = _EmptyRewrite(transport, self.wire_name(self.sample.entity,
+                                                                    self.sample.empty), empty)
+            client = httpx.AsyncClient(transport=transport, timeout=timeout)
         source = self.build_source(client, timeout, paged)
         self._sources.append(source)
         return source
@@ -377,7 +388,7 @@ class SalesforceAdapter(HttpAdapter):
         return create_salesforce_app(self.data, client_id="client", client_secret=SECRET,
                                      page_size=self.page_size or 2000)
 
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         settings = SalesforceSettings(login_url=self.base_url, client_id="client",
                                       client_secret=self.secret, timeout=timeout)
         return SalesforceSource("crm", settings, client)
@@ -407,7 +418,7 @@ class OdooJsonRpcAdapter(HttpAdapter):
     def build_app(self) -> Starlette:
         return create_odoo_app(self.data, api_key=SECRET)
 
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         settings = OdooSettings(base_url=self.base_url, database="fonte_demo", login="gateway",
                                 api_key=self.secret, timeout=timeout)
         return OdooJsonRpcSource("erp", settings, client)
@@ -425,7 +436,7 @@ class OdooJson2Adapter(OdooJsonRpcAdapter):
         503: StatusError(UpstreamUnavailable, "HTTP 503"),
     }
 
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         settings = OdooJson2Settings(base_url=self.base_url, database="fonte_demo",
                                      api_key=self.secret, timeout=timeout)
         return OdooJson2Source("erp", settings, client)
@@ -478,7 +489,7 @@ class DataverseAdapter(_ODataAdapter):
     def build_app(self) -> Starlette:
         return create_dataverse_app(self.data, client_id="client", client_secret=SECRET)
 
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         settings = DataverseSettings(
             base_url=self.base_url, token_url=f"{self.base_url}/oauth2/v2.0/token",
             client_id="client", client_secret=self.secret, scope=f"{self.base_url}/.default",
@@ -507,7 +518,7 @@ class SapAdapter(_ODataAdapter):
     def build_app(self) -> Starlette:
         return create_sap_app(self.data, user="COMM_USER", password=SECRET)
 
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         # SAP pages on the server, so the page size is the fake's setting.
         assert self.app is not None
         self.app.state.fake.page_size = self.page_size if paged else SAP_PAGE_SIZE
@@ -547,7 +558,7 @@ class RestAdapter(_MappedAdapter):
     def build_app(self) -> Starlette:
         return create_rest_app(self.data, api_key=SECRET)
 
-    def build_source(self, client: httpx.AsyncClient, timeout: float, paged: bool) -> Source:
+    def build_source(self, client: UpstreamClient, timeout: float, paged: bool) -> Source:
         settings = replace(demo_rest_settings(self.base_url, self.secret), timeout=timeout)
         if paged:
             assert self.page_size is not None

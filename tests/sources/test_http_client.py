@@ -1,4 +1,4 @@
-"""The aiohttp transport of the sources' httpx clients, against raw servers on loopback.
+"""The sources' two HTTP clients, aiohttp and httpx, against raw servers on loopback.
 
 Each server is an asyncio stream server that writes fixed bytes, so a test
 can break HTTP in ways a real web framework never does.
@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from gateway.errors import ConfigError, UpstreamTimeout, UpstreamUnavailable
+from gateway.sources.aiohttp_client import httpx_error_class
 from gateway.sources.client import (
     HTTP_CLIENTS,
     HttpClient,
     check_http_client,
-    httpx_error_class,
     new_client,
 )
 from gateway.sources.http import send
@@ -139,14 +139,12 @@ async def test_silent_server_times_out(http_client: HttpClient) -> None:
             release.set()
 
 
-@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
-async def test_keep_alive_and_cookies(http_client: HttpClient) -> None:
+async def test_keep_alive_and_cookies_httpx() -> None:
     heads: list[bytes] = []
     keep_alive = answering((b"Set-Cookie: session=abc; Path=/\r\n", b"", b""), heads)
 
-    # A host name, not an address: aiohttp's default cookie jar ignores cookies
-    # of IP addresses, so only a name shows whether a second jar keeps them.
-    async with raw_server(keep_alive) as url, new_client(5.0, http_client) as client:
+    async with raw_server(keep_alive) as url, new_client(5.0, "httpx") as client:
+        assert isinstance(client, httpx.AsyncClient)
         url = url.replace("127.0.0.1", "localhost")
         first = await send(client, "crm", "login", "POST", url + "/login", json={"user": "x"})
         second = await send(client, "crm", "query", "GET", url + "/query")
@@ -233,12 +231,12 @@ async def test_environment_proxy_used(http_client: HttpClient,
     assert heads[0].startswith(b"GET http://erp.invalid/api HTTP/1.1\r\n")
 
 
-@pytest.mark.parametrize("http_client", HTTP_CLIENTS)
-async def test_reassigned_cookies_sent(http_client: HttpClient) -> None:
+async def test_reassigned_cookies_sent_httpx() -> None:
     heads: list[bytes] = []
     record = answering((b"", b"Set-Cookie: later=2; Path=/\r\n", b""), heads)
 
-    async with raw_server(record) as url, new_client(5.0, http_client) as client:
+    async with raw_server(record) as url, new_client(5.0, "httpx") as client:
+        assert isinstance(client, httpx.AsyncClient)
         url = url.replace("127.0.0.1", "localhost")
         client.cookies = {"first": "1"}
         for _ in range(3):
