@@ -540,6 +540,23 @@ async def test_cached_token_rechecked_after_expiry(jwks: JwksServer,
     await verifier.aclose()
 
 
+async def test_cached_token_with_fractional_exp_expires_as_pyjwt_does(
+        jwks: JwksServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    now = int(time.time())
+    clock = FakeClock(now)
+    verifier = cached_verifier(jwks, clock, leeway=30)
+    token = jwks.sign(exp=now + 60.9)
+    await verifier.verify(f"Bearer {token}")
+    clock.now = now + 60 + 30
+
+    await verifier.verify(f"Bearer {token}")
+
+    # PyJWT takes int(exp), so the token expired at now + 60 plus the leeway.
+    assert decode.calls == 2
+    await verifier.aclose()
+
+
 async def test_cached_token_refused_once_key_withdrawn(jwks: JwksServer) -> None:
     clock = FakeClock(time.time())
     verifier = cached_verifier(jwks, clock)
