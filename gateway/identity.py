@@ -128,7 +128,9 @@ class TokenVerifier:
         verified = _Verified(key_id=key_id, key=key,
                              principal=_principal(claims, self._settings.roles),
                              purposes=token_purposes(claims),
-                             expires_at=float(claims["exp"]) + self._settings.leeway_seconds)
+                             # PyJWT compares int(exp), so a fractional exp expires as its
+                             # integer part does.
+                             expires_at=int(claims["exp"]) + self._settings.leeway_seconds)
         size = self._settings.cache_size
         if size > 0:
             if len(self._verified) >= size:

@@ -47,3 +47,19 @@ async def test_cursors_signed_with_and_without_edge_cursors(harness: Harness) ->
         "query($after: String) { customers(first: 1, after: $after) { edges { node { id } } } }",
         variables={"after": cursors[0]})
     assert after.json()["data"]["customers"]["edges"] == [{"node": page["edges"][1]["node"]}]
+
+
+async def test_aliased_fragment_edge_cursors(harness: Harness) -> None:
+    """An aliased, repeated or fragment-selected edge cursor is signed like a plain one."""
+    plain = (await harness.query(
+        "{ customers(first: 3) { edges { cursor } pageInfo { endCursor } } }")).json()
+    cursors = [edge["cursor"] for edge in plain["data"]["customers"]["edges"]]
+    aliased = (await harness.query(
+        "fragment E on CustomerEdge { c: cursor } "
+        "{ customers(first: 3) { a: edges { node { id } } b: edges { ...E } "
+        "p: pageInfo { e: endCursor } } }")).json()
+
+    assert aliased["data"]["customers"]["b"] == [{"c": cursor} for cursor in cursors]
+    assert aliased["data"]["customers"]["p"] == {"e": cursors[-1]}
+    first_id = min(account["Id"] for account in harness.data.crm["Account"])
+    assert aliased["data"]["customers"]["a"][0] == {"node": {"id": first_id}}

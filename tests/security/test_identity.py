@@ -540,6 +540,23 @@ async def test_cached_token_rechecked_after_expiry(jwks: JwksServer,
     await verifier.aclose()
 
 
+async def test_cached_fractional_exp_truncated(jwks: JwksServer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    decode = DecodeCounter(monkeypatch)
+    now = int(time.time())
+    clock = FakeClock(now)
+    verifier = cached_verifier(jwks, clock, leeway=30)
+    token = jwks.sign(exp=now + 60.9)
+    await verifier.verify(f"Bearer {token}")
+    clock.now = now + 60 + 30
+
+    await verifier.verify(f"Bearer {token}")
+
+    # PyJWT takes int(exp), so the token expired at now + 60 plus the leeway.
+    assert decode.calls == 2
+    await verifier.aclose()
+
+
 async def test_cached_token_refused_once_key_withdrawn(jwks: JwksServer) -> None:
     clock = FakeClock(time.time())
     verifier = cached_verifier(jwks, clock)
@@ -553,6 +570,20 @@ async def test_cached_token_refused_once_key_withdrawn(jwks: JwksServer) -> None
 
     assert jwks.fetches == 2
     assert (await verifier.verify(f"Bearer {jwks.sign()}")).user == "u-idp"
+    await verifier.aclose()
+
+
+async def test_cached_token_kid_reassigned(jwks: JwksServer) -> None:
+    clock = FakeClock(time.time())
+    verifier = cached_verifier(jwks, clock)
+    token = jwks.sign()
+    await verifier.verify(f"Bearer {token}")
+    jwks.keys = [new_key("key-1")]  # the same kid, now for a new key
+    clock.now += 301  # past jwks_cache_seconds, so the key set is fetched again
+
+    with pytest.raises(AuthenticationError,
+                       match="the bearer token is invalid: Signature verification failed"):
+        await verifier.verify(f"Bearer {token}")
     await verifier.aclose()
 
 
