@@ -96,13 +96,14 @@ class TokenVerifier:
         if verified is None:
             verified = await self._verify(token)
         principal, allowed = verified.principal, verified.purposes
+        # Each request gets its own attributes, so none can change a cached principal.
         if purpose is None:
             chosen = allowed[0] if len(allowed) == 1 else None
-            return replace(principal, purpose=chosen)
+            return replace(principal, purpose=chosen, attributes=dict(principal.attributes))
         if purpose not in allowed:
             raise PurposeError(f"purpose {quoted(purpose)} is not one the bearer token allows "
                                f"({', '.join(allowed) or 'none'}); request a token for it")
-        return replace(principal, purpose=purpose)
+        return replace(principal, purpose=purpose, attributes=dict(principal.attributes))
 
     async def aclose(self) -> None:
         await self._settings.keys.aclose()

@@ -517,6 +517,8 @@ async def test_repeated_token_checked_once(jwks: JwksServer,
                                                                  {"region": "nord"})
     with pytest.raises(PurposeError, match="'billing' is not one the bearer token allows"):
         await verifier.verify(f"Bearer {token}", "billing")
+    second.attributes["region"] = "sud"
+    assert (await verifier.verify(f"Bearer {token}", "sales")).attributes == {"region": "nord"}
     await verifier.aclose()
 
 
