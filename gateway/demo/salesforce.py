@@ -9,7 +9,8 @@ is read through ``query`` with the SOQL subset of ``gateway.demo.soql``,
 body ``[{"message", "errorCode", "fields"}]`` and never quote a value from the
 data. Every vendor API call is recorded in ``app.state.control``, and
 ``app.state.expire_tokens()`` invalidates all issued tokens so a test can
-exercise the connector's session refresh.
+exercise the connector's session refresh. ``app.state.set_api_usage(n)``
+sets the daily API usage that ``Sforce-Limit-Info`` reports.
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ class _SalesforceServer:
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
+
+    def set_api_usage(self, used: int) -> None:
+        """Set the API requests used today, which the next counted call raises by one."""
+        self.api_usage = used
 
     # --- request pipeline ----------------------------------------------------------------
 
@@ -428,6 +433,7 @@ def create_salesforce_app(data: DemoData, *, client_id: str, client_secret: str,
     app = Starlette(routes=routes)
     app.state.control = server.control
     app.state.expire_tokens = server.expire_tokens
+    app.state.set_api_usage = server.set_api_usage
     return app
 
 

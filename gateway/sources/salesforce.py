@@ -56,6 +56,8 @@ _JWT_ONLY_SETTINGS = ("username", "private_key_pem", "audience")
 _AUTH_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client",
                           "invalid_client_id"})
 _API_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+# Seconds between two warnings that the org has used 90 % of its daily API requests.
+USAGE_WARNING_INTERVAL = 300.0
 # Record ids are 15 case-sensitive or 18 case-insensitive alphanumerics.
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SOQL_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
@@ -219,6 +221,8 @@ class SalesforceSource:
         self._token: tuple[str, str] | None = None  # (access token, instance URL)
         # (used, allowed) API requests from the last Sforce-Limit-Info header.
         self.api_usage: tuple[int, int] | None = None
+        # When the last warning about the API usage was logged (time.monotonic()).
+        self._usage_warned_at: float | None = None
         self._token_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
@@ -379,7 +383,15 @@ class SalesforceSource:
         if match is None:
             return
         self.api_usage = (int(match.group(1)), int(match.group(2)))
-        if self.api_usage[0] >= 0.9 * self.api_usage[1]:
+        if self.api_usage[0] < 0.9 * self.api_usage[1]:
+            self._usage_warned_at = None
+            return
+        # Every response carries the header, so past 90 % the warning would repeat
+        # on each call; it is logged at most once per interval.
+        now = time.monotonic()
+        last = self._usage_warned_at
+        if last is None or now - last >= USAGE_WARNING_INTERVAL:
+            self._usage_warned_at = now
             log.warning("system %r has used %d of its %d daily API requests", self.name,
                         *self.api_usage)
 

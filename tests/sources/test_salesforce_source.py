@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -24,6 +26,7 @@ from gateway.sources import FetchRequest
 from gateway.sources.resilience import ResiliencePolicy, ResilientSource
 from gateway.sources.salesforce import (
     MAX_URL_BYTES,
+    USAGE_WARNING_INTERVAL,
     SalesforceSettings,
     SalesforceSource,
     build_soql,
@@ -295,3 +298,23 @@ def test_plain_id_lookup_needs_id_match() -> None:
     assert not is_plain_id_lookup(FetchRequest(entity="Contact", attributes=("Id",),
                                                match="AccountId"))
     assert not is_plain_id_lookup(FetchRequest(entity="Account", attributes=("Id",)))
+
+
+async def test_api_usage_warning_once_per_interval(crm: Starlette, demo_data: DemoData,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    account = demo_data.crm["Account"][0]
+    request = FetchRequest(entity="Account", attributes=("Id",), match="Id",
+                           keys=(account["Id"],))
+    source = source_for(crm)
+    crm.state.set_api_usage(13_600)  # past 90 % of the fake's 15,000
+
+    with caplog.at_level(logging.WARNING, logger="gateway.upstream"):
+        for _ in range(3):
+            await source.fetch(request)
+        source._usage_warned_at = time.monotonic() - USAGE_WARNING_INTERVAL
+        await source.fetch(request)
+
+    warnings = [r.getMessage() for r in caplog.records if "daily API requests" in r.getMessage()]
+    assert warnings == ["system 'crm' has used 13601 of its 15000 daily API requests",
+                        "system 'crm' has used 13604 of its 15000 daily API requests"]
+    assert source.api_usage == (13_604, 15_000)
