@@ -569,3 +569,15 @@ async def test_writer_thread_stops_at_close(tmp_path: Path) -> None:
     assert store._thread._connection is None
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         await store._thread.run(lambda connection: None)
+
+
+async def test_append_rejects_head_damaged_meanwhile(tmp_path: Path,
+                                                     store: SQLiteAuditStore) -> None:
+    path = tmp_path / "audit.db"
+    await store.append(make_event("req-1"))
+    run_sql(path, "UPDATE audit_record SET body = replace(body, 'emp-17', 'emp-18')")
+
+    with pytest.raises(AuditError, match=r"last audit record 1 in .* does not verify"):
+        await store.append(make_event("req-2"))
+
+    assert count_rows(path) == 1
