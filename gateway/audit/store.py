@@ -76,6 +76,9 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
+# Event loop turns that the writer waits for more events before a commit (see
+# GroupCommitStore._next_batch).
+_GATHER_TURNS = 4
 # Subject keys kept in memory to save a query per commit. The cache is emptied when it
 # grows past this, about 100 bytes an entry.
 _SUBJECT_KEY_CACHE_SIZE = 50_000
@@ -336,18 +339,31 @@ class GroupCommitStore:
             self._fail_pending(batch)
 
     async def _next_batch(self) -> tuple[list[PendingAppend], _Control | None]:
-        """Wait for one item, then take the events already queued, up to max_batch.
+        """Wait for one item, then take the events queued meanwhile, up to max_batch.
 
-        Returns the batch and the control item that ended it, if any.
+        When the queue is empty, the writer lets the event loop run up to
+        `_GATHER_TURNS` more times, and takes what those turns appended, stopping at
+        the first turn that appended nothing. Requests that are about to append then
+        share this commit instead of paying for one of their own, and an idle gateway
+        waits only one turn. Returns the batch and the control item that ended it, if
+        any.
         """
         batch: list[PendingAppend] = []
+        turns = 0
         item = await self._queue.get()
         while True:
             if not isinstance(item, PendingAppend):
                 return batch, item
             batch.append(item)
-            if len(batch) >= self._max_batch or self._queue.empty():
+            if len(batch) >= self._max_batch:
                 return batch, None
+            if self._queue.empty():
+                if turns >= _GATHER_TURNS:
+                    return batch, None
+                turns += 1
+                await asyncio.sleep(0)
+                if self._queue.empty():
+                    return batch, None
             item = self._queue.get_nowait()
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:
