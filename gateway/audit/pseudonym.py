@@ -37,10 +37,18 @@ _B32_PAIRS = tuple(a + b for a in _B32_ALPHABET for b in _B32_ALPHABET)
 _B32_SHIFTS = tuple(range(_DIGEST_BYTES * 8 - 10, -1, -10))
 
 
-class Pseudonymizer:
-    """Keyed generator of stable pseudonym tokens for subject identifiers."""
+# Tokens kept per Pseudonymizer, about 250 bytes an entry. A full cache is emptied.
+DEFAULT_TOKEN_CACHE_SIZE = 16_384
 
-    def __init__(self, key: bytes) -> None:
+
+class Pseudonymizer:
+    """Keyed generator of stable pseudonym tokens for subject identifiers.
+
+    Recent tokens are cached in memory by (kind, value), so the cache holds subject
+    identifiers as the process's other in-memory data does, and never writes them out.
+    """
+
+    def __init__(self, key: bytes, *, cache_size: int = DEFAULT_TOKEN_CACHE_SIZE) -> None:
         if not isinstance(key, bytes):
             raise TypeError(f"pseudonym key must be bytes, not {type(key).__name__}")
         if len(key) < KEY_BYTES:
@@ -54,6 +62,8 @@ class Pseudonymizer:
         padded = block.ljust(_HMAC_BLOCK_BYTES, b"\x00")
         self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
         self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+        self._cache_size = cache_size
+        self._tokens: dict[tuple[str, str], str] = {}
 
     def token(self, kind: str, value: str) -> str:
         """Return the pseudonym token of ``value``, an identifier of subject type ``kind``.
@@ -63,6 +73,10 @@ class Pseudonymizer:
         them first. ``kind`` must not contain U+001F, because that byte separates kind
         from value in the HMAC input.
         """
+        # Only a valid kind enters the cache, so a hit needs no check.
+        cached = self._tokens.get((kind, value))
+        if cached is not None:
+            return cached
         if not kind:
             raise ValueError("pseudonym kind must be a non-empty string such as 'customer'")
         if "\x1f" in kind:
@@ -73,8 +87,12 @@ class Pseudonymizer:
         outer = self._outer.copy()
         outer.update(inner.digest())
         bits = int.from_bytes(outer.digest()[:_DIGEST_BYTES], "big")
-        return _TOKEN_PREFIX + "".join([_B32_PAIRS[(bits >> shift) & 0x3FF]
-                                        for shift in _B32_SHIFTS])
+        token = _TOKEN_PREFIX + "".join([_B32_PAIRS[(bits >> shift) & 0x3FF]
+                                         for shift in _B32_SHIFTS])
+        if len(self._tokens) >= self._cache_size:
+            self._tokens.clear()
+        self._tokens[(kind, value)] = token
+        return token
 
 
 def _nfc_bytes(value: str) -> bytes:

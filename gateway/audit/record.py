@@ -154,23 +154,44 @@ def validate_event(event: object) -> None:
     record = _require_keys("audit event", event, AuditEvent.__required_keys__,
                            AuditEvent.__optional_keys__)
 
-    for key in ("request_id", "actor", "policy_version"):
-        _require_text(key, record[key])
-    for key in ("purpose", "client", "operation_name"):
-        if record[key] is not None:
-            _require_text(key, record[key])
-    for key in ("roles", "systems"):
-        _require_text_list(key, record[key])
-
-    _validate_client_address(record.get("client_address"))
+    validate_request_values(
+        request_id=record["request_id"], actor=record["actor"],
+        policy_version=record["policy_version"], purpose=record["purpose"],
+        client=record["client"], operation_name=record["operation_name"],
+        roles=record["roles"], systems=record["systems"],
+        client_address=record.get("client_address"), records=record["records"],
+    )
     _validate_time(record["time"])
     _validate_operation_hash(record["operation_hash"])
-    _validate_records(record["records"])
     if record["outcome"] not in OUTCOMES:
         raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}")
 
     _validate_subjects(record["subjects"])
-    _validate_fields(record["fields"])
+    validate_fields(record["fields"])
+
+
+def validate_request_values(
+    *, request_id: object, actor: object, policy_version: object, purpose: object,
+    client: object, operation_name: object, roles: object, systems: object,
+    client_address: object, records: object,
+) -> None:
+    """Raise ValueError unless these values of an `AuditEvent` are valid.
+
+    These are the values that come from the request, its token or its upstream calls.
+    `validate_event` checks them, and the gateway checks them alone when it builds the
+    other values itself.
+    """
+    for key, value in (("request_id", request_id), ("actor", actor),
+                       ("policy_version", policy_version)):
+        _require_text(key, value)
+    for key, value in (("purpose", purpose), ("client", client),
+                       ("operation_name", operation_name)):
+        if value is not None:
+            _require_text(key, value)
+    _require_text_list("roles", roles)
+    _require_text_list("systems", systems)
+    _validate_client_address(client_address)
+    _validate_records(records)
 
 
 def _require_keys(label: str, value: object, keys: frozenset[str],
@@ -252,7 +273,8 @@ def _validate_subjects(value: object) -> None:
             )
 
 
-def _validate_fields(value: object) -> None:
+def validate_fields(value: object) -> None:
+    """Raise ValueError unless ``value`` is a valid ``fields`` list of an `AuditEvent`."""
     if not isinstance(value, list):
         raise ValueError("fields must be a list")
 

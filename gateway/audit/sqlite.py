@@ -3,9 +3,13 @@ engines, the writer's pragmas and driver error messages."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -13,6 +17,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.errors import AuditError
+
+_Result = TypeVar("_Result")
+# How long a writer waits for another connection's write lock. It is the default of
+# Python's sqlite3 driver, which the engines' aiosqlite connections use as well.
+BUSY_TIMEOUT_SECONDS = 5.0
 
 
 def sqlite_url(path: Path) -> str:
@@ -51,6 +60,8 @@ def describe_error(exc: BaseException) -> str:
     """
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return str(exc.orig)
+    if isinstance(exc, sqlite3.Error):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -98,3 +109,52 @@ async def check_pragmas(connection: AsyncConnection, path: Path) -> None:
         )
     if synchronous != 2:
         raise AuditError(f"audit store {path} has synchronous={synchronous!r}, expected 2 (FULL)")
+
+
+class WriterThread:
+    """One sqlite3 connection in a thread of its own, which runs whole transactions.
+
+    aiosqlite passes each statement to its thread and the result back through the event
+    loop, so one group commit (BEGIN, the head, the inserts, COMMIT) took at least five
+    such round trips. `run` makes one, with the whole transaction in one function. The connection
+    opens at the first `run` with the writer's pragmas and no driver transactions, so
+    the function must send BEGIN and COMMIT itself.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self._connection: sqlite3.Connection | None = None
+
+    async def run(self, function: Callable[[sqlite3.Connection], _Result]) -> _Result:
+        """Call ``function`` with the connection in the writer thread and return its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, function)
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread after the functions already queued."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _call(self, function: Callable[[sqlite3.Connection], _Result]) -> _Result:
+        if self._connection is None:
+            self._connection = self._connect()
+        return function(self._connection)
+
+    def _connect(self) -> sqlite3.Connection:
+        # The executor's one thread creates, uses and closes the connection.
+        connection = sqlite3.connect(
+            self._path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None
+        )
+        try:
+            set_writer_pragmas(connection, None)
+        except sqlite3.Error:
+            connection.close()
+            raise
+        return connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import secrets
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,7 @@ from gateway.audit.schema import (
     metadata,
 )
 from gateway.audit.sqlite import (
+    WriterThread,
     begin_immediate,
     check_pragmas,
     describe_error,
@@ -54,7 +56,7 @@ from gateway.audit.sqlite import (
     set_writer_pragmas,
     sqlite_url,
 )
-from gateway.audit.subject_keys import SubjectSealer, load_subject_keys
+from gateway.audit.subject_keys import SUBJECT_KEY_BYTES, SubjectSealer, load_subject_keys
 from gateway.errors import AuditError, AuditIntegrityError
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ __all__ = [
 ]
 
 DEFAULT_CHECKPOINT_INTERVAL = 60.0
+# Event loop turns that the writer waits for more events before a commit (see
+# GroupCommitStore._next_batch).
+_GATHER_TURNS = 4
 # Subject keys kept in memory to save a query per commit. The cache is emptied when it
 # grows past this, about 100 bytes an entry.
 _SUBJECT_KEY_CACHE_SIZE = 50_000
@@ -87,6 +92,10 @@ class AuditStore(Protocol):
 
         Raises AuditError if the record could not be stored.
         """
+        ...
+
+    async def append_prepared(self, prepared: PreparedEvent) -> int:
+        """Store an event that was validated and encoded before, as `append` does."""
         ...
 
     async def healthy(self) -> bool:
@@ -250,7 +259,15 @@ class GroupCommitStore:
             prepared = prepare_event(event)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"invalid audit event: {exc}") from exc
+        return await self.append_prepared(prepared)
 
+    async def append_prepared(self, prepared: PreparedEvent) -> int:
+        """Store an event that `prepare_event` or `prepare_request` encoded, as `append` does.
+
+        The caller vouches that the event was valid, because nothing here checks it again.
+        """
+        if self._closed:
+            raise AuditError(f"audit store {self._location} is closed; open it again to append")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(PendingAppend(prepared, future))
         return await future
@@ -293,8 +310,12 @@ class GroupCommitStore:
             self._cancel_tick()
             if not self._engine_disposed:
                 self._engine_disposed = True
-                await self._engine.dispose()
+                await self._release()
                 logger.info("closed audit store %s at seq %d", self._location, self._head_seq)
+
+    async def _release(self) -> None:
+        """Release the connections, once the writer task has ended."""
+        await self._engine.dispose()
 
     async def _run_writer(self) -> None:
         batch: list[PendingAppend] = []
@@ -318,18 +339,31 @@ class GroupCommitStore:
             self._fail_pending(batch)
 
     async def _next_batch(self) -> tuple[list[PendingAppend], _Control | None]:
-        """Wait for one item, then take the events already queued, up to max_batch.
+        """Wait for one item, then take the events queued meanwhile, up to max_batch.
 
-        Returns the batch and the control item that ended it, if any.
+        When the queue is empty, the writer lets the event loop run up to
+        `_GATHER_TURNS` more times, and takes what those turns appended, stopping at
+        the first turn that appended nothing. Requests that are about to append then
+        share this commit instead of paying for one of their own, and an idle gateway
+        waits only one turn. Returns the batch and the control item that ended it, if
+        any.
         """
         batch: list[PendingAppend] = []
+        turns = 0
         item = await self._queue.get()
         while True:
             if not isinstance(item, PendingAppend):
                 return batch, item
             batch.append(item)
-            if len(batch) >= self._max_batch or self._queue.empty():
+            if len(batch) >= self._max_batch:
                 return batch, None
+            if self._queue.empty():
+                if turns >= _GATHER_TURNS:
+                    return batch, None
+                turns += 1
+                await asyncio.sleep(0)
+                if self._queue.empty():
+                    return batch, None
             item = self._queue.get_nowait()
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:
@@ -497,6 +531,42 @@ class GroupCommitStore:
                 ))
 
 
+_READ_HEAD = (
+    f"SELECT seq, body, prev_hash, hash FROM {audit_record.name} ORDER BY seq DESC LIMIT 1"
+)
+_INSERT_RECORD = (
+    f"INSERT INTO {audit_record.name} "
+    "(seq, time, request_id, actor, purpose, outcome, body, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES (?, ?)"
+_INSERT_SUBJECT_KEY = f"INSERT INTO {audit_subject_key.name} (ref, key) VALUES (?, ?)"
+# SQLite before 3.32 allows at most 999 parameters in one statement.
+_REFS_PER_QUERY = 500
+
+
+def _load_subject_keys(
+    connection: sqlite3.Connection, refs: set[str], known: Mapping[str, bytes]
+) -> dict[str, bytes]:
+    """Do what `load_subject_keys` does, on a sqlite3 connection inside its transaction."""
+    keys = {ref: known[ref] for ref in refs if ref in known}
+    missing = sorted(refs - keys.keys())
+    for start in range(0, len(missing), _REFS_PER_QUERY):
+        chunk = missing[start:start + _REFS_PER_QUERY]
+        placeholders = ", ".join("?" * len(chunk))
+        rows = connection.execute(
+            f"SELECT ref, key FROM {audit_subject_key.name} WHERE ref IN ({placeholders})",
+            chunk,
+        )
+        keys.update((str(ref), bytes(key)) for ref, key in rows)
+
+    created = [(ref, secrets.token_bytes(SUBJECT_KEY_BYTES)) for ref in missing if ref not in keys]
+    if created:
+        connection.executemany(_INSERT_SUBJECT_KEY, created)
+        keys.update(created)
+    return keys
+
+
 class SQLiteAuditStore(GroupCommitStore):
     """An `AuditStore` in one SQLite file.
 
@@ -504,7 +574,81 @@ class SQLiteAuditStore(GroupCommitStore):
     commit reads the head inside ``BEGIN IMMEDIATE``, and a writer waits up to the
     driver's 5 s busy timeout for another's commit. Only one gateway serves a data
     folder, so the others are short-lived CLI commands that record their own operation.
+
+    Group commits run on a connection of their own in a `WriterThread`, one thread
+    round trip per commit. Checkpoints and head reloads use the engine.
     """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        path: Path,
+        head: tuple[int, str],
+        max_batch: int,
+        checkpoints: CheckpointWriter | None = None,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+    ) -> None:
+        """Wrap an opened engine. Use `open`, which migrates and reads the head."""
+        # Set before the base class starts the writer task, which uses it.
+        self._thread = WriterThread(path)
+        # (seq, body, prev_hash, hash) of the last record that this store committed.
+        self._last_written: tuple[int, str, str, str] | None = None
+        super().__init__(engine, str(path), head, max_batch, checkpoints, checkpoint_interval)
+
+    async def _insert_batch(
+        self, batch: list[PendingAppend]
+    ) -> tuple[int, str, dict[str, bytes]]:
+        """Chain ``batch`` onto the head that the file holds, in one call in the writer thread."""
+        events = [pending.event for pending in batch]
+        return await self._thread.run(functools.partial(self._commit_in_thread, events))
+
+    def _commit_in_thread(
+        self, events: list[PreparedEvent], connection: sqlite3.Connection
+    ) -> tuple[int, str, dict[str, bytes]]:
+        """Do what `GroupCommitStore._insert_batch` does, with the sqlite3 driver directly.
+
+        Runs in the writer thread while the writer task waits for it, so it may read the
+        key cache and use the sealer, which only that task touches otherwise.
+        """
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            head_seq, head_hash = 0, GENESIS_HASH
+            row = connection.execute(_READ_HEAD).fetchone()
+            if row is not None:
+                seq, body, prev_hash, stored_hash = row
+                head_seq, head_hash = seq, stored_hash
+                # check_head depends only on these four values, and this store computed
+                # the hash of its own last record from them, so only other values are
+                # checked. That skips decoding and hashing the head's body per commit.
+                if row != self._last_written:
+                    check_head(seq, body, prev_hash, stored_hash, self._location)
+            keys = _load_subject_keys(
+                connection, {ref for prepared in events for ref in prepared.refs},
+                self._subject_keys,
+            )
+            linked = link_events(events, head_seq, head_hash, keys, self._sealer)
+            connection.executemany(_INSERT_RECORD, [
+                (record.seq, *record.columns, record.body, record.prev_hash, record.hash)
+                for record in linked
+            ])
+            subjects = [(record.seq, ref) for record in linked for ref in record.refs]
+            if subjects:
+                connection.executemany(_INSERT_SUBJECT, subjects)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+        last = linked[-1]
+        self._last_written = (last.seq, last.body, last.prev_hash, last.hash)
+        return head_seq + 1, last.hash, keys
+
+    async def _release(self) -> None:
+        try:
+            await self._thread.close()
+        finally:
+            await super()._release()
 
     @classmethod
     async def open(
@@ -553,7 +697,7 @@ class SQLiteAuditStore(GroupCommitStore):
         if checkpoint_key is not None:
             writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
         logger.info("opened audit store %s at seq %d", path, head[0])
-        return cls(engine, str(path), head, max_batch, writer, checkpoint_interval)
+        return cls(engine, path, head, max_batch, writer, checkpoint_interval)
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,45 @@ def test_readable_key_file_logs_warning(tmp_path: Path, caplog: pytest.LogCaptur
     assert [record.getMessage() for record in caplog.records] == [
         f"pseudonym key file {path} has mode 644; restrict it with chmod 600"
     ]
+
+
+def test_cached_token_matches_fresh_token() -> None:
+    cached = Pseudonymizer(KEY, cache_size=3)
+    values = [f"C-{index % 5}" for index in range(20)]
+
+    tokens = [cached.token("customer", value) for value in values]
+
+    assert tokens == [Pseudonymizer(KEY).token("customer", value) for value in values]
+
+
+def test_token_cache_bounded() -> None:
+    pseudonyms = Pseudonymizer(KEY, cache_size=3)
+    for index in range(7):
+        pseudonyms.token("customer", f"C-{index}")
+
+    assert len(pseudonyms._tokens) == 1
+
+
+def test_token_cache_separates_kinds() -> None:
+    pseudonyms = Pseudonymizer(KEY)
+
+    customer = pseudonyms.token("customer", "42")
+    contact = pseudonyms.token("contact", "42")
+
+    assert customer != contact
+    assert pseudonyms.token("customer", "42") == customer
+
+
+def test_token_cache_follows_key() -> None:
+    first = Pseudonymizer(KEY)
+    second = Pseudonymizer(bytes(reversed(KEY)))
+
+    assert first.token("customer", "C-1") != second.token("customer", "C-1")
+
+
+def test_invalid_kind_rejected_after_cache() -> None:
+    pseudonyms = Pseudonymizer(KEY)
+    pseudonyms.token("customer", "C-1")
+
+    with pytest.raises(ValueError, match="must not contain U"):
+        pseudonyms.token("customer\x1f", "C-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sqlite3
@@ -537,3 +538,46 @@ async def test_two_stores_share_one_chain(tmp_path: Path) -> None:
     report = await verify_store(path, public_keys={})
     assert report.ok, report.reason
     assert report.records == 4
+
+
+async def test_engine_records_verify_after_thread_commits(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    store = await SQLiteAuditStore.open(path)
+    # Commits through the SQLAlchemy engine, as the store made them before it had
+    # a writer thread.
+    engine_commit = store._insert_batch
+    store._insert_batch = functools.partial(  # type: ignore[method-assign]
+        store_module.GroupCommitStore._insert_batch, store)
+    await asyncio.gather(*(store.append(make_event(f"old-{index}")) for index in range(5)))
+    store._insert_batch = engine_commit  # type: ignore[method-assign]
+    await asyncio.gather(*(store.append(make_event(f"new-{index}")) for index in range(5)))
+    await store.close()
+
+    report = await verify_store(path, public_keys={})
+
+    assert report.ok, report.reason
+    assert report.records == 10
+    assert count_rows(path, "audit_subject_key") == 1
+
+
+async def test_writer_thread_stops_at_close(tmp_path: Path) -> None:
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    await store.append(make_event())
+
+    await store.close()
+
+    assert store._thread._connection is None
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        await store._thread.run(lambda connection: None)
+
+
+async def test_append_rejects_head_damaged_meanwhile(tmp_path: Path,
+                                                     store: SQLiteAuditStore) -> None:
+    path = tmp_path / "audit.db"
+    await store.append(make_event("req-1"))
+    run_sql(path, "UPDATE audit_record SET body = replace(body, 'emp-17', 'emp-18')")
+
+    with pytest.raises(AuditError, match=r"last audit record 1 in .* does not verify"):
+        await store.append(make_event("req-2"))
+
+    assert count_rows(path) == 1
