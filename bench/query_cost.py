@@ -656,9 +656,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "Its file system decides the cost of the durable commit "
                         "(default: the system temp directory)")
     parser.add_argument("--server-gc", action="store_true",
-                        help="tune the garbage collector as fonte serve does once the gateway "
-                        "has started (gc.freeze, a young threshold of 20,000), for the gateway "
-                        "and the graphql-core baseline alike (default: the interpreter's)")
+                        help="freeze the process's objects out of the garbage collector as "
+                        "fonte serve does once the gateway has started, for the gateway and "
+                        "the graphql-core baseline alike (default: off)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=900.0,
                         help="seconds the whole run may take before it is stopped "
                         "(default 900)")

@@ -1,4 +1,4 @@
-"""uvicorn runs on uvloop and httptools when they are installed; servers tune the GC."""
+"""uvicorn runs on uvloop and httptools when they are installed; servers freeze the GC."""
 
 from __future__ import annotations
 
@@ -51,5 +51,5 @@ def test_tune_garbage_collector() -> None:
                                check=True, timeout=60)
     before, after, frozen = json.loads(completed.stdout)
 
-    assert after == [serving.GC_YOUNG_THRESHOLD, before[1], before[2]]
+    assert after == before
     assert frozen > 1000  # at least the imported modules' objects
