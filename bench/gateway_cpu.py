@@ -2,10 +2,11 @@
 
 ``bench/run`` measures every gateway and every workload, which takes about 13
 minutes. To compare two versions of the code, this script starts the
-benchmark's fakes and one Fonte gateway as ``bench/run`` does (pinned with
-``taskset``, the fakes and the load generator on the other CPUs), drives one
-workload at saturation with one connection and one token per user, and
-prints the gateway's CPU milliseconds per answered request for each round.
+benchmark's fakes and one Fonte gateway as ``bench/run`` does, pinned with
+``taskset`` and with the fakes and the load generator on the other CPUs. It
+drives one workload at saturation, one connection and one token per user,
+and prints the gateway's CPU milliseconds per completed request for each
+round.
 With ``--py-spy``, it also records the gateway's stacks during each round.
 
     .venv/bin/python bench/gateway_cpu.py --gateway fonte-on --workload W2 --rounds 3

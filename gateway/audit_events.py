@@ -116,7 +116,7 @@ class AuditRecorder:
 
         A plan's decisions follow from its view and the names of its judged fields,
         because a view decides each field name once and the catalog does not change
-        while the gateway runs. The key holds the view's id, and the entry the view
+        while the gateway runs. The key contains the view's id, and the entry the view
         itself, so a view created later at the same address cannot hit the entry.
         """
         key = (id(plan.view), tuple(plan.judged))
@@ -211,7 +211,7 @@ class AuditRecorder:
 
 @dataclass(frozen=True)
 class _Decisions:
-    """What the record of a request takes from its plan's field decisions."""
+    """The part of a request's record that follows from its plan's field decisions."""
 
     view: PolicyView
     fields_json: str  # canonical JSON of the validated fields list

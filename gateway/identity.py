@@ -64,13 +64,13 @@ class TokenSettings:
 
 @dataclass(frozen=True)
 class _Verified:
-    """What a verified token gave, and what a cache hit must still check."""
+    """A verified token's principal and purposes, with the key and expiry a hit rechecks."""
 
     key_id: str | None
     key: VerificationKey
     principal: Principal
     purposes: list[str]
-    expires_at: float  # exp plus the leeway, in seconds since the epoch
+    expires_at: float  # int(exp) plus the leeway, in seconds since the epoch
 
 
 class TokenVerifier:

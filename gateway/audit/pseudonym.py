@@ -44,8 +44,8 @@ DEFAULT_TOKEN_CACHE_SIZE = 16_384
 class Pseudonymizer:
     """Keyed generator of stable pseudonym tokens for subject identifiers.
 
-    Recent tokens are cached in memory by (kind, value), so the cache holds subject
-    identifiers as the process's other in-memory data does, and never writes them out.
+    Recent tokens are cached in memory by (kind, value). The cache keeps subject
+    identifiers only in process memory and never writes them out.
     """
 
     def __init__(self, key: bytes, *, cache_size: int = DEFAULT_TOKEN_CACHE_SIZE) -> None:

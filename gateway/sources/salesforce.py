@@ -387,7 +387,7 @@ class SalesforceSource:
             self._usage_warned_at = None
             return
         # Every response carries the header, so past 90 % the warning would repeat
-        # on each call; it is logged at most once per interval.
+        # on each call. It is logged once, then again only after the interval.
         now = time.monotonic()
         last = self._usage_warned_at
         if last is None or now - last >= USAGE_WARNING_INTERVAL:

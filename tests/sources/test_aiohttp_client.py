@@ -295,7 +295,7 @@ def test_basic_authorization_as_httpx() -> None:
     assert basic_authorization("COMM_USER", "pässword:1") == expected
 
 
-# The httpx client keeps cookies whatever ``cookies`` says.
+# The httpx client keeps cookies whatever the value of ``cookies``.
 @pytest.mark.parametrize(("http_client", "cookies"),
                          [("aiohttp", True), ("aiohttp", False), ("httpx", True)])
 async def test_sap_batch_needs_session_cookie(demo_data: DemoData, http_client: HttpClient,
