@@ -23,9 +23,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.audit.migrate import require_head_revision
 from gateway.audit.postgres import open_reader
 from gateway.audit.record import utc_timestamp
-from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
+from gateway.audit.schema import subject_seqs
+from gateway.audit.store import audit_record, audit_subject_key, describe_error
 from gateway.audit.subject_keys import unseal
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -58,12 +60,13 @@ async def read_consultations(
     consultations: list[Consultation] = []
     try:
         async with engine.connect() as connection:
+            await require_head_revision(connection, location)
             key = (
                 await connection.execute(
                     select(audit_subject_key.c.key).where(audit_subject_key.c.ref == ref)
                 )
             ).scalar()
-            seqs = select(audit_subject.c.seq).where(audit_subject.c.ref == ref)
+            seqs = subject_seqs(ref)
             statement = (
                 select(audit_record.c.seq, audit_record.c.body)
                 .where(audit_record.c.seq.in_(seqs))

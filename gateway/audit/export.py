@@ -18,9 +18,10 @@ import orjson
 from sqlalchemy import Select, func, null, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.audit.migrate import require_head_revision
 from gateway.audit.postgres import open_reader
 from gateway.audit.record import canonical_json, utc_timestamp
-from gateway.audit.schema import join_text
+from gateway.audit.schema import join_text, subject_seqs
 from gateway.audit.store import audit_record, audit_subject, describe_error
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -162,24 +163,26 @@ async def export_records(
 
     count = 0
     try:
-        async with engine.connect() as connection, connection.stream(statement) as result:
-            # One await per batch of rows instead of per row keeps the driver's
-            # thread hand-offs out of the per-record cost.
-            async for rows in result.partitions(_FETCH_ROWS):
-                for row in rows:
-                    record = _decode_record(row.seq, row.body, row.hash)
-                    if not filters.matches_body(record):
-                        continue
-                    try:
-                        if csv_writer is None:
-                            out.write(_json_line(record))
-                        else:
-                            csv_writer.writerow(_csv_row(record, row.subject_refs))
-                    except OSError as exc:
-                        raise output_error(exc) from exc
-                    count += 1
-                if progress is not None and rows:
-                    progress(rows[-1].seq)
+        async with engine.connect() as connection:
+            await require_head_revision(connection, location)
+            async with connection.stream(statement) as result:
+                # One await per batch of rows instead of per row keeps the driver's
+                # thread hand-offs out of the per-record cost.
+                async for rows in result.partitions(_FETCH_ROWS):
+                    for row in rows:
+                        record = _decode_record(row.seq, row.body, row.hash)
+                        if not filters.matches_body(record):
+                            continue
+                        try:
+                            if csv_writer is None:
+                                out.write(_json_line(record))
+                            else:
+                                csv_writer.writerow(_csv_row(record, row.subject_refs))
+                        except OSError as exc:
+                            raise output_error(exc) from exc
+                        count += 1
+                    if progress is not None and rows:
+                        progress(rows[-1].seq)
     except (SQLAlchemyError, OSError) as exc:
         raise AuditError(f"cannot read audit store {location}: {describe_error(exc)}") from exc
     finally:
@@ -222,8 +225,8 @@ def _filtered_query(filters: ExportFilter, *, with_refs: bool, dialect_name: str
     )
 
     if filters.subject_ref is not None:
-        subject_seqs = select(audit_subject.c.seq).where(audit_subject.c.ref == filters.subject_ref)
-        statement = statement.where(audit_record.c.seq.in_(subject_seqs))
+        seqs = subject_seqs(filters.subject_ref)
+        statement = statement.where(audit_record.c.seq.in_(seqs))
     if filters.actor is not None:
         statement = statement.where(audit_record.c.actor == filters.actor)
     if filters.purpose is not None:

@@ -16,6 +16,9 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.errors import AuditError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed 64-bit number. PostgreSQL stores hold this transaction-level advisory lock
@@ -27,6 +30,7 @@ POSTGRES_LOCK_KEY = 0x666F6E7465_417564  # "fonte" "Aud"
 _FIRST_RELEASE_REVISION = "0001"
 _CHECKPOINT_REVISION = "0002"
 _SUBJECT_KEY_REVISION = "0003"
+_SUBJECT_SPAN_REVISION = "0005"
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -51,16 +55,44 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def downgrade_schema(connection: Connection, revision: str) -> None:
+    """Take the audit tables back to the older ``revision``, keeping their rows.
+
+    Tests use it to build the stores of earlier releases with real data in them. Runs
+    in the caller's transaction, under the PostgreSQL advisory lock.
+    """
+    lock_postgres(connection)
+    command.downgrade(_alembic_config(connection), revision)
+
+
+async def require_head_revision(connection: AsyncConnection, location: str) -> None:
+    """Raise AuditError unless the store on ``connection`` is at the newest revision.
+
+    Commands that read or change the tables of a store they do not migrate call it, so
+    that an older store gets a message that names the fix instead of an SQL error.
+    """
+    revision = await connection.run_sync(current_revision)
+    if revision != head_revision():
+        found = f"is at schema revision {revision}"
+        if revision is None:
+            found = "has no schema revision"
+        raise AuditError(
+            f"audit store {location} {found}, not {head_revision()}; "
+            "run `fonte audit migrate` first"
+        )
+
+
 def lock_postgres(connection: Connection) -> None:
     """Take the store's advisory lock until the current transaction ends (PostgreSQL only)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
 
 
-def upgrade_schema(connection: Connection) -> tuple[str | None, str]:
-    """Create or upgrade the audit tables to the head revision.
+def upgrade_schema(connection: Connection, revision: str = "head") -> tuple[str | None, str]:
+    """Create or upgrade the audit tables to ``revision``, by default the newest.
 
-    Returns the revision before and after. Runs in the caller's transaction, which
+    Returns the revision before and after. Tests pass an older ``revision`` to build
+    the store of an earlier release. Runs in the caller's transaction, which
     must be open. On PostgreSQL the advisory lock makes concurrent openers wait, so
     only the first one migrates.
     """
@@ -72,8 +104,8 @@ def upgrade_schema(connection: Connection) -> tuple[str | None, str]:
         if legacy is not None:
             command.stamp(config, legacy)
             before = legacy
-    command.upgrade(config, "head")
-    return before, head_revision()
+    command.upgrade(config, revision)
+    return before, head_revision() if revision == "head" else revision
 
 
 def _legacy_revision(connection: Connection) -> str | None:
@@ -81,6 +113,10 @@ def _legacy_revision(connection: Connection) -> str | None:
     tables = set(inspect(connection).get_table_names())
     if "audit_record" not in tables:
         return None
+    # The span table came with a revision, so a store that has it lost its version
+    # table after it was migrated.
+    if "audit_subject_span" in tables:
+        return _SUBJECT_SPAN_REVISION
     # A store of the release that sealed subjects without migrations has both tables.
     if "audit_subject_key" in tables:
         return _SUBJECT_KEY_REVISION

@@ -29,7 +29,13 @@ from gateway.audit.chain import GENESIS_HASH
 from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.migrate import POSTGRES_LOCK_KEY, upgrade_schema
-from gateway.audit.schema import audit_record, audit_subject, audit_subject_key
+from gateway.audit.schema import (
+    SUBJECT_SPAN_RECORDS,
+    audit_record,
+    audit_subject,
+    audit_subject_key,
+    audit_subject_span,
+)
 from gateway.audit.sqlite import describe_error, open_reader_engine
 from gateway.audit.store import (
     DEFAULT_CHECKPOINT_INTERVAL,
@@ -109,9 +115,9 @@ SELECT NULL, NULL, NULL, NULL, ref, key FROM {audit_subject_key.name} WHERE ref 
 _INSERT_KEYS = f"""
 INSERT INTO {audit_subject_key.name} (ref, key) SELECT * FROM unnest($1::text[], $2::bytea[])
 """
-# Inserts the batch's records and subject index rows in one statement, so in one round
-# trip. The foreign key from audit_subject to audit_record is checked at the end of
-# the statement, when the records are inserted.
+# Inserts the batch's records, subject index rows and new span rows in one statement,
+# so in one round trip. The foreign key from audit_subject to audit_record is checked
+# at the end of the statement, when the records are inserted.
 _INSERT_BATCH = f"""
 WITH inserted AS (
     INSERT INTO {audit_record.name}
@@ -120,6 +126,12 @@ WITH inserted AS (
         $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[]
     )
+),
+spans AS (
+    INSERT INTO {audit_subject_span.name} (ref, span)
+    SELECT DISTINCT ref, seq / {SUBJECT_SPAN_RECORDS} FROM unnest($10::bigint[], $11::text[])
+        AS subject (seq, ref)
+    ON CONFLICT DO NOTHING
 )
 INSERT INTO {audit_subject.name} (seq, ref) SELECT * FROM unnest($10::bigint[], $11::text[])
 """

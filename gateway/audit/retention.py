@@ -22,10 +22,16 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.audit.migrate import current_revision, head_revision, lock_postgres
+from gateway.audit.migrate import lock_postgres, require_head_revision
 from gateway.audit.postgres import describe_url, open_reader, postgres_url
 from gateway.audit.record import AdminEvent, utc_timestamp
-from gateway.audit.schema import audit_checkpoint, audit_record, audit_subject
+from gateway.audit.schema import (
+    audit_checkpoint,
+    audit_record,
+    audit_subject,
+    audit_subject_span,
+    subject_span,
+)
 from gateway.audit.sqlite import begin_immediate, describe_error, set_writer_pragmas, sqlite_url
 from gateway.audit.store import build_rows, insert_rows, prepare_event, read_head
 from gateway.errors import AuditError, AuditIntegrityError
@@ -148,12 +154,7 @@ async def purge_records(
     try:
         async with engine.begin() as connection:
             await connection.run_sync(lock_postgres)
-            revision = await connection.run_sync(current_revision)
-            if revision != head_revision():
-                raise AuditError(
-                    f"audit store {location} is at schema revision {revision}, not "
-                    f"{head_revision()}; run `fonte audit migrate` first"
-                )
+            await require_head_revision(connection, location)
             result = await _purge(connection, location, cutoff_text)
             if result.through_seq:
                 moment = now if now is not None else datetime.now(UTC)
@@ -205,6 +206,13 @@ async def _purge(connection: AsyncConnection, location: str, cutoff: str) -> Pur
         )
 
     await connection.execute(delete(audit_subject).where(audit_subject.c.seq <= size))
+    # A span row goes only when every record of its span is purged. A span that the
+    # purge cuts keeps its rows, which then lead only to the records that remain.
+    await connection.execute(
+        delete(audit_subject_span).where(
+            audit_subject_span.c.span < subject_span(size + 1)
+        )
+    )
     deleted = await connection.execute(delete(audit_record).where(audit_record.c.seq <= size))
     count = deleted.rowcount
     logger.info(

@@ -16,10 +16,13 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    Select,
     Table,
     Text,
+    and_,
     func,
     literal,
+    select,
 )
 
 metadata = MetaData()
@@ -46,15 +49,35 @@ audit_record = Table(
     Index("ix_audit_record_time", "time"),
 )
 
-# The search index: which records name the subject with this pseudonym. `forget`
-# deletes a subject's rows here and in audit_subject_key.
+# The subject index: which records name the subject with this pseudonym. The key
+# starts with seq, so the rows of one commit land on the last pages of the table; a
+# key that started with ref touched about one page per subject on every commit.
+# Lookups by pseudonym go through audit_subject_span first (see subject_seqs).
+# `forget` deletes a subject's rows here, in audit_subject_span and in
+# audit_subject_key.
 audit_subject = Table(
     "audit_subject",
     metadata,
     Column("seq", _SEQ_TYPE, ForeignKey("audit_record.seq"), nullable=False),
     Column("ref", Text, nullable=False),
-    PrimaryKeyConstraint("ref", "seq"),
-    Index("ix_audit_subject_seq", "seq"),
+    PrimaryKeyConstraint("seq", "ref", name="pk_audit_subject"),
+    sqlite_with_rowid=False,
+)
+
+# Records per span of the coarse index below.
+SUBJECT_SPAN_RECORDS = 1024
+
+# The coarse index: a row (ref, span) says that at least one record with
+# seq // SUBJECT_SPAN_RECORDS == span names the subject ref. A subject that appears
+# in many records of a span gets one row, so a busy gateway that names the same
+# customers again and again writes few of them.
+audit_subject_span = Table(
+    "audit_subject_span",
+    metadata,
+    Column("ref", Text, nullable=False),
+    Column("span", _SEQ_TYPE, nullable=False),
+    PrimaryKeyConstraint("ref", "span", name="pk_audit_subject_span"),
+    sqlite_with_rowid=False,
 )
 
 # One random AES-256-GCM key per subject pseudonym, which seals the pseudonym in the
@@ -78,6 +101,33 @@ audit_checkpoint = Table(
     Column("note", Text, nullable=False),
     Index("ix_audit_checkpoint_size", "size"),
 )
+
+
+def subject_span(seq: int) -> int:
+    """Return the span of record ``seq`` in ``audit_subject_span``."""
+    return seq // SUBJECT_SPAN_RECORDS
+
+
+def subject_seqs(ref: str) -> Select[tuple[int]]:
+    """Return a query for the seqs of the records whose subject index names ``ref``.
+
+    It reads the subject's spans from ``audit_subject_span``, then only those ranges
+    of ``audit_subject``, in seq order.
+    """
+    span = audit_subject_span.c.span
+    return (
+        select(audit_subject.c.seq)
+        .select_from(audit_subject_span)
+        .join(
+            audit_subject,
+            and_(
+                audit_subject.c.ref == audit_subject_span.c.ref,
+                audit_subject.c.seq >= span * SUBJECT_SPAN_RECORDS,
+                audit_subject.c.seq < (span + 1) * SUBJECT_SPAN_RECORDS,
+            ),
+        )
+        .where(audit_subject_span.c.ref == ref)
+    )
 
 
 def join_text(expression: ColumnElement[str], dialect_name: str) -> ColumnElement[str]:

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import event, insert, select
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -45,7 +47,9 @@ from gateway.audit.schema import (
     audit_record,
     audit_subject,
     audit_subject_key,
+    audit_subject_span,
     metadata,
+    subject_span,
 )
 from gateway.audit.sqlite import (
     WriterThread,
@@ -69,6 +73,7 @@ __all__ = [
     "audit_record",
     "audit_subject",
     "audit_subject_key",
+    "audit_subject_span",
     "describe_error",
     "metadata",
     "open_reader_engine",
@@ -540,6 +545,10 @@ _INSERT_RECORD = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES (?, ?)"
+_INSERT_SPAN = f"INSERT OR IGNORE INTO {audit_subject_span.name} (ref, span) VALUES (?, ?)"
+# Most refs that a store remembers as committed for the newest span. Past it, the
+# store forgets them and lets INSERT OR IGNORE skip the rows that exist.
+_KNOWN_SPANS_SIZE = 65_536
 _INSERT_SUBJECT_KEY = f"INSERT INTO {audit_subject_key.name} (ref, key) VALUES (?, ?)"
 # SQLite before 3.32 allows at most 999 parameters in one statement.
 _REFS_PER_QUERY = 500
@@ -593,6 +602,11 @@ class SQLiteAuditStore(GroupCommitStore):
         self._thread = WriterThread(path)
         # (seq, body, prev_hash, hash) of the last record that this store committed.
         self._last_written: tuple[int, str, str, str] | None = None
+        # The refs that this store committed to audit_subject_span for span
+        # _known_span. Seqs only grow, so an older span gets no rows from this store
+        # again. Only the writer thread reads and changes these two.
+        self._known_span = -1
+        self._known_refs: set[str] = set()
         super().__init__(engine, str(path), head, max_batch, checkpoints, checkpoint_interval)
 
     async def _insert_batch(
@@ -632,17 +646,31 @@ class SQLiteAuditStore(GroupCommitStore):
                 for record in linked
             ])
             subjects = [(record.seq, ref) for record in linked for ref in record.refs]
+            spans: set[tuple[str, int]] = set()
             if subjects:
                 connection.executemany(_INSERT_SUBJECT, subjects)
+                spans = {(ref, subject_span(seq)) for seq, ref in subjects}
+                new = [(ref, span) for ref, span in spans
+                       if span != self._known_span or ref not in self._known_refs]
+                if new:
+                    connection.executemany(_INSERT_SPAN, new)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
 
+        self._remember_spans(spans, subject_span(linked[-1].seq))
         last = linked[-1]
         self._last_written = (last.seq, last.body, last.prev_hash, last.hash)
         return head_seq + 1, last.hash, keys
+
+    def _remember_spans(self, committed: set[tuple[str, int]], newest: int) -> None:
+        """Keep the refs of the committed (ref, span) rows of span ``newest``."""
+        if newest != self._known_span or len(self._known_refs) >= _KNOWN_SPANS_SIZE:
+            self._known_span = newest
+            self._known_refs = set()
+        self._known_refs.update(ref for ref, span in committed if span == newest)
 
     async def _release(self) -> None:
         try:
@@ -913,7 +941,8 @@ def build_rows(
     """Chain ``events`` onto the head, as `link_events` does, and return insertable rows.
 
     Returns the record rows, the subject rows and the hash of the last record. The
-    subject rows index the pseudonyms themselves, for search and for `forget`.
+    subject rows index the pseudonyms themselves, for search and for `forget`;
+    `insert_rows` derives the rows of ``audit_subject_span`` from them.
     """
     linked = link_events(events, head_seq, head_hash, keys, sealer or SubjectSealer())
     records = [
@@ -934,7 +963,17 @@ def build_rows(
 async def insert_rows(
     connection: AsyncConnection, records: list[dict[str, Any]], subjects: list[dict[str, Any]]
 ) -> None:
-    """Insert the rows that `build_rows` returned, in the caller's transaction."""
+    """Insert the rows that `build_rows` returned, in the caller's transaction.
+
+    Also inserts the (ref, span) rows of ``audit_subject_span`` that do not exist yet.
+    """
     await connection.execute(insert(audit_record), records)
-    if subjects:
-        await connection.execute(insert(audit_subject), subjects)
+    if not subjects:
+        return
+    await connection.execute(insert(audit_subject), subjects)
+    spans = sorted({(row["ref"], subject_span(row["seq"])) for row in subjects})
+    dialect = postgresql_dialect if connection.dialect.name == "postgresql" else sqlite_dialect
+    await connection.execute(
+        dialect.insert(audit_subject_span).on_conflict_do_nothing(),
+        [{"ref": ref, "span": span} for ref, span in spans],
+    )

@@ -13,12 +13,14 @@ value in a record by its first 16 base64 characters, without trying every key on
 every value. A nonce repeats only for the same key and seq, that is for a subject
 listed twice in one record, and then the plaintext and the ciphertext repeat too.
 
-Two tables link a subject to its records while it is not erased:
-``audit_subject_key`` (pseudonym -> key) and ``audit_subject`` (pseudonym -> seq, the
-search index). `forget_subject` deletes both rows. On SQLite it does so with ``secure_delete``
-on, then truncates the write-ahead log, so no byte of the database files contains the
-pseudonym any more. On PostgreSQL it runs VACUUM FULL after the delete, which rewrites
-both tables; WAL, archives and backups are out of its reach (see `_forget_in_postgres`).
+Three tables link a subject to its records while it is not erased:
+``audit_subject_key`` (pseudonym -> key), ``audit_subject`` ((seq, pseudonym), the
+search index) and ``audit_subject_span`` (the spans of records that name the
+pseudonym). `forget_subject` deletes the subject's rows in all three. On SQLite it does
+so with ``secure_delete`` on, then truncates the write-ahead log, so no byte of the
+database files contains the pseudonym any more. On PostgreSQL it runs VACUUM FULL after
+the delete, which rewrites the three tables; WAL, archives and backups are out of its
+reach (see `_forget_in_postgres`).
 The sealed values stay in the bodies and
 the chain hashes still verify, but nothing can open them.
 
@@ -47,8 +49,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from gateway.audit.migrate import require_head_revision
 from gateway.audit.record import Subject
-from gateway.audit.schema import audit_record, audit_subject, audit_subject_key
+from gateway.audit.schema import audit_record, audit_subject, audit_subject_key, audit_subject_span
 from gateway.audit.sqlite import describe_error, set_writer_pragmas, sqlite_url
 from gateway.errors import AuditError
 
@@ -240,7 +243,7 @@ async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
 
 
 async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
-    """Delete the subject's key and index rows in one transaction, then rewrite both tables.
+    """Delete the subject's key and index rows in one transaction, then rewrite the tables.
 
     Runs under the store's advisory lock, so no commit of a running gateway interleaves.
     A DELETE leaves the row versions in the table and index pages, and a plain VACUUM
@@ -264,7 +267,8 @@ async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
         autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         async with autocommit.connect() as connection:
             await connection.exec_driver_sql(
-                f"VACUUM FULL {audit_subject_key.name}, {audit_subject.name}"
+                f"VACUUM FULL {audit_subject_key.name}, {audit_subject.name}, "
+                f"{audit_subject_span.name}"
             )
     except (SQLAlchemyError, OSError) as exc:
         message = f"cannot erase a subject in audit store {location}: {describe_error(exc)}"
@@ -275,8 +279,12 @@ async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
 
 
 async def _delete_subject(connection: AsyncConnection, ref: str, location: str) -> ForgetResult:
+    await require_head_revision(connection, location)
     await _reject_unsealed(connection, ref, location)
+    # Every row with the pseudonym goes, whatever audit_subject_span says: the delete
+    # reads the whole table instead of trusting the coarse index.
     unlinked = await connection.execute(delete(audit_subject).where(audit_subject.c.ref == ref))
+    await connection.execute(delete(audit_subject_span).where(audit_subject_span.c.ref == ref))
     deleted = await connection.execute(
         delete(audit_subject_key).where(audit_subject_key.c.ref == ref)
     )

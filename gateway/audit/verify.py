@@ -55,10 +55,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.anchor import read_anchor_file
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash
+from gateway.audit.migrate import require_head_revision
 from gateway.audit.offline_verify import names_purge
 from gateway.audit.postgres import open_reader
 from gateway.audit.retention import PURGE_ACTOR
-from gateway.audit.schema import hex_text, join_text
+from gateway.audit.schema import SUBJECT_SPAN_RECORDS, audit_subject_span, hex_text, join_text
 from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
 from gateway.audit.subject_keys import sealed_prefix, unseal
 from gateway.audit.verify_checkpoints import (
@@ -355,6 +356,7 @@ async def verify_store(
     engine, location = open_reader(target)
     try:
         async with engine.connect() as connection:
+            await require_head_revision(connection, location)
             # Checkpoints are read before the records, so a checkpoint written meanwhile
             # cannot cover records that this read does not see.
             stored = await read_stored_checkpoints(connection)
@@ -453,6 +455,15 @@ async def _verify_records(
             first_bad_seq=int(orphan_seq),
             reason=f"subject index lists record {orphan_seq}, which is not stored",
         )
+    unspanned_seq = (await connection.execute(_unspanned_subject_query())).scalar()
+    if unspanned_seq is not None:
+        return VerifyReport(
+            ok=False,
+            records=records,
+            first_bad_seq=int(unspanned_seq),
+            reason=f"subject index row of record {unspanned_seq} has no row in "
+            "audit_subject_span, so searches by subject skip the record",
+        )
     return VerifyReport(
         ok=True,
         records=records,
@@ -505,6 +516,15 @@ def _stored_rows_query(dialect_name: str) -> Select[Any]:
         refs.label("subject_refs"),
         ref_rows.label("subject_rows"),
     ).order_by(audit_record.c.seq)
+
+
+def _unspanned_subject_query() -> Select[Any]:
+    """Return the smallest seq of an audit_subject row whose span row is missing."""
+    spanned = select(audit_subject_span.c.ref).where(
+        audit_subject_span.c.ref == audit_subject.c.ref,
+        audit_subject_span.c.span == audit_subject.c.seq // SUBJECT_SPAN_RECORDS,
+    )
+    return select(func.min(audit_subject.c.seq)).where(~spanned.exists())
 
 
 def _orphan_subject_query() -> Select[Any]:

@@ -17,6 +17,7 @@ from gateway.audit.keys import load_public_keys
 from gateway.audit.operations import forget
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
+from gateway.audit.schema import subject_span
 from gateway.audit.store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
@@ -179,6 +180,9 @@ def write_unsealed_record(path: Path, seq: int, prev_hash: str, ref: str) -> str
         ),
     )
     run_sql(path, "INSERT INTO audit_subject (seq, ref) VALUES (?, ?)", parameters=(seq, ref))
+    # Revision 0005 gives the records of older releases their span rows.
+    run_sql(path, "INSERT OR IGNORE INTO audit_subject_span (ref, span) VALUES (?, ?)",
+            parameters=(ref, subject_span(seq)))
     return record_hash
 
 

@@ -9,10 +9,20 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from checkpoint_support import make_event, new_key
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, Text, create_engine, insert
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    insert,
+    text,
+)
 
 from gateway.audit.chain import GENESIS_HASH, chain_hash
-from gateway.audit.migrate import head_revision
+from gateway.audit.migrate import downgrade_schema, head_revision
 from gateway.audit.record import canonical_json
 from gateway.audit.schema import metadata
 from gateway.audit.store import SQLiteAuditStore
@@ -101,6 +111,7 @@ async def test_new_store_is_at_head_revision(tmp_path: Path) -> None:
         "audit_record",
         "audit_subject",
         "audit_subject_key",
+        "audit_subject_span",
     }
 
 
@@ -160,12 +171,10 @@ async def test_store_before_subject_keys_migrates(tmp_path: Path) -> None:
     key = new_key()
     store = await SQLiteAuditStore.open(path, checkpoint_key=key)
     await store.close()
-    with sqlite3.connect(path) as connection:
-        connection.execute("DROP TABLE audit_subject_key")
-        connection.execute("UPDATE alembic_version SET version_num = '0002'")
     engine = create_engine(f"sqlite:///{path}")
     records, subjects = unsealed_rows(3)
     with engine.begin() as connection:
+        downgrade_schema(connection, "0002")
         connection.execute(insert(metadata.tables["audit_record"]), records)
         connection.execute(insert(metadata.tables["audit_subject"]), subjects)
     engine.dispose()
@@ -175,7 +184,7 @@ async def test_store_before_subject_keys_migrates(tmp_path: Path) -> None:
     await reopened.close()
 
     assert seq == 4
-    assert stored_revision(path) == "0004"
+    assert stored_revision(path) == head_revision()
     assert "audit_subject_key" in table_names(path)
     with sqlite3.connect(path) as connection:
         body = connection.execute("SELECT body FROM audit_record WHERE seq = 4").fetchone()[0]
@@ -193,14 +202,17 @@ async def test_unversioned_store_with_subject_keys_is_stamped(tmp_path: Path) ->
     store = await SQLiteAuditStore.open(path)
     await store.append(make_event(1))
     await store.close()
-    with sqlite3.connect(path) as connection:
-        connection.execute("DROP TABLE alembic_version")
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        downgrade_schema(connection, "0003")
+        connection.execute(text("DROP TABLE alembic_version"))
+    engine.dispose()
 
     reopened = await SQLiteAuditStore.open(path)
     await reopened.append(make_event(2))
     await reopened.close()
 
-    assert stored_revision(path) == "0004"
+    assert stored_revision(path) == head_revision()
     report = await verify_store(path, public_keys={})
     assert report.ok, report.reason
     assert report.records == 2

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 from checkpoint_support import PSEUDONYMS, make_event, new_key
@@ -17,9 +18,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.migrate import head_revision
+from gateway.audit.migrate import downgrade_schema, head_revision
 from gateway.audit.operations import forget
 from gateway.audit.postgres import PostgresAuditStore
+from gateway.audit.record import AuditEvent
 from gateway.audit.retention import purge_records
 from gateway.audit.subject_keys import unseal
 from gateway.audit.verify import verify_store
@@ -275,8 +277,7 @@ async def test_store_before_subject_keys_upgrades(database: str) -> None:
     await store.close()
     engine = create_async_engine(database)
     async with engine.begin() as connection:
-        await connection.execute(text("DROP TABLE audit_subject_key"))
-        await connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+        await connection.run_sync(downgrade_schema, "0002")
     await engine.dispose()
 
     reopened = await PostgresAuditStore.open(database)
@@ -284,8 +285,36 @@ async def test_store_before_subject_keys_upgrades(database: str) -> None:
     await reopened.close()
 
     assert seq == 1
-    assert await fetch_all(database, "SELECT version_num FROM alembic_version") == [("0004",)]
+    assert await fetch_all(database, "SELECT version_num FROM alembic_version") == [
+        (head_revision(),)]
     keys = await fetch_all(database, "SELECT ref, length(key) FROM audit_subject_key")
     assert keys == [(PSEUDONYMS.token("customer", "C-1"), 32)]
+    report = await verify_store(database, public_keys={})
+    assert report.ok, report.reason
+
+
+async def test_span_rows_are_written_once_per_subject_and_span(database: str) -> None:
+    shared = PSEUDONYMS.token("customer", "C-shared")
+
+    def naming_shared(index: int) -> AuditEvent:
+        return cast(AuditEvent, {**make_event(index), "subjects": [
+            {"type": "customer", "ref": shared},
+            {"type": "customer", "ref": PSEUDONYMS.token("customer", f"C-{index}")},
+        ]})
+
+    store = await PostgresAuditStore.open(database)
+    # One commit, then three more: the later ones meet the existing (shared, 0) row.
+    await asyncio.gather(*(store.append(naming_shared(index)) for index in range(1, 5)))
+    for index in range(5, 8):
+        await store.append(naming_shared(index))
+    await store.close()
+
+    spans = await fetch_all(database, "SELECT ref, span FROM audit_subject_span ORDER BY ref")
+    assert sorted(spans) == sorted(
+        [(shared, 0)] + [(PSEUDONYMS.token("customer", f"C-{index}"), 0) for index in range(1, 8)]
+    )
+    out = io.StringIO()
+    await export_records(database, out, fmt="jsonl", filters=ExportFilter(subject_ref=shared))
+    assert [json.loads(line)["seq"] for line in out.getvalue().splitlines()] == list(range(1, 8))
     report = await verify_store(database, public_keys={})
     assert report.ok, report.reason

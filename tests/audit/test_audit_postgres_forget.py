@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from gateway.audit.migrate import downgrade_schema, head_revision
 from gateway.audit.operations import forget
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.verify import verify_store
@@ -90,7 +91,7 @@ async def test_forget_leaves_no_bytes_in_pages(database: str) -> None:
         await store.append(make_event(index))
     await store.close()
     # As autovacuum would; ANALYZE copies sample values of analyzed columns.
-    await run(database, "ANALYZE audit_subject, audit_subject_key")
+    await run(database, "ANALYZE audit_subject, audit_subject_key, audit_subject_span")
     ref = PSEUDONYMS.token("customer", "C-1")
     subject_key = (await run(
         database, f"SELECT key FROM audit_subject_key WHERE ref = '{ref}'"))[0][0]
@@ -103,7 +104,7 @@ async def test_forget_leaves_no_bytes_in_pages(database: str) -> None:
     after = await find_bytes(database, needles)
     assert before == {
         "pseudonym": ["audit_subject", "audit_subject_key", "audit_subject_key_pkey",
-                      "audit_subject_pkey"],
+                      "audit_subject_span", "pk_audit_subject", "pk_audit_subject_span"],
         "key": ["audit_subject_key"],
     }
     assert (result.key_deleted, result.records_unlinked, seq) == (True, 3, 6)
@@ -119,15 +120,16 @@ async def test_subject_columns_have_no_statistics(database: str) -> None:
         await store.append(make_event(index))
     await store.close()
 
-    await run(database, "ANALYZE audit_subject, audit_subject_key")
+    await run(database, "ANALYZE audit_subject, audit_subject_key, audit_subject_span")
     analyzed = await run(
         database,
         "SELECT tablename, attname FROM pg_stats WHERE schemaname = 'public' "
-        "AND tablename IN ('audit_subject', 'audit_subject_key') ORDER BY 1, 2",
+        "AND tablename IN ('audit_subject', 'audit_subject_key', 'audit_subject_span') "
+        "ORDER BY 1, 2",
     )
 
-    # Only audit_subject.seq is analyzed: the key and pseudonym columns are not sampled.
-    assert analyzed == [("audit_subject", "seq")]
+    # Only the seqs and spans are analyzed: the key and pseudonym columns are not sampled.
+    assert analyzed == [("audit_subject", "seq"), ("audit_subject_span", "span")]
 
 
 async def test_upgrade_drops_subject_statistics(database: str) -> None:
@@ -135,10 +137,11 @@ async def test_upgrade_drops_subject_statistics(database: str) -> None:
     for index in range(1, 60):
         await store.append(make_event(index))
     await store.close()
-    for table, column in (("audit_subject_key", "key"), ("audit_subject_key", "ref"),
-                          ("audit_subject", "ref")):
-        await run(database, f"ALTER TABLE {table} ALTER COLUMN {column} SET STATISTICS -1")
-    await run(database, "UPDATE alembic_version SET version_num = '0003'")
+    # Back to the tables of revision 0003, whose pseudonym and key columns had statistics.
+    engine = create_async_engine(database)
+    async with engine.begin() as connection:
+        await connection.run_sync(downgrade_schema, "0003")
+    await engine.dispose()
     await run(database, "ANALYZE audit_subject, audit_subject_key")
     sampled = await run(database, "SELECT count(*) FROM pg_stats WHERE attname IN ('key', 'ref')")
 
@@ -148,4 +151,4 @@ async def test_upgrade_drops_subject_statistics(database: str) -> None:
     remaining = await run(database, "SELECT count(*) FROM pg_stats WHERE attname IN ('key', 'ref')")
     assert sampled == [(3,)]
     assert remaining == [(0,)]
-    assert await run(database, "SELECT version_num FROM alembic_version") == [("0004",)]
+    assert await run(database, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
