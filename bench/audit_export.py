@@ -41,6 +41,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, utc_timestamp
+from gateway.audit.schema import subject_span
 from gateway.audit.store import SQLiteAuditStore
 from gateway.audit.subject_keys import SUBJECT_KEY_BYTES, seal_subjects
 from gateway.audit.verify import verify_store
@@ -147,6 +148,9 @@ def fill_rows(path: Path, records: int, subjects: int, batch: int) -> float:
                     "body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 connection.executemany(
                     "INSERT INTO audit_subject (seq, ref) VALUES (?, ?)", index_rows)
+                connection.executemany(
+                    "INSERT OR IGNORE INTO audit_subject_span (ref, span) VALUES (?, ?)",
+                    {(ref, subject_span(seq)) for seq, ref in index_rows})
             print(f"\rwritten {seq:,} of {records:,}", end="", file=sys.stderr, flush=True)
     finally:
         connection.close()

@@ -1,9 +1,10 @@
 """Benchmark: how long `fonte audit forget` locks a PostgreSQL store's subject tables.
 
-Forget on PostgreSQL ends with ``VACUUM FULL audit_subject_key, audit_subject``, which
-holds an ACCESS EXCLUSIVE lock on both tables, so gateway commits wait for it. The
-script creates a throwaway database on the server. It fills ``audit_record`` and
-``audit_subject`` with ``--rows`` rows about ``--subjects`` subjects, and
+Forget on PostgreSQL ends with ``VACUUM FULL`` of ``audit_subject_key``,
+``audit_subject`` and ``audit_subject_span``, which holds an ACCESS EXCLUSIVE lock on
+the three tables, so gateway commits wait for it. The script creates a throwaway
+database on the server. It fills ``audit_record`` and ``audit_subject`` with
+``--rows`` rows about ``--subjects`` subjects, ``audit_subject_span`` from them, and
 ``audit_subject_key`` with one key per subject, using ``generate_series``, so the
 bodies are placeholders that do not verify. Then it times `forget_subject` on one
 subject and drops the database.
@@ -25,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.audit.maintenance import migrate_store
+from gateway.audit.schema import SUBJECT_SPAN_RECORDS
 from gateway.audit.subject_keys import forget_subject
 
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
@@ -43,11 +45,15 @@ async def fill(url: str, rows: int, subjects: int) -> str:
                 "INSERT INTO audit_subject SELECT g, 'v1:' || md5((g % :subjects)::text) "
                 "FROM generate_series(1, :rows) g"), {"rows": rows, "subjects": subjects})
             await connection.execute(text(
+                "INSERT INTO audit_subject_span SELECT DISTINCT ref, seq / :span "
+                "FROM audit_subject"), {"span": SUBJECT_SPAN_RECORDS})
+            await connection.execute(text(
                 "INSERT INTO audit_subject_key SELECT 'v1:' || md5(g::text), "
                 "decode(md5(g::text) || md5(g::text), 'hex') "
                 "FROM generate_series(0, :last) g"), {"last": subjects - 1})
             size = await connection.execute(text(
-                "SELECT pg_size_pretty(pg_total_relation_size('audit_subject'))"))
+                "SELECT pg_size_pretty(pg_total_relation_size('audit_subject') "
+                "+ pg_total_relation_size('audit_subject_span'))"))
             return str(size.scalar_one())
     finally:
         await engine.dispose()
