@@ -50,7 +50,7 @@ audit_record = Table(
 )
 
 # The subject index: which records name the subject with this pseudonym. The key
-# starts with seq, so the rows of one commit land on the last pages of the table; a
+# starts with seq, so the rows of one commit land on the last pages of the table. A
 # key that started with ref touched about one page per subject on every commit.
 # Lookups by pseudonym go through audit_subject_span first (see subject_seqs).
 # `forget` deletes a subject's rows here, in audit_subject_span and in
@@ -67,7 +67,7 @@ audit_subject = Table(
 # Records per span of the coarse index below.
 SUBJECT_SPAN_RECORDS = 1024
 
-# The coarse index: a row (ref, span) says that at least one record with
+# The coarse index: a row (ref, span) means that at least one record with
 # seq // SUBJECT_SPAN_RECORDS == span names the subject ref. A subject that appears
 # in many records of a span gets one row, so a busy gateway that names the same
 # customers again and again writes few of them.

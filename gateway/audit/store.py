@@ -546,8 +546,8 @@ _INSERT_RECORD = (
 )
 _INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES (?, ?)"
 _INSERT_SPAN = f"INSERT OR IGNORE INTO {audit_subject_span.name} (ref, span) VALUES (?, ?)"
-# Most refs that a store remembers as committed for the newest span. Past it, the
-# store forgets them and lets INSERT OR IGNORE skip the rows that exist.
+# Maximum number of refs that a store remembers as committed for the newest span.
+# Past it, the store forgets them and lets INSERT OR IGNORE skip the rows that exist.
 _KNOWN_SPANS_SIZE = 65_536
 _INSERT_SUBJECT_KEY = f"INSERT INTO {audit_subject_key.name} (ref, key) VALUES (?, ?)"
 # SQLite before 3.32 allows at most 999 parameters in one statement.

@@ -281,8 +281,8 @@ async def _forget_in_postgres(url: str, ref: str) -> ForgetResult:
 async def _delete_subject(connection: AsyncConnection, ref: str, location: str) -> ForgetResult:
     await require_head_revision(connection, location)
     await _reject_unsealed(connection, ref, location)
-    # Every row with the pseudonym goes, whatever audit_subject_span says: the delete
-    # reads the whole table instead of trusting the coarse index.
+    # The delete reads the whole table instead of the spans in audit_subject_span, so
+    # a damaged coarse index cannot leave a row with the pseudonym behind.
     unlinked = await connection.execute(delete(audit_subject).where(audit_subject.c.ref == ref))
     await connection.execute(delete(audit_subject_span).where(audit_subject_span.c.ref == ref))
     deleted = await connection.execute(

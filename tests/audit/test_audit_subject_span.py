@@ -88,7 +88,7 @@ async def test_each_commit_writes_rows_and_new_spans(tmp_path: Path) -> None:
     assert len(span_rows) == len(expected_spans())
 
 
-async def test_reopened_store_appends_to_a_span_it_did_not_write(tmp_path: Path) -> None:
+async def test_reopened_store_skips_existing_spans(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
 
@@ -149,7 +149,7 @@ async def test_verify_detects_a_deleted_span_row(tmp_path: Path) -> None:
     )
 
 
-async def test_forget_deletes_the_rows_and_spans_of_the_subject(tmp_path: Path) -> None:
+async def test_forget_deletes_rows_and_spans(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
 
