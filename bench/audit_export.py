@@ -42,7 +42,7 @@ from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, utc_timestamp
 from gateway.audit.schema import subject_span
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.subject_keys import SUBJECT_KEY_BYTES, seal_subjects
 from gateway.audit.verify import verify_store
 

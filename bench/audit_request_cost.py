@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
 from gateway.build import AuditFacts
 from gateway.catalog import FieldDecl

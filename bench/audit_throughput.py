@@ -50,7 +50,8 @@ from gateway.audit.keys import CheckpointKey
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, utc_timestamp
-from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.store import GroupCommitStore
 from gateway.audit.verify import verify_store
 
 DEFAULT_POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"

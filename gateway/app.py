@@ -44,7 +44,8 @@ from gateway.audit.maintenance import RetentionSchedule
 from gateway.audit.operations import newest_checkpoint_key_name
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
-from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.store import GroupCommitStore
 from gateway.audit_events import AuditRecorder
 from gateway.catalog import Catalog, load_catalog
 from gateway.config import Settings

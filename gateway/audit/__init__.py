@@ -28,7 +28,8 @@ from gateway.audit.record import (
     utc_timestamp,
     validate_event,
 )
-from gateway.audit.store import AuditStore, SQLiteAuditStore, sqlite_url
+from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.store import AuditStore, sqlite_url
 from gateway.audit.verify import StoredRow, VerifyReport, verify_rows, verify_store
 
 __all__ = [

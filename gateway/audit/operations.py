@@ -20,7 +20,8 @@ from gateway.audit.postgres import PostgresAuditStore, open_reader
 from gateway.audit.record import AdminEvent, AdminKind, DetailValue, utc_timestamp
 from gateway.audit.schema import audit_checkpoint
 from gateway.audit.sqlite import describe_error
-from gateway.audit.store import GroupCommitStore, SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.store import GroupCommitStore
 from gateway.audit.subject_keys import ForgetResult, forget_subject
 from gateway.errors import AuditError
 

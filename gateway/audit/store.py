@@ -22,25 +22,20 @@ import functools
 import json
 import logging
 import secrets
-import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.audit.anchor import CheckpointAnchor
 from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash, next_chain_hash
 from gateway.audit.checkpoint import Checkpoint
-from gateway.audit.checkpoint_writer import CheckpointWriter, check_newest_checkpoint
-from gateway.audit.keys import CheckpointKey
-from gateway.audit.migrate import lock_postgres, upgrade_schema
+from gateway.audit.checkpoint_writer import CheckpointWriter
+from gateway.audit.migrate import lock_postgres
 from gateway.audit.record import AdminEvent, AuditEvent, canonical_json, validate_event
 from gateway.audit.schema import (
     audit_checkpoint,
@@ -52,15 +47,11 @@ from gateway.audit.schema import (
     subject_span,
 )
 from gateway.audit.sqlite import (
-    WriterThread,
-    begin_immediate,
-    check_pragmas,
     describe_error,
     open_reader_engine,
-    set_writer_pragmas,
     sqlite_url,
 )
-from gateway.audit.subject_keys import SUBJECT_KEY_BYTES, SubjectSealer, load_subject_keys
+from gateway.audit.subject_keys import SubjectSealer, load_subject_keys
 from gateway.errors import AuditError, AuditIntegrityError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +59,6 @@ logger = logging.getLogger(__name__)
 # Re-exported: verify, export and the tests import these names from this module.
 __all__ = [
     "AuditStore",
-    "SQLiteAuditStore",
     "audit_checkpoint",
     "audit_record",
     "audit_subject",
@@ -534,198 +524,6 @@ class GroupCommitStore:
                 pending.future.set_exception(AuditError(
                     f"audit writer of {self._location} stopped; the record was not stored"
                 ))
-
-
-_READ_HEAD = (
-    f"SELECT seq, body, prev_hash, hash FROM {audit_record.name} ORDER BY seq DESC LIMIT 1"
-)
-_INSERT_RECORD = (
-    f"INSERT INTO {audit_record.name} "
-    "(seq, time, request_id, actor, purpose, outcome, body, prev_hash, hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES (?, ?)"
-_INSERT_SPAN = f"INSERT OR IGNORE INTO {audit_subject_span.name} (ref, span) VALUES (?, ?)"
-# Maximum number of refs that a store remembers as committed for the newest span.
-# Past it, the store forgets them and lets INSERT OR IGNORE skip the rows that exist.
-_KNOWN_SPANS_SIZE = 65_536
-_INSERT_SUBJECT_KEY = f"INSERT INTO {audit_subject_key.name} (ref, key) VALUES (?, ?)"
-# SQLite before 3.32 allows at most 999 parameters in one statement.
-_REFS_PER_QUERY = 500
-
-
-def _load_subject_keys(
-    connection: sqlite3.Connection, refs: set[str], known: Mapping[str, bytes]
-) -> dict[str, bytes]:
-    """Do what `load_subject_keys` does, on a sqlite3 connection inside its transaction."""
-    keys = {ref: known[ref] for ref in refs if ref in known}
-    missing = sorted(refs - keys.keys())
-    for start in range(0, len(missing), _REFS_PER_QUERY):
-        chunk = missing[start:start + _REFS_PER_QUERY]
-        placeholders = ", ".join("?" * len(chunk))
-        rows = connection.execute(
-            f"SELECT ref, key FROM {audit_subject_key.name} WHERE ref IN ({placeholders})",
-            chunk,
-        )
-        keys.update((str(ref), bytes(key)) for ref, key in rows)
-
-    created = [(ref, secrets.token_bytes(SUBJECT_KEY_BYTES)) for ref in missing if ref not in keys]
-    if created:
-        connection.executemany(_INSERT_SUBJECT_KEY, created)
-        keys.update(created)
-    return keys
-
-
-class SQLiteAuditStore(GroupCommitStore):
-    """An `AuditStore` in one SQLite file.
-
-    Several store objects, in this process or others, may append to one file: each
-    commit reads the head inside ``BEGIN IMMEDIATE``, and a writer waits up to the
-    driver's 5 s busy timeout for another's commit. Only one gateway serves a data
-    folder, so the others are short-lived CLI commands that record their own operation.
-
-    Group commits run on a connection of their own in a `WriterThread`, one thread
-    round trip per commit. Checkpoints and head reloads use the engine.
-    """
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        path: Path,
-        head: tuple[int, str],
-        max_batch: int,
-        checkpoints: CheckpointWriter | None = None,
-        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
-    ) -> None:
-        """Wrap an opened engine. Use `open`, which migrates and reads the head."""
-        # Set before the base class starts the writer task, which uses it.
-        self._thread = WriterThread(path)
-        # (seq, body, prev_hash, hash) of the last record that this store committed.
-        self._last_written: tuple[int, str, str, str] | None = None
-        # The refs that this store committed to audit_subject_span for span
-        # _known_span. Seqs only grow, so an older span gets no rows from this store
-        # again. Only the writer thread reads and changes these two.
-        self._known_span = -1
-        self._known_refs: set[str] = set()
-        super().__init__(engine, str(path), head, max_batch, checkpoints, checkpoint_interval)
-
-    async def _insert_batch(
-        self, batch: list[PendingAppend]
-    ) -> tuple[int, str, dict[str, bytes]]:
-        """Chain ``batch`` onto the head that the file holds, in one call in the writer thread."""
-        events = [pending.event for pending in batch]
-        return await self._thread.run(functools.partial(self._commit_in_thread, events))
-
-    def _commit_in_thread(
-        self, events: list[PreparedEvent], connection: sqlite3.Connection
-    ) -> tuple[int, str, dict[str, bytes]]:
-        """Do what `GroupCommitStore._insert_batch` does, with the sqlite3 driver directly.
-
-        Runs in the writer thread while the writer task waits for it, so it may read the
-        key cache and use the sealer, which only that task touches otherwise.
-        """
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            head_seq, head_hash = 0, GENESIS_HASH
-            row = connection.execute(_READ_HEAD).fetchone()
-            if row is not None:
-                seq, body, prev_hash, stored_hash = row
-                head_seq, head_hash = seq, stored_hash
-                # check_head depends only on these four values, and this store computed
-                # the hash of its own last record from them, so only other values are
-                # checked. That skips decoding and hashing the head's body per commit.
-                if row != self._last_written:
-                    check_head(seq, body, prev_hash, stored_hash, self._location)
-            keys = _load_subject_keys(
-                connection, {ref for prepared in events for ref in prepared.refs},
-                self._subject_keys,
-            )
-            linked = link_events(events, head_seq, head_hash, keys, self._sealer)
-            connection.executemany(_INSERT_RECORD, [
-                (record.seq, *record.columns, record.body, record.prev_hash, record.hash)
-                for record in linked
-            ])
-            subjects = [(record.seq, ref) for record in linked for ref in record.refs]
-            spans: set[tuple[str, int]] = set()
-            if subjects:
-                connection.executemany(_INSERT_SUBJECT, subjects)
-                spans = {(ref, subject_span(seq)) for seq, ref in subjects}
-                new = [(ref, span) for ref, span in spans
-                       if span != self._known_span or ref not in self._known_refs]
-                if new:
-                    connection.executemany(_INSERT_SPAN, new)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-
-        self._remember_spans(spans, subject_span(linked[-1].seq))
-        last = linked[-1]
-        self._last_written = (last.seq, last.body, last.prev_hash, last.hash)
-        return head_seq + 1, last.hash, keys
-
-    def _remember_spans(self, committed: set[tuple[str, int]], newest: int) -> None:
-        """Keep the refs of the committed (ref, span) rows of span ``newest``."""
-        if newest != self._known_span or len(self._known_refs) >= _KNOWN_SPANS_SIZE:
-            self._known_span = newest
-            self._known_refs = set()
-        self._known_refs.update(ref for ref, span in committed if span == newest)
-
-    async def _release(self) -> None:
-        try:
-            await self._thread.close()
-        finally:
-            await super()._release()
-
-    @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        max_batch: int = 256,
-        checkpoint_key: CheckpointKey | None = None,
-        anchors: Sequence[CheckpointAnchor] = (),
-        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
-        clock: Callable[[], datetime] | None = None,
-    ) -> SQLiteAuditStore:
-        """Open or create the store at ``path`` and start its writer task.
-
-        Creates or migrates the tables (`gateway.audit.migrate`) and continues the chain
-        after the last stored record. The directory must exist. With ``checkpoint_key``,
-        the writer signs a checkpoint every ``checkpoint_interval`` seconds while new
-        records exist and at `close`, and publishes each to ``anchors`` before it saves
-        it. ``clock`` returns the time written into checkpoints (default: now).
-
-        Raises AuditError if the file cannot be opened or set to WAL, and
-        AuditIntegrityError if the last record does not verify or the log is shorter than,
-        or differs from, its newest checkpoint.
-        """
-        check_open_arguments(max_batch, checkpoint_interval)
-        if not path.parent.is_dir():
-            raise AuditError(f"directory {path.parent} of audit store {path} not found; create it")
-
-        engine = create_async_engine(sqlite_url(path), hide_parameters=True)
-        event.listen(engine.sync_engine, "connect", set_writer_pragmas)
-        begin_immediate(engine)
-        try:
-            async with engine.begin() as connection:
-                await check_pragmas(connection, path)
-                await connection.run_sync(upgrade_schema)
-                head = await read_head(connection, str(path))
-                checkpointed = await check_newest_checkpoint(connection, head[0], str(path))
-        except SQLAlchemyError as exc:
-            await engine.dispose()
-            raise AuditError(f"cannot open audit store {path}: {describe_error(exc)}") from exc
-        except AuditError:
-            await engine.dispose()
-            raise
-
-        writer = None
-        if checkpoint_key is not None:
-            writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
-        logger.info("opened audit store %s at seq %d", path, head[0])
-        return cls(engine, path, head, max_batch, writer, checkpoint_interval)
 
 
 @dataclass(frozen=True)

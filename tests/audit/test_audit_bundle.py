@@ -15,7 +15,7 @@ from checkpoint_support import make_event, new_key, publish
 from gateway.audit.bundle import write_bundle
 from gateway.audit.checkpoint import parse_checkpoint, sign_checkpoint, split_notes
 from gateway.audit.keys import CheckpointKey
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.errors import AuditError
 
 __all__ = ["isolated_path"]

@@ -36,7 +36,7 @@ from gateway.audit.keys import (
     load_public_keys,
     publish_public_key,
 )
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError, ConfigError
 

@@ -16,7 +16,7 @@ from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.operations import admin_event, record_admin_event
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.errors import AuditError, AuditIntegrityError
 
 PSEUDONYMS = Pseudonymizer(b"export-test-key".ljust(32, b"."))

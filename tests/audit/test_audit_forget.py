@@ -18,7 +18,7 @@ from gateway.audit.operations import forget
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.schema import subject_span
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 

@@ -25,7 +25,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.migrate import downgrade_schema, head_revision
 from gateway.audit.record import canonical_json
 from gateway.audit.schema import metadata
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 
 

@@ -33,7 +33,7 @@ from gateway.audit.checkpoint import parse_checkpoint, sign_checkpoint, split_no
 from gateway.audit.keys import CheckpointKey, load_public_keys
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.retention import purge_records
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import VerifyReport, verify_store
 
 CUTOFF = datetime(2026, 6, 1, tzinfo=UTC)

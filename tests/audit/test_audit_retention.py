@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.record import AuditEvent
 from gateway.audit.retention import purge_records, retention_cutoff
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.cli import app
 

@@ -20,7 +20,7 @@ from gateway.audit.keys import CheckpointKey, load_or_create_signing_key
 from gateway.audit.maintenance import RetentionSchedule
 from gateway.audit.record import AuditEvent
 from gateway.audit.retention import PurgeResult
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.config import load_settings
 from gateway.demo.data import DemoData

@@ -19,7 +19,8 @@ from gateway.audit import store as store_module
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AdminEvent, AuditEvent, canonical_json
-from gateway.audit.store import SQLiteAuditStore, prepare_event, sqlite_url
+from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.store import prepare_event, sqlite_url
 from gateway.audit.subject_keys import SubjectSealer, seal, seal_subjects, unseal
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError

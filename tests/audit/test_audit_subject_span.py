@@ -23,7 +23,7 @@ from gateway.audit.operations import forget
 from gateway.audit.record import AuditEvent
 from gateway.audit.retention import purge_records
 from gateway.audit.schema import SUBJECT_SPAN_RECORDS, subject_seqs
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 

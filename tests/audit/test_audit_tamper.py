@@ -31,7 +31,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.checkpoint import key_id, sign_checkpoint
 from gateway.audit.keys import CheckpointKey, load_public_keys
 from gateway.audit.record import canonical_json
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import VerifyReport, verify_store
 
 OFFLINE_SCRIPT = Path(offline_verify.__file__)

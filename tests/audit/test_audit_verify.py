@@ -15,7 +15,7 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import StoredRow, VerifyReport, verify_rows, verify_store
 from gateway.errors import AuditError
 

@@ -11,7 +11,8 @@ import pytest
 
 import gateway.audit_events as audit_events
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.store import SQLiteAuditStore, prepare_event
+from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.store import prepare_event
 from gateway.audit.subject_keys import SubjectSealer
 from gateway.audit.verify import verify_store
 from gateway.audit_events import AuditRecorder

@@ -35,7 +35,7 @@ from operations import SchemaInfo, SeedChoices, operations
 from test_random_operations import Case
 
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.store import SQLiteAuditStore
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit_events import AuditRecorder
 from gateway.build import Builder
 from gateway.catalog import Catalog, load_catalog
