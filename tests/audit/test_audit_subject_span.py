@@ -13,6 +13,7 @@ from typing import cast
 import pytest
 from checkpoint_support import PSEUDONYMS, make_event, new_key
 from sqlalchemy import create_engine
+from sqlalchemy.event import listen
 from sqlalchemy.dialects import sqlite
 
 from gateway.audit.access_report import read_consultations
@@ -227,3 +228,33 @@ async def test_commands_name_the_migration_for_an_older_store(tmp_path: Path) ->
     assert str(verified.value) == expected
     assert str(read.value) == expected
     assert str(forgotten.value).endswith(expected)
+
+
+def turn_off_secure_delete(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    dbapi_connection.execute("PRAGMA secure_delete=OFF")
+
+
+async def test_forget_after_migration_leaves_no_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    await write_store(path)
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        downgrade_schema(connection, "0004")
+    engine.dispose()
+    # VACUUM leaves a store as revision 0004 wrote it, with no free pages.
+    with sqlite3.connect(path) as connection:
+        connection.execute("VACUUM")
+    # Upstream SQLite builds leave secure_delete off, but some distributions compile
+    # it on, so the test turns it off for the migration.
+    engine = create_engine(f"sqlite:///{path}")
+    listen(engine, "connect", turn_off_secure_delete)
+    with engine.begin() as connection:
+        upgrade_schema(connection)
+    engine.dispose()
+
+    result, _ = await forget(path, SHARED, "dpo-1")
+
+    assert (result.key_deleted, result.records_unlinked) == (True, 3)
+    token = SHARED.encode("ascii").removeprefix(b"v1:")
+    copies = path.read_bytes().count(token)
+    assert copies == 0

@@ -33,6 +33,19 @@ SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 SPAN_RECORDS = 1024
 
 
+def _zero_dropped_pages() -> None:
+    """Make SQLite overwrite the pages of the tables that the revision drops with zeros.
+
+    Without secure_delete, which SQLite builds leave off unless compiled with
+    SQLITE_SECURE_DELETE, a dropped table's pages keep their content on the freelist.
+    `fonte audit forget` zeroes only the rows that it deletes, so the pseudonyms in
+    the old copy of audit_subject would stay in the file. The setting stays on for
+    the rest of the migrating connection.
+    """
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("PRAGMA secure_delete=ON")
+
+
 def upgrade() -> None:
     op.create_table(
         "audit_subject_new",
@@ -57,6 +70,7 @@ def upgrade() -> None:
         "INSERT INTO audit_subject_span (ref, span) "
         f"SELECT DISTINCT ref, seq / {SPAN_RECORDS} FROM audit_subject_new"
     )
+    _zero_dropped_pages()
     # Dropping the table drops its index ix_audit_subject_seq, where it exists: stores
     # of the first release, stamped 0001, never had it.
     op.drop_table("audit_subject")
@@ -74,6 +88,7 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("ref", "seq"),
     )
     op.execute("INSERT INTO audit_subject_old (seq, ref) SELECT seq, ref FROM audit_subject")
+    _zero_dropped_pages()
     op.drop_table("audit_subject")
     op.drop_table("audit_subject_span")
     op.rename_table("audit_subject_old", "audit_subject")
