@@ -68,11 +68,15 @@ def describe_error(exc: BaseException) -> str:
 def set_writer_pragmas(dbapi_connection: Any, _connection_record: Any) -> None:
     # WAL lets verify and export read while the gateway writes. synchronous=FULL
     # syncs the WAL on every commit, which the durability contract of append needs.
+    # secure_delete overwrites deleted content with zeros (SQLite documentation of
+    # PRAGMA secure_delete), so that forget leaves no old copy of a pseudonym in the
+    # file. Builds compiled with SQLITE_SECURE_DELETE have it on already; others not.
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")
     finally:
         cursor.close()
 

@@ -19,6 +19,7 @@ from gateway.audit import store as store_module
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AdminEvent, AuditEvent, canonical_json
+from gateway.audit.sqlite import set_writer_pragmas
 from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.store import prepare_event, sqlite_url
 from gateway.audit.subject_keys import SubjectSealer, seal, seal_subjects, unseal
@@ -207,6 +208,21 @@ async def test_open_sets_wal_journal(tmp_path: Path, store: SQLiteAuditStore) ->
         (journal_mode,) = connection.execute("PRAGMA journal_mode").fetchone()
 
     assert journal_mode == "wal"
+
+
+def test_writer_pragmas_turn_secure_delete_on(tmp_path: Path) -> None:
+    # SQLite builds without SQLITE_SECURE_DELETE start with it off.
+    connection = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    try:
+        connection.execute("PRAGMA secure_delete=OFF")
+        set_writer_pragmas(connection, None)
+        secure_delete = connection.execute("PRAGMA secure_delete").fetchone()
+        synchronous = connection.execute("PRAGMA synchronous").fetchone()
+    finally:
+        connection.close()
+
+    assert secure_delete == (1,)
+    assert synchronous == (2,)
 
 
 async def test_open_missing_directory_fails(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from typing import cast
 import pytest
 from checkpoint_support import PSEUDONYMS, make_event, new_key
 from sqlalchemy import create_engine
-from sqlalchemy.event import listen
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.event import listen
 
 from gateway.audit.access_report import read_consultations
 from gateway.audit.export import ExportFilter, export_records
