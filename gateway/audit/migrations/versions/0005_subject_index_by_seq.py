@@ -49,7 +49,14 @@ def _zero_dropped_pages() -> None:
 def upgrade() -> None:
     op.create_table(
         "audit_subject_new",
-        sa.Column("seq", SEQ_TYPE, sa.ForeignKey("audit_record.seq"), nullable=False),
+        # The constraints get the names they would have in a table created as
+        # audit_subject, since the table is renamed to that below.
+        sa.Column(
+            "seq",
+            SEQ_TYPE,
+            sa.ForeignKey("audit_record.seq", name="audit_subject_seq_fkey"),
+            nullable=False,
+        ),
         sa.Column("ref", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("seq", "ref", name="pk_audit_subject"),
         sqlite_with_rowid=False,
@@ -83,9 +90,14 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.create_table(
         "audit_subject_old",
-        sa.Column("seq", SEQ_TYPE, sa.ForeignKey("audit_record.seq"), nullable=False),
+        sa.Column(
+            "seq",
+            SEQ_TYPE,
+            sa.ForeignKey("audit_record.seq", name="audit_subject_seq_fkey"),
+            nullable=False,
+        ),
         sa.Column("ref", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("ref", "seq"),
+        sa.PrimaryKeyConstraint("ref", "seq", name="audit_subject_pkey"),
     )
     op.execute("INSERT INTO audit_subject_old (seq, ref) SELECT seq, ref FROM audit_subject")
     _zero_dropped_pages()
