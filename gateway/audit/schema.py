@@ -112,7 +112,7 @@ def subject_seqs(ref: str) -> Select[tuple[int]]:
     """Return a query for the seqs of the records whose subject index names ``ref``.
 
     It reads the subject's spans from ``audit_subject_span``, then only those ranges
-    of ``audit_subject``, in seq order.
+    of ``audit_subject``. The rows come in no particular order.
     """
     span = audit_subject_span.c.span
     return (
