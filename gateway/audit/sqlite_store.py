@@ -44,6 +44,7 @@ from gateway.audit.sqlite import (
 from gateway.audit.store import (
     DEFAULT_CHECKPOINT_INTERVAL,
     GroupCommitStore,
+    LinkedRecord,
     PendingAppend,
     PreparedEvent,
     check_head,
@@ -166,14 +167,12 @@ class SQLiteAuditStore(GroupCommitStore):
                 for record in linked
             ])
             subjects = [(record.seq, ref) for record in linked for ref in record.refs]
-            spans: set[tuple[str, int]] = set()
             if subjects:
                 connection.executemany(_INSERT_SUBJECT, subjects)
-                spans = {(ref, subject_span(seq)) for seq, ref in subjects}
-                new = [(ref, span) for ref, span in spans
-                       if span != self._known_span or ref not in self._known_refs]
-                if new:
-                    connection.executemany(_INSERT_SPAN, new)
+            spans = self._new_spans(linked)
+            span_rows = [(ref, span) for span, refs in spans.items() for ref in refs]
+            if span_rows:
+                connection.executemany(_INSERT_SPAN, span_rows)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -185,12 +184,23 @@ class SQLiteAuditStore(GroupCommitStore):
         self._last_written = (last.seq, last.body, last.prev_hash, last.hash)
         return head_seq + 1, last.hash, keys
 
-    def _remember_spans(self, committed: set[tuple[str, int]], newest: int) -> None:
-        """Keep the refs of the committed (ref, span) rows of span ``newest``."""
+    def _new_spans(self, linked: list[LinkedRecord]) -> dict[int, set[str]]:
+        """Return, per span, the refs that ``linked`` names and this store has not committed."""
+        spans: dict[int, set[str]] = {}
+        for record in linked:
+            if record.refs:
+                spans.setdefault(subject_span(record.seq), set()).update(record.refs)
+        known = spans.get(self._known_span)
+        if known is not None:
+            known -= self._known_refs
+        return spans
+
+    def _remember_spans(self, committed: dict[int, set[str]], newest: int) -> None:
+        """Add the refs committed for span ``newest`` to those that need no insert."""
         if newest != self._known_span or len(self._known_refs) >= _KNOWN_SPANS_SIZE:
             self._known_span = newest
             self._known_refs = set()
-        self._known_refs.update(ref for ref, span in committed if span == newest)
+        self._known_refs.update(committed.get(newest, ()))
 
     async def _release(self) -> None:
         try:

@@ -293,7 +293,7 @@ async def test_store_before_subject_keys_upgrades(database: str) -> None:
     assert report.ok, report.reason
 
 
-async def test_span_rows_are_written_once_per_subject_and_span(database: str) -> None:
+async def test_span_rows_once_per_span(database: str) -> None:
     shared = PSEUDONYMS.token("customer", "C-shared")
 
     def naming_shared(index: int) -> AuditEvent:

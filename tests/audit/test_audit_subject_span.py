@@ -61,6 +61,14 @@ async def write_store(path: Path, key: CheckpointKey | None = None) -> None:
     await store.close()
 
 
+def downgrade_store(path: Path, revision: str) -> None:
+    """Take the store at ``path`` back to the tables of ``revision``, keeping its rows."""
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        downgrade_schema(connection, revision)
+    engine.dispose()
+
+
 def rows(path: Path, statement: str) -> list[tuple[object, ...]]:
     with sqlite3.connect(path) as connection:
         return [tuple(row) for row in connection.execute(statement)]
@@ -78,7 +86,7 @@ async def exported_seqs(path: Path, ref: str) -> list[int]:
     return [json.loads(line)["seq"] for line in out.getvalue().splitlines()]
 
 
-async def test_each_commit_writes_rows_and_new_spans(tmp_path: Path) -> None:
+async def test_commit_writes_rows_and_spans(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
 
@@ -107,7 +115,7 @@ async def test_reopened_store_skips_existing_spans(tmp_path: Path) -> None:
     assert await exported_seqs(path, SHARED) == [*SHARED_SEQS, LAST_SEQ + 1]
 
 
-async def test_searches_find_the_subject_in_every_span(tmp_path: Path) -> None:
+async def test_search_finds_every_span(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
 
@@ -119,7 +127,7 @@ async def test_searches_find_the_subject_in_every_span(tmp_path: Path) -> None:
     assert await exported_seqs(path, own) == [1500]
 
 
-def test_search_reads_only_the_spans_of_the_subject() -> None:
+def test_search_plan_reads_spans_only() -> None:
     statement = subject_seqs(SHARED).compile(
         dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
     engine = create_engine("sqlite://")
@@ -134,7 +142,7 @@ def test_search_reads_only_the_spans_of_the_subject() -> None:
     ]
 
 
-async def test_verify_detects_a_deleted_span_row(tmp_path: Path) -> None:
+async def test_verify_detects_deleted_span(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
     with sqlite3.connect(path) as connection:
@@ -165,7 +173,7 @@ async def test_forget_deletes_rows_and_spans(tmp_path: Path) -> None:
     assert report.records == LAST_SEQ + 1
 
 
-async def test_purge_keeps_the_spans_that_it_cuts(tmp_path: Path) -> None:
+async def test_purge_keeps_cut_spans(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     key = new_key()
     store = await SQLiteAuditStore.open(path, checkpoint_key=key)
@@ -185,13 +193,10 @@ async def test_purge_keeps_the_spans_that_it_cuts(tmp_path: Path) -> None:
     assert report.ok, report.reason
 
 
-async def test_store_of_revision_0004_gets_its_spans(tmp_path: Path) -> None:
+async def test_revision_0004_store_gets_spans(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
-    engine = create_engine(f"sqlite:///{path}")
-    with engine.begin() as connection:
-        downgrade_schema(connection, "0004")
-    engine.dispose()
+    downgrade_store(path, "0004")
     assert "audit_subject_span" not in {
         name for (name,) in rows(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -206,15 +211,12 @@ async def test_store_of_revision_0004_gets_its_spans(tmp_path: Path) -> None:
     assert report.ok, report.reason
 
 
-async def test_commands_name_the_migration_for_an_older_store(tmp_path: Path) -> None:
+async def test_older_store_names_migrate(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     store = await SQLiteAuditStore.open(path)
     await store.append(event(1))
     await store.close()
-    engine = create_engine(f"sqlite:///{path}")
-    with engine.begin() as connection:
-        downgrade_schema(connection, "0004")
-    engine.dispose()
+    downgrade_store(path, "0004")
     expected = (f"audit store {path} is at schema revision 0004, not {head_revision()}; "
                 "run `fonte audit migrate` first")
 
@@ -237,10 +239,7 @@ def turn_off_secure_delete(dbapi_connection: sqlite3.Connection, _record: object
 async def test_forget_after_migration_leaves_no_bytes(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     await write_store(path)
-    engine = create_engine(f"sqlite:///{path}")
-    with engine.begin() as connection:
-        downgrade_schema(connection, "0004")
-    engine.dispose()
+    downgrade_store(path, "0004")
     # VACUUM leaves a store as revision 0004 wrote it, with no free pages.
     with sqlite3.connect(path) as connection:
         connection.execute("VACUUM")
@@ -254,7 +253,8 @@ async def test_forget_after_migration_leaves_no_bytes(tmp_path: Path) -> None:
 
     result, _ = await forget(path, SHARED, "dpo-1")
 
-    assert (result.key_deleted, result.records_unlinked) == (True, 3)
     token = SHARED.encode("ascii").removeprefix(b"v1:")
     copies = path.read_bytes().count(token)
+    assert result.key_deleted is True
+    assert result.records_unlinked == 3
     assert copies == 0

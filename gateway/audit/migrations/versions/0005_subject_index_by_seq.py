@@ -46,11 +46,16 @@ def _zero_dropped_pages() -> None:
         op.execute("PRAGMA secure_delete=ON")
 
 
-def upgrade() -> None:
+def _create_subject_table(
+    name: str, key: tuple[str, str], key_name: str, **options: bool
+) -> None:
+    """Create a copy of audit_subject called ``name``, with primary key ``key``.
+
+    The constraints get the names they would have in a table created as
+    audit_subject, because the copy is renamed to that once the old table is dropped.
+    """
     op.create_table(
-        "audit_subject_new",
-        # The constraints get the names they would have in a table created as
-        # audit_subject, since the table is renamed to that below.
+        name,
         sa.Column(
             "seq",
             SEQ_TYPE,
@@ -58,9 +63,14 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("ref", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("seq", "ref", name="pk_audit_subject"),
-        sqlite_with_rowid=False,
+        sa.PrimaryKeyConstraint(*key, name=key_name),
+        **options,
     )
+
+
+def upgrade() -> None:
+    _create_subject_table("audit_subject_new", ("seq", "ref"), "pk_audit_subject",
+                          sqlite_with_rowid=False)
     op.execute(
         "INSERT INTO audit_subject_new (seq, ref) "
         "SELECT seq, ref FROM audit_subject ORDER BY seq, ref"
@@ -72,7 +82,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("ref", "span", name="pk_audit_subject_span"),
         sqlite_with_rowid=False,
     )
-    # seq and SPAN_RECORDS are integers, so / divides without a remainder on both.
+    # seq and SPAN_RECORDS are integers, so / is integer division on both databases.
     op.execute(
         "INSERT INTO audit_subject_span (ref, span) "
         f"SELECT DISTINCT ref, seq / {SPAN_RECORDS} FROM audit_subject_new"
@@ -88,17 +98,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.create_table(
-        "audit_subject_old",
-        sa.Column(
-            "seq",
-            SEQ_TYPE,
-            sa.ForeignKey("audit_record.seq", name="audit_subject_seq_fkey"),
-            nullable=False,
-        ),
-        sa.Column("ref", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("ref", "seq", name="audit_subject_pkey"),
-    )
+    _create_subject_table("audit_subject_old", ("ref", "seq"), "audit_subject_pkey")
     op.execute("INSERT INTO audit_subject_old (seq, ref) SELECT seq, ref FROM audit_subject")
     _zero_dropped_pages()
     op.drop_table("audit_subject")
