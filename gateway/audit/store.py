@@ -554,17 +554,9 @@ class PreparedEvent:
         seq_text = b"%d" % seq
         if self.subjects is None:
             return template[0] + prev_hash.encode("ascii") + template[1] + seq_text + template[2]
-        sealed = [
-            b'{"sealed":"'
-            + sealer.seal(keys[ref], ref, seq, kind).encode("ascii")
-            + b'","type":'
-            + kind_json
-            + b"}"
-            for ref, kind, kind_json in self.subjects
-        ]
         return (
             template[0] + prev_hash.encode("ascii") + template[1] + seq_text + template[2]
-            + b"[" + b",".join(sealed) + b"]" + template[3]
+            + sealer.seal_subjects_json(self.subjects, keys, seq) + template[3]
         )
 
 

@@ -428,6 +428,10 @@ async def test_store_opens_path_with_reserved_characters(tmp_path: Path) -> None
         {"actor": "émp-ü \u2028 \"quoted\" \\ back", "purpose": None, "client": None},
         {"subjects": [], "fields": [], "systems": [], "roles": []},
         {"operation_name": "Käse\u00a0\U0001f9c0", "records": 2**40},
+        # Two types, so one record's subjects are sealed with two associated data.
+        {"subjects": [{"type": "customer", "ref": PSEUDONYMS.token("customer", "C-1001")},
+                      {"type": "contact", "ref": PSEUDONYMS.token("contact", "P-7")},
+                      {"type": "customer", "ref": PSEUDONYMS.token("customer", "C-1002")}]},
     ],
 )
 def test_prepared_body_is_canonical_json(changes: dict[str, object]) -> None:
