@@ -154,6 +154,8 @@ class Gateway:
         anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
         previous_key = await newest_checkpoint_key_name(_audit_target(settings))
         store = await _open_audit_store(settings, checkpoint_key, anchors)
+        store.set_commit_delay(settings.audit_commit_delay_ms / 1000,
+                               settings.audit_commit_siblings)
         audit_key = load_or_create_key(settings.pseudonym_key_path)
         pseudonymizer = Pseudonymizer(audit_key)
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()

@@ -26,7 +26,7 @@ from gateway.audit.record import (
     validate_fields,
 )
 from gateway.audit.request_record import prepare_request
-from gateway.audit.store import AuditStore, PreparedEvent
+from gateway.audit.store import AuditStore, ExpectedAppend, PreparedEvent
 from gateway.build import AuditFacts
 from gateway.errors import AuditError
 from gateway.fetch import FetchStats
@@ -61,25 +61,41 @@ class AuditRecorder:
         # Keyed by (id(view), judged field names); see _decisions_of.
         self._decisions: dict[tuple[int, tuple[str, ...]], _Decisions] = {}
 
+    @property
+    def expected_records(self) -> int:
+        """Requests announced with `expect` whose record is not yet appended or withdrawn."""
+        return self._store.expected_appends
+
     @staticmethod
     def must_record(plan: Plan) -> bool:
         return any(decl.personal or not decision.allowed
                    for decl, decision in plan.judged.values())
 
+    def expect(self, plan: Plan) -> ExpectedAppend | None:
+        """Announce the record of a request that `must_record`, before its upstream calls.
+
+        The store's commit delay waits for announced records (see
+        `GroupCommitStore.set_commit_delay`). Returns None for a request without a record.
+        Pass the handle to `record`, and withdraw it if the request ends without one.
+        """
+        return self._store.expect_append() if self.must_record(plan) else None
+
     async def record(self, *, principal: Principal, request_id: str, query: str,
                      operation_name: str | None, plan: Plan, facts: AuditFacts,
-                     stats: FetchStats, policy_version: str) -> int:
+                     stats: FetchStats, policy_version: str,
+                     expected: ExpectedAppend | None = None) -> int:
         """Append the record of one request and return its seq once it is durable.
 
         Gives the record that `event` describes, but encodes it with `prepare_request`,
-        from the field decisions and operation hash cached for earlier requests. Raises
+        from the field decisions and operation hash cached for earlier requests.
+        ``expected`` is the handle that `expect` returned for the request. Raises
         AuditError if the record is invalid or could not be stored.
         """
         try:
             prepared = self._prepare(principal=principal, request_id=request_id, query=query,
                                      operation_name=operation_name, plan=plan, facts=facts,
                                      stats=stats, policy_version=policy_version)
-            return await self._store.append_prepared(prepared)
+            return await self._store.append_prepared(prepared, expected)
         except (TypeError, ValueError) as exc:
             error = AuditError(f"invalid audit event: {exc}")
             log.error("audit record of request %s not written: %s", request_id, error)

@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 
+from gateway.audit.store import MAX_COMMIT_DELAY
 from gateway.catalog import default_schema_dir
 from gateway.compiled import EXECUTORS
 from gateway.errors import ConfigError
@@ -93,6 +94,10 @@ from gateway.transport import HttpSettings, http_settings_from_table
 # logs: at least 24 months.
 MIN_RETENTION_MONTHS = 6
 DEFAULT_RETENTION_MONTHS = 24
+# A commit waits up to 2 ms for the records of other running requests, if at least 4
+# have announced one. bench/README.md ("Commit delay") has the measurements.
+DEFAULT_COMMIT_DELAY_MS = 2
+DEFAULT_COMMIT_SIBLINGS = 4
 
 SystemSettings = (SalesforceSettings | OdooSettings | OdooJson2Settings | SqlSettings
                   | DataverseSettings | SapSettings | RestSettings)
@@ -124,6 +129,10 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     audit_fail_open: bool = False
     audit_checkpoint_interval: float = 60.0
+    # Group commit: how long a commit may wait for announced records, and how many
+    # running requests must have announced one (GroupCommitStore.set_commit_delay).
+    audit_commit_delay_ms: int = DEFAULT_COMMIT_DELAY_MS
+    audit_commit_siblings: int = DEFAULT_COMMIT_SIBLINGS
     audit_checkpoint_key_name: str = "fonte-audit-1"
     audit_checkpoint_key_file: Path | None = None
     audit_anchors: tuple[str, ...] = ()
@@ -236,6 +245,12 @@ def load_settings(path: Path) -> Settings:
         audit_fail_open=_flag("audit", audit, "fail_open"),
         audit_checkpoint_interval=_number("audit", "checkpoint_interval",
                                           audit.get("checkpoint_interval", 60)),
+        audit_commit_delay_ms=_integer("audit", "commit_delay_ms",
+                                       audit.get("commit_delay_ms", DEFAULT_COMMIT_DELAY_MS),
+                                       0, round(MAX_COMMIT_DELAY * 1000)),
+        audit_commit_siblings=_integer("audit", "commit_siblings",
+                                       audit.get("commit_siblings", DEFAULT_COMMIT_SIBLINGS),
+                                       1, 10_000),
         audit_checkpoint_key_name=str(audit.get("checkpoint_key_name", "fonte-audit-1")),
         audit_checkpoint_key_file=_path(base, audit["checkpoint_key_file"])
         if "checkpoint_key_file" in audit else None,

@@ -35,6 +35,7 @@ from graphql import (
 )
 from graphql.execution.values import VariableValues, get_variable_values
 
+from gateway.audit.store import ExpectedAppend
 from gateway.audit_events import AuditRecorder
 from gateway.build import CURSOR_DOMAIN, Builder, client_error, decode_cursor, forbidden
 from gateway.catalog import Catalog
@@ -101,6 +102,8 @@ class Fetched:
     nodes: dict[str, Node | Any]
     stats: FetchStats
     headers: dict[str, str]
+    # The request's announced audit record, or None if it has none.
+    expected: ExpectedAppend | None = None
 
 
 class Executor:
@@ -132,21 +135,26 @@ class Executor:
             return fetched
         prepared, plan, nodes = fetched.prepared, fetched.plan, fetched.nodes
 
-        builder = Builder(self._keys)
-        root = self.build_root(plan, nodes, builder)
-        if self._recorder.must_record(plan):
-            try:
-                await self._recorder.record(
-                    principal=principal, request_id=request_id, query=request.query,
-                    operation_name=_operation_name(prepared.operation), plan=plan,
-                    facts=builder.facts, stats=fetched.stats, policy_version=plan.view.version)
-            except AuditError:
-                if not self._recorder.fail_open:
-                    root = self.build_root(plan, nodes,
-                                           Builder(self._keys, withhold_personal=True))
-                else:
-                    log.warning("request %s served without its audit record (fail-open)",
-                                request_id)
+        try:
+            builder = Builder(self._keys)
+            root = self.build_root(plan, nodes, builder)
+            if self._recorder.must_record(plan):
+                try:
+                    await self._recorder.record(
+                        principal=principal, request_id=request_id, query=request.query,
+                        operation_name=_operation_name(prepared.operation), plan=plan,
+                        facts=builder.facts, stats=fetched.stats,
+                        policy_version=plan.view.version, expected=fetched.expected)
+                except AuditError:
+                    if not self._recorder.fail_open:
+                        root = self.build_root(plan, nodes,
+                                               Builder(self._keys, withhold_personal=True))
+                    else:
+                        log.warning("request %s served without its audit record (fail-open)",
+                                    request_id)
+        finally:
+            if fetched.expected is not None:
+                fetched.expected.withdraw()
 
         body = self.respond(request, fetched, root, self.configured_executor)
         return GraphQLResponse(200, body, fetched.headers)
@@ -177,8 +185,14 @@ class Executor:
         stats = FetchStats()
         seconds = self._limits.request_timeout
         budget = Budget(asyncio.get_running_loop().time() + seconds, seconds)
-        nodes = await self._fetch_roots(plan, stats, budget)
-        return Fetched(prepared, plan, nodes, stats, headers)
+        expected = self._recorder.expect(plan)
+        try:
+            nodes = await self._fetch_roots(plan, stats, budget)
+        except BaseException:
+            if expected is not None:
+                expected.withdraw()
+            raise
+        return Fetched(prepared, plan, nodes, stats, headers, expected)
 
     def respond(self, request: GraphQLRequest, fetched: Fetched, root: dict[str, Any],
                 executor: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.audit.export import ExportFilter, export_records
+from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.config import Settings, SystemSettings
 from gateway.demo.data import DemoData, generate
 from gateway.demo.odoo import create_odoo_app
@@ -111,6 +112,16 @@ class Harness:
 @pytest.fixture(scope="session")
 def demo_data() -> DemoData:
     return generate(customers=DEMO_CUSTOMERS)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteAuditStore]:
+    """An SQLite audit store at ``tmp_path / "audit.db"``, closed after the test."""
+    opened = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

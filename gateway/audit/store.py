@@ -74,6 +74,9 @@ DEFAULT_CHECKPOINT_INTERVAL = 60.0
 # Event loop turns that the writer waits for more events before a commit (see
 # GroupCommitStore._next_batch).
 _GATHER_TURNS = 4
+# The longest commit delay that set_commit_delay accepts, in seconds: PostgreSQL's
+# limit for its commit_delay. Every audited response may wait this long.
+MAX_COMMIT_DELAY = 0.1
 # Subject keys kept in memory to save a query per commit. The cache is emptied when it
 # grows past this, about 100 bytes an entry.
 _SUBJECT_KEY_CACHE_SIZE = 50_000
@@ -89,8 +92,22 @@ class AuditStore(Protocol):
         """
         ...
 
-    async def append_prepared(self, prepared: PreparedEvent) -> int:
-        """Store an event that was validated and encoded before, as `append` does."""
+    async def append_prepared(
+        self, prepared: PreparedEvent, expected: ExpectedAppend | None = None
+    ) -> int:
+        """Store an event that was validated and encoded before, as `append` does.
+
+        ``expected`` is the handle that `expect_append` gave the caller, if any.
+        """
+        ...
+
+    def expect_append(self) -> ExpectedAppend:
+        """Count the caller as about to append, until it appends or withdraws."""
+        ...
+
+    @property
+    def expected_appends(self) -> int:
+        """The callers counted by `expect_append` that have neither appended nor withdrawn."""
         ...
 
     async def healthy(self) -> bool:
@@ -161,6 +178,25 @@ class PendingAppend:
     future: asyncio.Future[int]
 
 
+class ExpectedAppend:
+    """A request counted as about to append a record, from `expect_append`.
+
+    The request passes it to `append_prepared`, which stops the count. A request that
+    will not append after all calls `withdraw`. Both may happen; the count drops once.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: GroupCommitStore) -> None:
+        self._store: GroupCommitStore | None = store
+
+    def withdraw(self) -> None:
+        """Stop counting this request. Does nothing the second time."""
+        store, self._store = self._store, None
+        if store is not None:
+            store._expected_done()
+
+
 @dataclass
 class _CheckpointRequest:
     future: asyncio.Future[Checkpoint | None]
@@ -183,6 +219,11 @@ _TICK = _Signal("tick")
 _Control = _CheckpointRequest | _Signal
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def check_open_arguments(max_batch: int, checkpoint_interval: float) -> None:
     """Raise ValueError for a batch size or checkpoint interval that a store cannot use."""
     if max_batch < 1:
@@ -197,6 +238,9 @@ class GroupCommitStore:
     Subclasses open the engine and may override `_insert_batch` and `_write_checkpoint`.
     ``commits`` counts the successful commits since open. It is smaller than the number
     of appends whenever appends share a commit.
+
+    With `set_commit_delay`, a commit may wait a little for the records of requests
+    that are still running, so that more records share it (see `_next_batch`).
     """
 
     def __init__(
@@ -215,6 +259,12 @@ class GroupCommitStore:
         self._head_seq, self._head_hash = head
         self._head_stale = False
         self._max_batch = max_batch
+        # Off until set_commit_delay. _expected counts the requests that announced a
+        # record with expect_append and have neither appended nor withdrawn.
+        self._commit_delay = 0.0
+        self._commit_siblings = 1
+        self._expected = 0
+        self._delay_waiter: asyncio.Future[None] | None = None
         self._healthy = True
         self._closed = False
         self._engine_disposed = False
@@ -232,6 +282,11 @@ class GroupCommitStore:
         self._writer = asyncio.create_task(self._run_writer(), name=f"audit-writer {location}")
         # Records left unchecked by a previous run get their checkpoint after one interval.
         self._schedule_tick()
+
+    @property
+    def expected_appends(self) -> int:
+        """The requests that announced a record with `expect_append` and not yet appended it."""
+        return self._expected
 
     @property
     def location(self) -> str:
@@ -256,16 +311,59 @@ class GroupCommitStore:
             raise AuditError(f"invalid audit event: {exc}") from exc
         return await self.append_prepared(prepared)
 
-    async def append_prepared(self, prepared: PreparedEvent) -> int:
+    async def append_prepared(
+        self, prepared: PreparedEvent, expected: ExpectedAppend | None = None
+    ) -> int:
         """Store an event that `prepare_event` or `prepare_request` encoded, as `append` does.
 
         The caller vouches that the event was valid, because nothing here checks it again.
+        ``expected`` is the caller's handle from `expect_append`, which this withdraws.
         """
+        if expected is not None:
+            expected.withdraw()
         if self._closed:
             raise AuditError(f"audit store {self._location} is closed; open it again to append")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(PendingAppend(prepared, future))
         return await future
+
+    def set_commit_delay(self, seconds: float, siblings: int) -> None:
+        """Let a commit wait up to ``seconds`` for records that running requests announced.
+
+        The writer waits only while at least ``siblings`` requests have announced a
+        record with `expect_append` and not yet appended it, and stops waiting as soon
+        as none is left. A busy gateway then commits more records per transaction,
+        each paying a smaller share of the commit's fixed cost (the write lock, the
+        head, the sync to disk), while a quiet one never waits. PostgreSQL delays its
+        WAL flush the same way, by ``commit_delay`` (at most 100 ms) when at least
+        ``commit_siblings`` other transactions are active (PostgreSQL documentation,
+        "Write Ahead Log" settings). 0 seconds turns the delay off, as it is when a
+        store opens.
+
+        Raises ValueError for a delay outside 0 to `MAX_COMMIT_DELAY` seconds or fewer
+        than 1 sibling.
+        """
+        if not 0 <= seconds <= MAX_COMMIT_DELAY:
+            raise ValueError(
+                f"commit delay must be from 0 to {MAX_COMMIT_DELAY} seconds, not {seconds!r}")
+        if siblings < 1:
+            raise ValueError(f"commit siblings must be at least 1, not {siblings!r}")
+        self._commit_delay = float(seconds)
+        self._commit_siblings = siblings
+
+    def expect_append(self) -> ExpectedAppend:
+        """Count the caller as a request that will append a record soon.
+
+        Pass the handle to `append_prepared`, or call its `withdraw` if the request ends
+        without a record. Only the commit delay reads the count.
+        """
+        self._expected += 1
+        return ExpectedAppend(self)
+
+    def _expected_done(self) -> None:
+        self._expected -= 1
+        if self._expected == 0 and self._delay_waiter is not None:
+            _wake(self._delay_waiter)
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign a checkpoint now, after committing the events appended before this call.
@@ -299,6 +397,8 @@ class GroupCommitStore:
         if not self._closed:
             self._closed = True
             self._queue.put_nowait(_STOP)
+            if self._delay_waiter is not None:
+                _wake(self._delay_waiter)
         try:
             await self._writer
         finally:
@@ -340,11 +440,14 @@ class GroupCommitStore:
         `_GATHER_TURNS` more times, and takes what those turns appended, stopping at
         the first turn that appended nothing. Requests that are about to append then
         share this commit instead of paying for one of their own, and an idle gateway
-        waits only one turn. Returns the batch and the control item that ended it, if
-        any.
+        waits only one turn. With a commit delay set, and enough requests that
+        announced a record, the writer then waits once more, up to the delay or until
+        none of them is left (see `set_commit_delay`). Returns the batch and the
+        control item that ended it, if any.
         """
         batch: list[PendingAppend] = []
         turns = 0
+        delayed = False
         item = await self._queue.get()
         while True:
             if not isinstance(item, PendingAppend):
@@ -352,14 +455,31 @@ class GroupCommitStore:
             batch.append(item)
             if len(batch) >= self._max_batch:
                 return batch, None
-            if self._queue.empty():
-                if turns >= _GATHER_TURNS:
-                    return batch, None
+            if self._queue.empty() and turns < _GATHER_TURNS:
                 turns += 1
                 await asyncio.sleep(0)
+            if self._queue.empty():
+                if delayed or not self._should_delay():
+                    return batch, None
+                delayed = True
+                await self._wait_for_expected()
                 if self._queue.empty():
                     return batch, None
             item = self._queue.get_nowait()
+
+    def _should_delay(self) -> bool:
+        return self._commit_delay > 0 and self._expected >= self._commit_siblings
+
+    async def _wait_for_expected(self) -> None:
+        """Wait until the commit delay has passed or no announced record is left."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        timer = self._loop.call_later(self._commit_delay, _wake, waiter)
+        self._delay_waiter = waiter
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._delay_waiter = None
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:

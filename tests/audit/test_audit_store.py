@@ -7,7 +7,6 @@ import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
@@ -72,13 +71,6 @@ def run_sql(path: Path, *statements: str) -> None:
         connection.commit()
     finally:
         connection.close()
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteAuditStore]:
-    opened = await SQLiteAuditStore.open(tmp_path / "audit.db")
-    yield opened
-    await opened.close()
 
 
 async def test_append_returns_consecutive_seqs(store: SQLiteAuditStore) -> None:

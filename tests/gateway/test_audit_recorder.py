@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +68,6 @@ def _arguments(plan: Plan, **changes: Any) -> dict[str, Any]:
     }
     arguments.update(changes)
     return arguments
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteAuditStore]:
-    opened = await SQLiteAuditStore.open(tmp_path / "audit.db")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

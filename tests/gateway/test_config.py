@@ -137,6 +137,35 @@ def test_audit_defaults_to_sqlite_and_24_months(tmp_path: Path) -> None:
     assert settings.audit_retention_months == 24
 
 
+def test_audit_commit_delay_defaults_and_settings(tmp_path: Path) -> None:
+    defaults = load_settings(write(tmp_path, VALID))
+    text = VALID + "\n[audit]\ncommit_delay_ms = 0\ncommit_siblings = 9\n"
+
+    settings = load_settings(write(tmp_path, text))
+
+    assert (defaults.audit_commit_delay_ms, defaults.audit_commit_siblings) == (2, 4)
+    assert (settings.audit_commit_delay_ms, settings.audit_commit_siblings) == (0, 9)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("commit_delay_ms = 101",
+         "[audit] commit_delay_ms = 101 must be a whole number from 0 to 100"),
+        ("commit_delay_ms = 1.5",
+         "[audit] commit_delay_ms = 1.5 must be a whole number from 0 to 100"),
+        ("commit_siblings = 0",
+         "[audit] commit_siblings = 0 must be a whole number from 1 to 10000"),
+    ],
+)
+def test_audit_commit_delay_out_of_range_rejected(tmp_path: Path, line: str,
+                                                  message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, VALID + f"\n[audit]\n{line}\n"))
+
+    assert str(caught.value) == message
+
+
 def test_audit_retention_below_minimum_rejected(tmp_path: Path) -> None:
     text = VALID + "\n[audit]\nretention_months = 5\n"
 

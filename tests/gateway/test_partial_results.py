@@ -8,6 +8,7 @@ text, which may quote data.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,22 @@ async def test_erp_status_503_nulls_erp(harness: Harness) -> None:
     harness.erp_app.state.control.fault_status = 503
     body = await _mixed_lookup(harness)
     _assert_crm_served_erp_failed(body, _account(harness), "UPSTREAM_UNAVAILABLE")
+
+
+async def test_no_record_left_announced(harness: Harness) -> None:
+    recorder = harness.gateway_app.state.gateway.recorder
+    account = _account(harness)
+    served = await asyncio.gather(*(_mixed_lookup(harness) for _ in range(6)))
+    harness.erp_app.state.control.fault_status = 503
+    failed = await _mixed_lookup(harness)
+    rejected = await harness.query("{ customers(first: 2) { edges { node { nope } } } }")
+
+    # Each request announced its record before its upstream calls, for the commit
+    # delay, and the count went back to zero whether the request was served or not.
+    assert [body["data"]["customer"]["name"] for body in served] == [account["Name"]] * 6
+    _assert_crm_served_erp_failed(failed, account, "UPSTREAM_UNAVAILABLE")
+    assert rejected.status_code == 400
+    assert recorder.expected_records == 0
 
 
 async def test_erp_connect_error_nulls_erp(demo_data: DemoData, tmp_path: Path) -> None:
