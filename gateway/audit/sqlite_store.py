@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
@@ -62,17 +63,45 @@ _READ_HEAD = (
 )
 _INSERT_RECORD = (
     f"INSERT INTO {audit_record.name} "
-    "(seq, time, request_id, actor, purpose, outcome, body, prev_hash, hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(seq, time, request_id, actor, purpose, outcome, body, prev_hash, hash) VALUES "
 )
-_INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES (?, ?)"
-_INSERT_SPAN = f"INSERT OR IGNORE INTO {audit_subject_span.name} (ref, span) VALUES (?, ?)"
+_INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES "
+_INSERT_SPAN = f"INSERT OR IGNORE INTO {audit_subject_span.name} (ref, span) VALUES "
+# Most rows in one INSERT: a power of two, at most 999 parameters (the limit of SQLite
+# before 3.32) for 9 columns.
+_ROWS_PER_INSERT = 64
 # Maximum number of refs that a store remembers as committed for the newest span.
 # Past it, the store empties that set and lets INSERT OR IGNORE skip the rows that exist.
 _KNOWN_SPANS_SIZE = 65_536
 _INSERT_SUBJECT_KEY = f"INSERT INTO {audit_subject_key.name} (ref, key) VALUES (?, ?)"
 # SQLite before 3.32 allows at most 999 parameters in one statement.
 _REFS_PER_QUERY = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_insert(prefix: str, width: int, rows: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return prefix + ", ".join([row] * rows)
+
+
+def _insert_rows(
+    connection: sqlite3.Connection, prefix: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert ``rows`` with the INSERT that starts with ``prefix``, many rows a statement.
+
+    executemany steps and resets its statement once per row, where one multi-row INSERT
+    binds all values and steps once. Statements carry `_ROWS_PER_INSERT` rows and the
+    rest in powers of two, so at most 7 statement texts per prefix reach the driver's
+    statement cache.
+    """
+    start = 0
+    while start < len(rows):
+        left = len(rows) - start
+        count = _ROWS_PER_INSERT if left >= _ROWS_PER_INSERT else 1 << (left.bit_length() - 1)
+        chunk = rows[start:start + count]
+        connection.execute(_multi_row_insert(prefix, len(chunk[0]), count),
+                           [value for row in chunk for value in row])
+        start += count
 
 
 def _load_subject_keys(
@@ -162,17 +191,15 @@ class SQLiteAuditStore(GroupCommitStore):
                 self._subject_keys,
             )
             linked = link_events(events, head_seq, head_hash, keys, self._sealer)
-            connection.executemany(_INSERT_RECORD, [
+            _insert_rows(connection, _INSERT_RECORD, [
                 (record.seq, *record.columns, record.body, record.prev_hash, record.hash)
                 for record in linked
             ])
-            subjects = [(record.seq, ref) for record in linked for ref in record.refs]
-            if subjects:
-                connection.executemany(_INSERT_SUBJECT, subjects)
+            _insert_rows(connection, _INSERT_SUBJECT,
+                         [(record.seq, ref) for record in linked for ref in record.refs])
             spans = self._new_spans(linked)
-            span_rows = [(ref, span) for span, refs in spans.items() for ref in refs]
-            if span_rows:
-                connection.executemany(_INSERT_SPAN, span_rows)
+            _insert_rows(connection, _INSERT_SPAN,
+                         [(ref, span) for span, refs in spans.items() for ref in refs])
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from gateway.audit import sqlite_store
 from gateway.audit import store as store_module
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
@@ -594,3 +595,24 @@ async def test_append_rejects_head_damaged_meanwhile(tmp_path: Path,
         await store.append(make_event("req-2"))
 
     assert count_rows(path) == 1
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 130, 200])
+def test_multi_row_insert_keeps_every_row(count: int) -> None:
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE pairs (a INTEGER, b TEXT)")
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    rows = [(index, f"row-{index}") for index in range(count)]
+
+    sqlite_store._insert_rows(connection, "INSERT INTO pairs (a, b) VALUES ", rows)
+
+    stored = connection.execute("SELECT a, b FROM pairs ORDER BY rowid").fetchall()
+    connection.close()
+    assert stored == rows
+    # Full statements of 64 rows, then the rest in powers of two: 130 = 64 + 64 + 2.
+    sizes = [statement.count("(") - 1 for statement in statements
+             if statement.startswith("INSERT")]
+    expected = {0: [], 1: [1], 63: [32, 16, 8, 4, 2, 1], 64: [64], 65: [64, 1],
+                130: [64, 64, 2], 200: [64, 64, 64, 8]}
+    assert sizes == expected[count]
