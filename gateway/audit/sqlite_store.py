@@ -67,7 +67,7 @@ _INSERT_RECORD = (
 )
 _INSERT_SUBJECT = f"INSERT INTO {audit_subject.name} (seq, ref) VALUES "
 _INSERT_SPAN = f"INSERT OR IGNORE INTO {audit_subject_span.name} (ref, span) VALUES "
-# Most rows in one INSERT: a power of two, at most 999 parameters (the limit of SQLite
+# Maximum rows in one INSERT: a power of two, at most 999 parameters (the limit of SQLite
 # before 3.32) for 9 columns.
 _ROWS_PER_INSERT = 64
 # Maximum number of refs that a store remembers as committed for the newest span.
