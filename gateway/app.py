@@ -45,7 +45,7 @@ from gateway.audit.operations import newest_checkpoint_key_name
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.sqlite_store import SQLiteAuditStore
-from gateway.audit.store import GroupCommitStore
+from gateway.audit.store import GroupCommitStore, check_commit_delay
 from gateway.audit_events import AuditRecorder
 from gateway.catalog import Catalog, load_catalog
 from gateway.config import Settings
@@ -153,9 +153,12 @@ class Gateway:
         publish_public_key(checkpoint_key, settings.checkpoint_public_key_dir)
         anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
         previous_key = await newest_checkpoint_key_name(_audit_target(settings))
+        commit_delay = settings.audit_commit_delay_ms / 1000
+        # Checked before the store opens, so that bad Settings built in code leave no
+        # writer task running.
+        check_commit_delay(commit_delay, settings.audit_commit_siblings)
         store = await _open_audit_store(settings, checkpoint_key, anchors)
-        store.set_commit_delay(settings.audit_commit_delay_ms / 1000,
-                               settings.audit_commit_siblings)
+        store.set_commit_delay(commit_delay, settings.audit_commit_siblings)
         audit_key = load_or_create_key(settings.pseudonym_key_path)
         pseudonymizer = Pseudonymizer(audit_key)
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()

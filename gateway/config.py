@@ -95,7 +95,8 @@ from gateway.transport import HttpSettings, http_settings_from_table
 MIN_RETENTION_MONTHS = 6
 DEFAULT_RETENTION_MONTHS = 24
 # A commit waits up to 2 ms for the records of other running requests, if at least 4
-# have announced one. bench/README.md ("Commit delay") has the measurements.
+# have announced one. bench/README.md ("Commit delay, and sealing per record") has the
+# measurements.
 DEFAULT_COMMIT_DELAY_MS = 2
 DEFAULT_COMMIT_SIBLINGS = 4
 
@@ -213,6 +214,7 @@ def load_settings(path: Path) -> Settings:
     if "policy_dir" in gateway and "directory" not in policy:
         policy = {**policy, "directory": str(_path(base, gateway["policy_dir"]))}
     _check_known("auth", auth, _AUTH_SETTINGS)
+    _check_known("audit", audit, _AUDIT_SETTINGS)
     key_file = auth.get("public_key_file")
     development_tokens = _flag("auth", auth, "development_tokens")
     jwks = _jwks(auth)
@@ -291,6 +293,11 @@ def _executor(value: Any) -> str:
                           "default) or \"graphql-core\"")
     return str(value)
 
+
+_AUDIT_SETTINGS = {"fail_open", "checkpoint_interval", "checkpoint_key_name",
+                   "checkpoint_key_file", "anchors", "store", "store_password",
+                   "store_password_env", "store_password_file", "retention_months",
+                   "auto_purge", "commit_delay_ms", "commit_siblings"}
 
 _AUTH_SETTINGS = {"public_key_file", "development_tokens", "jwks_url", "jwks_timeout",
                   "jwks_cache_seconds", "jwks_min_refetch_seconds", "issuer", "audience",
@@ -380,7 +387,8 @@ def _path(base: Path, value: Any) -> Path:
 
 
 def _integer(section: str, name: str, value: Any, low: int, high: int) -> int:
-    if not isinstance(value, int) or not low <= value <= high:
+    # TOML's true and false load as bool, which Python counts as an int.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"[{section}] {name} = {value!r} must be a whole number from {low} to "
                           f"{high}")
     return value

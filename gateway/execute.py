@@ -130,7 +130,7 @@ class Executor:
 
     async def run(self, request: GraphQLRequest, principal: Principal,
                   request_id: str) -> GraphQLResponse:
-        fetched = await self.fetch(request, principal)
+        fetched = await self.fetch(request, principal, announce=True)
         if isinstance(fetched, GraphQLResponse):
             return fetched
         prepared, plan, nodes = fetched.prepared, fetched.plan, fetched.nodes
@@ -159,9 +159,14 @@ class Executor:
         body = self.respond(request, fetched, root, self.configured_executor)
         return GraphQLResponse(200, body, fetched.headers)
 
-    async def fetch(self, request: GraphQLRequest, principal: Principal
-                    ) -> Fetched | GraphQLResponse:
-        """Plan the request and read its records, or return the response that rejects it."""
+    async def fetch(self, request: GraphQLRequest, principal: Principal, *,
+                    announce: bool = False) -> Fetched | GraphQLResponse:
+        """Plan the request and read its records, or return the response that rejects it.
+
+        With ``announce``, a request that will write an audit record announces it to the
+        store's commit delay before its upstream calls, in ``Fetched.expected``. The
+        caller must then pass it to `AuditRecorder.record` or withdraw it, as `run` does.
+        """
         try:
             prepared = self._prepare(request)
         except RequestError as exc:
@@ -185,7 +190,7 @@ class Executor:
         stats = FetchStats()
         seconds = self._limits.request_timeout
         budget = Budget(asyncio.get_running_loop().time() + seconds, seconds)
-        expected = self._recorder.expect(plan)
+        expected = self._recorder.expect(plan) if announce else None
         try:
             nodes = await self._fetch_roots(plan, stats, budget)
         except BaseException:

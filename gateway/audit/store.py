@@ -224,6 +224,15 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def check_commit_delay(seconds: float, siblings: int) -> None:
+    """Raise ValueError for arguments that `GroupCommitStore.set_commit_delay` rejects."""
+    if not 0 <= seconds <= MAX_COMMIT_DELAY:
+        raise ValueError(
+            f"commit delay must be from 0 to {MAX_COMMIT_DELAY} seconds, not {seconds!r}")
+    if siblings < 1:
+        raise ValueError(f"commit siblings must be at least 1, not {siblings!r}")
+
+
 def check_open_arguments(max_batch: int, checkpoint_interval: float) -> None:
     """Raise ValueError for a batch size or checkpoint interval that a store cannot use."""
     if max_batch < 1:
@@ -334,7 +343,8 @@ class GroupCommitStore:
         record with `expect_append` and not yet appended it, and stops waiting as soon
         as none is left. A busy gateway then commits more records per transaction,
         each paying a smaller share of the commit's fixed cost (the write lock, the
-        head, the sync to disk), while a quiet one never waits. PostgreSQL delays its
+        head, the sync to disk), while one with fewer than ``siblings`` such requests
+        never waits. PostgreSQL delays its
         WAL flush the same way, by ``commit_delay`` (at most 100 ms) when at least
         ``commit_siblings`` other transactions are active (PostgreSQL documentation,
         "Write Ahead Log" settings). 0 seconds turns the delay off, as it is when a
@@ -343,11 +353,7 @@ class GroupCommitStore:
         Raises ValueError for a delay outside 0 to `MAX_COMMIT_DELAY` seconds or fewer
         than 1 sibling.
         """
-        if not 0 <= seconds <= MAX_COMMIT_DELAY:
-            raise ValueError(
-                f"commit delay must be from 0 to {MAX_COMMIT_DELAY} seconds, not {seconds!r}")
-        if siblings < 1:
-            raise ValueError(f"commit siblings must be at least 1, not {siblings!r}")
+        check_commit_delay(seconds, siblings)
         self._commit_delay = float(seconds)
         self._commit_siblings = siblings
 
@@ -416,7 +422,7 @@ class GroupCommitStore:
         batch: list[PendingAppend] = []
         try:
             while True:
-                batch, control = await self._next_batch()
+                control = await self._next_batch(batch)
                 if batch:
                     await self._commit_batch(batch)
                 batch = []
@@ -433,8 +439,8 @@ class GroupCommitStore:
             # when the event loop shut down without close().
             self._fail_pending(batch)
 
-    async def _next_batch(self) -> tuple[list[PendingAppend], _Control | None]:
-        """Wait for one item, then take the events queued meanwhile, up to max_batch.
+    async def _next_batch(self, batch: list[PendingAppend]) -> _Control | None:
+        """Wait for one item, then add the events queued meanwhile to ``batch``, up to max_batch.
 
         When the queue is empty, the writer lets the event loop run up to
         `_GATHER_TURNS` more times, and takes what those turns appended, stopping at
@@ -442,29 +448,29 @@ class GroupCommitStore:
         share this commit instead of paying for one of their own, and an idle gateway
         waits only one turn. With a commit delay set, and enough requests that
         announced a record, the writer then waits once more, up to the delay or until
-        none of them is left (see `set_commit_delay`). Returns the batch and the
-        control item that ended it, if any.
+        none of them is left (see `set_commit_delay`). Returns the control item that
+        ended the batch, if any. ``batch`` belongs to the caller, so that the events in
+        it fail, rather than wait forever, if the writer is cancelled during the delay.
         """
-        batch: list[PendingAppend] = []
         turns = 0
         delayed = False
         item = await self._queue.get()
         while True:
             if not isinstance(item, PendingAppend):
-                return batch, item
+                return item
             batch.append(item)
             if len(batch) >= self._max_batch:
-                return batch, None
+                return None
             if self._queue.empty() and turns < _GATHER_TURNS:
                 turns += 1
                 await asyncio.sleep(0)
             if self._queue.empty():
                 if delayed or not self._should_delay():
-                    return batch, None
+                    return None
                 delayed = True
                 await self._wait_for_expected()
                 if self._queue.empty():
-                    return batch, None
+                    return None
             item = self._queue.get_nowait()
 
     def _should_delay(self) -> bool:

@@ -136,7 +136,8 @@ class SubjectSealer:
         ``keys`` maps each pseudonym to its key. Each entry is
         ``{"sealed":seal(key, ref, seq=seq, kind=type),"type":type}``. One call per
         record computes the seq's bytes and the associated data once instead of once per
-        subject: 1.9 instead of 2.3 us a subject (timeit, 100 subjects).
+        subject: 1.9 instead of 2.3 us a subject (timeit, 100 subjects, CPython 3.11.7,
+        cryptography 50.0.2, AMD EPYC).
         """
         seq_bytes = seq.to_bytes(8, "big")
         states = self._states

@@ -15,6 +15,7 @@ from test_audit_store import count_rows, make_event
 from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.store import MAX_COMMIT_DELAY, prepare_event
 from gateway.audit.verify import verify_store
+from gateway.errors import AuditError
 
 # Event loop turns a test waits for the writer to reach its delay. The writer needs a
 # handful; the bound only keeps a broken store from hanging the test.
@@ -128,6 +129,25 @@ async def test_close_ends_the_wait(tmp_path: Path) -> None:
 
     assert await appended == 1
     assert count_rows(tmp_path / "audit.db") == 1
+
+
+async def test_cancelled_writer_fails_waiting_batch(tmp_path: Path) -> None:
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    store.set_commit_delay(MAX_COMMIT_DELAY, 1)
+    first, second = store.expect_append(), store.expect_append()
+    appended = asyncio.create_task(store.append_prepared(prepare_event(make_event("r1")), first))
+    await _writer_waiting(store)
+
+    store._writer.cancel()
+
+    # The bound only stops a writer that leaves the append waiting forever.
+    with pytest.raises(AuditError) as caught:
+        await asyncio.wait_for(appended, 30)
+    assert str(caught.value).endswith("stopped; the record was not stored")
+    second.withdraw()
+    # close() waits for the writer task, which was cancelled, then releases the engine.
+    with pytest.raises(asyncio.CancelledError):
+        await store.close()
 
 
 @pytest.mark.parametrize(

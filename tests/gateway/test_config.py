@@ -156,6 +156,13 @@ def test_audit_commit_delay_defaults_and_settings(tmp_path: Path) -> None:
          "[audit] commit_delay_ms = 1.5 must be a whole number from 0 to 100"),
         ("commit_siblings = 0",
          "[audit] commit_siblings = 0 must be a whole number from 1 to 10000"),
+        ("commit_siblings = true",
+         "[audit] commit_siblings = True must be a whole number from 1 to 10000"),
+        ("commit_dealy_ms = 5",
+         "[audit] commit_dealy_ms is not a setting; use one of anchors, auto_purge, "
+         "checkpoint_interval, checkpoint_key_file, checkpoint_key_name, commit_delay_ms, "
+         "commit_siblings, fail_open, retention_months, store, store_password, "
+         "store_password_env, store_password_file"),
     ],
 )
 def test_audit_commit_delay_out_of_range_rejected(tmp_path: Path, line: str,

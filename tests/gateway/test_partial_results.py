@@ -19,6 +19,8 @@ from conftest import Harness, field_errors, start_harness
 
 from gateway.audit.export import ExportFilter, export_records
 from gateway.demo.data import DemoData
+from gateway.execute import Fetched, GraphQLRequest
+from gateway.principal import Principal
 
 # Finance may read every field here. The CRM serves id and name, the ERP the rest.
 MIXED_QUERY = """query($id: ID!) { customer(id: $id) {
@@ -92,6 +94,30 @@ async def test_no_record_left_announced(harness: Harness) -> None:
     _assert_crm_served_erp_failed(failed, account, "UPSTREAM_UNAVAILABLE")
     assert rejected.status_code == 400
     assert recorder.expected_records == 0
+
+
+async def test_fetch_alone_announces_nothing(harness: Harness) -> None:
+    gateway = harness.gateway_app.state.gateway
+    request = GraphQLRequest(MIXED_QUERY, {"id": _account(harness)["Id"]})
+    principal = Principal("u-fetch", frozenset({"finance"}), "billing")
+
+    fetched = await gateway.executor.fetch(request, principal)
+
+    assert isinstance(fetched, Fetched)
+    assert fetched.expected is None
+    assert gateway.recorder.expected_records == 0
+
+
+async def test_bad_commit_delay_stops_startup(demo_data: DemoData, tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:
+        async with start_harness(demo_data, tmp_path / "data",
+                                 overrides={"audit_commit_delay_ms": 500}):
+            pass
+
+    assert str(caught.value) == "commit delay must be from 0 to 0.1 seconds, not 0.5"
+    # Checked before the store opened, so no audit writer task was left running.
+    assert [task.get_name() for task in asyncio.all_tasks()
+            if task.get_name().startswith("audit-writer")] == []
 
 
 async def test_erp_connect_error_nulls_erp(demo_data: DemoData, tmp_path: Path) -> None:
