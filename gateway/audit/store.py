@@ -344,11 +344,11 @@ class GroupCommitStore:
         as none is left. A busy gateway then commits more records per transaction,
         each paying a smaller share of the commit's fixed cost (the write lock, the
         head, the sync to disk), while one with fewer than ``siblings`` such requests
-        never waits. PostgreSQL delays its
-        WAL flush the same way, by ``commit_delay`` (at most 100 ms) when at least
-        ``commit_siblings`` other transactions are active (PostgreSQL documentation,
-        "Write Ahead Log" settings). 0 seconds turns the delay off, as it is when a
-        store opens.
+        never waits. PostgreSQL delays its WAL flush on the same condition, by
+        ``commit_delay`` (at most 100 ms) when at least ``commit_siblings`` other
+        transactions are active, but always for the whole delay (PostgreSQL
+        documentation, "Write Ahead Log" settings). 0 seconds turns the delay off, as
+        it is when a store opens.
 
         Raises ValueError for a delay outside 0 to `MAX_COMMIT_DELAY` seconds or fewer
         than 1 sibling.
