@@ -45,7 +45,7 @@ from gateway.audit.operations import newest_checkpoint_key_name
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
 from gateway.audit.sqlite_store import SQLiteAuditStore
-from gateway.audit.store import GroupCommitStore, check_commit_delay
+from gateway.audit.store import GroupCommitStore
 from gateway.audit_events import AuditRecorder
 from gateway.catalog import Catalog, load_catalog
 from gateway.config import Settings
@@ -153,12 +153,7 @@ class Gateway:
         publish_public_key(checkpoint_key, settings.checkpoint_public_key_dir)
         anchors = [anchor_from_setting(a, settings.data_dir) for a in settings.audit_anchors]
         previous_key = await newest_checkpoint_key_name(_audit_target(settings))
-        commit_delay = settings.audit_commit_delay_ms / 1000
-        # Checked before the store opens, so that bad Settings built in code leave no
-        # writer task running.
-        check_commit_delay(commit_delay, settings.audit_commit_siblings)
         store = await _open_audit_store(settings, checkpoint_key, anchors)
-        store.set_commit_delay(commit_delay, settings.audit_commit_siblings)
         audit_key = load_or_create_key(settings.pseudonym_key_path)
         pseudonymizer = Pseudonymizer(audit_key)
         operation_key = hmac.new(audit_key, b"fonte-operation-hash", hashlib.sha256).digest()
@@ -210,13 +205,16 @@ def _audit_target(settings: Settings) -> Path | str:
 async def _open_audit_store(settings: Settings, checkpoint_key: CheckpointKey,
                             anchors: list[CheckpointAnchor]) -> GroupCommitStore:
     """Open the PostgreSQL store of ``[audit] store``, or else the SQLite file in data_dir."""
+    delay, siblings = settings.audit_commit_delay_ms / 1000, settings.audit_commit_siblings
     if settings.audit_store_url is not None:
         return await PostgresAuditStore.open(
             settings.audit_store_url, checkpoint_key=checkpoint_key, anchors=anchors,
-            checkpoint_interval=settings.audit_checkpoint_interval)
+            checkpoint_interval=settings.audit_checkpoint_interval,
+            commit_delay=delay, commit_siblings=siblings)
     return await SQLiteAuditStore.open(
         settings.audit_path, checkpoint_key=checkpoint_key, anchors=anchors,
-        checkpoint_interval=settings.audit_checkpoint_interval)
+        checkpoint_interval=settings.audit_checkpoint_interval,
+        commit_delay=delay, commit_siblings=siblings)
 
 
 def _source(name: str, spec: Any, client: UpstreamClient | None,

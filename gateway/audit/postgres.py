@@ -42,6 +42,7 @@ from gateway.audit.store import (
     GroupCommitStore,
     LinkedRecord,
     PendingAppend,
+    check_commit_delay,
     check_head,
     check_open_arguments,
     link_events,
@@ -174,6 +175,8 @@ class PostgresAuditStore(GroupCommitStore):
         anchors: Sequence[CheckpointAnchor] = (),
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
         clock: Callable[[], datetime] | None = None,
+        commit_delay: float = 0.0,
+        commit_siblings: int = 1,
     ) -> PostgresAuditStore:
         """Connect to the database at ``url``, migrate it and start the writer task.
 
@@ -184,6 +187,7 @@ class PostgresAuditStore(GroupCommitStore):
         shorter than, or differs from, its newest checkpoint.
         """
         check_open_arguments(max_batch, checkpoint_interval)
+        check_commit_delay(commit_delay, commit_siblings)
         parsed = postgres_url(url)
         location = describe_url(parsed)
         engine = create_async_engine(parsed, hide_parameters=True, pool_size=2)
@@ -204,7 +208,9 @@ class PostgresAuditStore(GroupCommitStore):
         if checkpoint_key is not None:
             writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
         logger.info("opened audit store %s at seq %d", location, head[0])
-        return cls(engine, location, head, max_batch, writer, checkpoint_interval)
+        store = cls(engine, location, head, max_batch, writer, checkpoint_interval)
+        store.set_commit_delay(commit_delay, commit_siblings)
+        return store
 
     async def _insert_batch(
         self, batch: list[PendingAppend]

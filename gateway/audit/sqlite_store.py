@@ -48,6 +48,7 @@ from gateway.audit.store import (
     LinkedRecord,
     PendingAppend,
     PreparedEvent,
+    check_commit_delay,
     check_head,
     check_open_arguments,
     link_events,
@@ -245,6 +246,8 @@ class SQLiteAuditStore(GroupCommitStore):
         anchors: Sequence[CheckpointAnchor] = (),
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
         clock: Callable[[], datetime] | None = None,
+        commit_delay: float = 0.0,
+        commit_siblings: int = 1,
     ) -> SQLiteAuditStore:
         """Open or create the store at ``path`` and start its writer task.
 
@@ -253,12 +256,14 @@ class SQLiteAuditStore(GroupCommitStore):
         the writer signs a checkpoint every ``checkpoint_interval`` seconds while new
         records exist and at `close`, and publishes each to ``anchors`` before it saves
         it. ``clock`` returns the time written into checkpoints (default: now).
+        ``commit_delay`` and ``commit_siblings`` go to `set_commit_delay` (default: off).
 
         Raises AuditError if the file cannot be opened or set to WAL, and
         AuditIntegrityError if the last record does not verify or the log is shorter than,
         or differs from, its newest checkpoint.
         """
         check_open_arguments(max_batch, checkpoint_interval)
+        check_commit_delay(commit_delay, commit_siblings)
         if not path.parent.is_dir():
             raise AuditError(f"directory {path.parent} of audit store {path} not found; create it")
 
@@ -282,4 +287,6 @@ class SQLiteAuditStore(GroupCommitStore):
         if checkpoint_key is not None:
             writer = CheckpointWriter(checkpoint_key, anchors, clock, checkpointed)
         logger.info("opened audit store %s at seq %d", path, head[0])
-        return cls(engine, path, head, max_batch, writer, checkpoint_interval)
+        store = cls(engine, path, head, max_batch, writer, checkpoint_interval)
+        store.set_commit_delay(commit_delay, commit_siblings)
+        return store

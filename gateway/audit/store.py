@@ -74,8 +74,8 @@ DEFAULT_CHECKPOINT_INTERVAL = 60.0
 # Event loop turns that the writer waits for more events before a commit (see
 # GroupCommitStore._next_batch).
 _GATHER_TURNS = 4
-# The longest commit delay that set_commit_delay accepts, in seconds: PostgreSQL's
-# limit for its commit_delay. Every audited response may wait this long.
+# The maximum commit delay that set_commit_delay accepts, in seconds, which is also
+# PostgreSQL's maximum for its commit_delay. Every audited response may wait this long.
 MAX_COMMIT_DELAY = 0.1
 # Subject keys kept in memory to save a query per commit. The cache is emptied when it
 # grows past this, about 100 bytes an entry.
