@@ -50,6 +50,7 @@ from gateway.demo.mappings import REST_ENTITIES, demo_rest_settings
 from gateway.sources import FetchRequest, Source
 from gateway.sources.aiohttp_client import AiohttpClient
 from gateway.sources.client import HTTP_CLIENTS, HttpClient, UpstreamClient, new_client
+from gateway.sources.httptools_client import HttptoolsClient
 from gateway.sources.mapping import MappedSource
 from gateway.sources.odoo import OdooJsonRpcSource, OdooSettings
 from gateway.sources.resilience import ResiliencePolicy, ResilientSource
@@ -200,7 +201,7 @@ def http_client_of(source: ResilientSource) -> UpstreamClient:
     while isinstance(inner, MappedSource):
         inner = inner.inner
     client = inner._client
-    assert isinstance(client, httpx.AsyncClient | AiohttpClient)
+    assert isinstance(client, httpx.AsyncClient | AiohttpClient | HttptoolsClient)
     return client
 
 

@@ -31,7 +31,7 @@ Example::
     client_id_env = "FONTE_CRM_CLIENT_ID"
     client_secret_env = "FONTE_CRM_CLIENT_SECRET"
 
-    # http_client = "httpx"    # optional; "aiohttp" (the default) or "httpx"
+    # http_client = "httpx"    # optional; "httptools" (the default), "aiohttp" or "httpx"
 
     [systems.crm.resilience]   # optional; these are the defaults
     timeout = 30               # seconds for a whole read, retries included
@@ -150,7 +150,7 @@ class Settings:
     # the demo, the tests and the benchmarks send bursts from one user.
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(rate=0))
     resilience: dict[str, ResiliencePolicy] = field(default_factory=dict)
-    # The HTTP client of each system that sets one; other HTTP systems use aiohttp.
+    # The HTTP client of each system that sets one; other HTTP systems use httptools.
     http_clients: dict[str, HttpClient] = field(default_factory=dict)
     # None: the policy is read once from policy_dir, with no reload watchers.
     policy: PolicySettings | None = None

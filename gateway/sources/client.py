@@ -1,16 +1,22 @@
-"""The clients of the HTTP sources: aiohttp directly, or httpx with its own transport.
+"""The clients of the HTTP sources: httptools or aiohttp directly, or httpx with its own transport.
 
 Every HTTP dialect sends through ``gateway.sources.http.send``, which takes
-either client. ``new_client`` picks one:
+any of them. ``new_client`` picks one:
 
-- ``aiohttp`` (the default): ``AiohttpClient`` of
-  ``gateway.sources.aiohttp_client`` sends each request with one aiohttp
-  session per source, whose parser is written in C and which runs on
-  asyncio directly. It builds no httpx request or response. A request to a
-  URL that a proxy of the environment applies to goes to an httpx client.
+- ``httptools`` (the default): ``HttptoolsClient`` of
+  ``gateway.sources.httptools_client`` writes each request on a pooled
+  asyncio connection and parses the response with httptools' C parser,
+  with no request or response object of a library in between. A source
+  that keeps cookies (SAP) gets the aiohttp client instead.
+- ``aiohttp``: ``AiohttpClient`` of ``gateway.sources.aiohttp_client``
+  sends each request with one aiohttp session per source, whose parser is
+  written in C and which runs on asyncio directly.
 - ``httpx``: an ``httpx.AsyncClient`` on httpx's own transport (httpcore
   1.0.9, which runs every read and write through anyio with a cancel scope
   each).
+
+With either direct client, a request to a URL that a proxy of the
+environment applies to goes to an httpx client.
 
 Both return responses with ``status_code``, ``headers``, ``content`` and
 ``json()`` (``gateway.sources.http.UpstreamResponse``), apply the source's
@@ -34,13 +40,14 @@ from gateway.sources.aiohttp_client import (
     AiohttpClient,
     environment_has_proxy,
 )
+from gateway.sources.httptools_client import HttptoolsClient
 
-HttpClient = Literal["aiohttp", "httpx"]
+HttpClient = Literal["httptools", "aiohttp", "httpx"]
 HTTP_CLIENTS: tuple[HttpClient, ...] = get_args(HttpClient)
-DEFAULT_HTTP_CLIENT: HttpClient = "aiohttp"
+DEFAULT_HTTP_CLIENT: HttpClient = "httptools"
 
 # The client object that a source sends through.
-UpstreamClient = httpx.AsyncClient | AiohttpClient
+UpstreamClient = httpx.AsyncClient | AiohttpClient | HttptoolsClient
 
 # httpx's default pool: 100 connections, idle ones closed after 5 seconds.
 _LIMITS = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20,
@@ -52,8 +59,9 @@ def check_http_client(section: str, value: object) -> HttpClient:
     for name in HTTP_CLIENTS:
         if value == name:
             return name
+    names = [repr(name) for name in HTTP_CLIENTS]
     raise ConfigError(f"[{section}] http_client = {value!r} is not supported; use "
-                      f"{' or '.join(repr(name) for name in HTTP_CLIENTS)}")
+                      f"{', '.join(names[:-1])} or {names[-1]}")
 
 
 def new_client(timeout: float, http_client: HttpClient = DEFAULT_HTTP_CLIENT, *,
@@ -61,11 +69,15 @@ def new_client(timeout: float, http_client: HttpClient = DEFAULT_HTTP_CLIENT, *,
     """Create the client of one source, with ``timeout`` seconds for each phase of a request.
 
     ``cookies`` makes the aiohttp client keep the cookies that responses
-    set. The httpx client always keeps them, as it did before.
+    set, and gives a source that asks for ``httptools`` the aiohttp client,
+    because the httptools client keeps none. The httpx client always keeps
+    them, as it did before.
     """
     if http_client == "httpx":
         return _HttpxClient(timeout=timeout, limits=_LIMITS)
     proxied = _HttpxClient(timeout=timeout, limits=_LIMITS) if environment_has_proxy() else None
+    if http_client == "httptools" and not cookies:
+        return HttptoolsClient(timeout, proxied=proxied)
     return AiohttpClient(timeout, cookies=cookies, proxied=proxied)
 
 

@@ -206,11 +206,12 @@ def test_aiohttp_error_classes_expected() -> None:
 def test_http_client_setting_checked() -> None:
     assert check_http_client("systems.crm", "httpx") == "httpx"
     assert check_http_client("systems.crm", "aiohttp") == "aiohttp"
+    assert check_http_client("systems.crm", "httptools") == "httptools"
     with pytest.raises(ConfigError) as caught:
         check_http_client("systems.crm", "requests")
 
     assert str(caught.value) == ("[systems.crm] http_client = 'requests' is not supported; "
-                                 "use 'aiohttp' or 'httpx'")
+                                 "use 'httptools', 'aiohttp' or 'httpx'")
 
 
 @pytest.mark.parametrize("http_client", HTTP_CLIENTS)

@@ -1,8 +1,8 @@
-"""The direct aiohttp client: request encoding, failures, proxies and cookies on loopback.
+"""The direct clients, httptools and aiohttp: request encoding, failures, proxies and cookies.
 
-The raw servers come from ``test_http_client``. Each request is compared
-with what httpx sends for the same arguments, so the dialects see no
-difference between the two clients.
+The raw servers on loopback come from ``test_http_client``. Each request
+is compared with what httpx sends for the same arguments, so the dialects
+see no difference between the clients.
 """
 
 from __future__ import annotations
@@ -32,10 +32,17 @@ from gateway.sources import FetchRequest
 from gateway.sources.aiohttp_client import AiohttpClient, AiohttpResponse
 from gateway.sources.client import HttpClient, new_client
 from gateway.sources.http import send
+from gateway.sources.httptools_client import HttptoolsClient, HttptoolsResponse
 from gateway.sources.mapping import MappedSource
 from gateway.sources.sap import SapSettings, SapSource, basic_authorization
 
 pytestmark = pytest.mark.loopback
+
+# The clients that send without httpx; each test below runs on both.
+DIRECT: tuple[HttpClient, ...] = ("httptools", "aiohttp")
+RESPONSE_CLASS = {"httptools": HttptoolsResponse, "aiohttp": AiohttpResponse}
+CLIENT_CLASS = {"httptools": HttptoolsClient, "aiohttp": AiohttpClient}
+direct = pytest.mark.parametrize("http_client", DIRECT)
 
 SOQL = "SELECT Id, Name FROM Account WHERE Name IN ('Rossi & Figli', 'a+b', 'Società')"
 
@@ -80,11 +87,12 @@ ENCODING_CASES: dict[str, dict[str, Any]] = {
 }
 
 
+@direct
 @pytest.mark.parametrize("case", ENCODING_CASES)
-async def test_request_encoded_as_httpx(case: str) -> None:
+async def test_request_encoded_as_httpx(case: str, http_client: HttpClient) -> None:
     kwargs = ENCODING_CASES[case]
 
-    direct_head, direct_body = await sent_request("aiohttp", **kwargs)
+    direct_head, direct_body = await sent_request(http_client, **kwargs)
     httpx_head, httpx_body = await sent_request("httpx", **kwargs)
 
     assert direct_head.split(b"\r\n")[0] == httpx_head.split(b"\r\n")[0]
@@ -93,22 +101,28 @@ async def test_request_encoded_as_httpx(case: str) -> None:
     assert header(direct_head, b"content-length") == header(httpx_head, b"content-length")
 
 
-async def test_params_request_line() -> None:
-    head, _ = await sent_request("aiohttp", params={"q": "SELECT Id FROM Account"})
+@direct
+async def test_params_request_line(http_client: HttpClient) -> None:
+    head, _ = await sent_request(http_client, params={"q": "SELECT Id FROM Account"})
 
     assert head.split(b"\r\n")[0] == (b"POST /services/query?q=SELECT+Id+FROM+Account "
                                       b"HTTP/1.1")
 
 
-async def test_unsafe_url_characters_quoted() -> None:
+# yarl decodes the unreserved %41 and the %2F of a query, which RFC 3986 6.2.2
+# makes equivalent; the httptools client sends httpx's bytes.
+@pytest.mark.parametrize(("http_client", "line"), [
+    ("httptools", b"GET /api/a%20b/citt%C3%A0?x=%41|%2F HTTP/1.1"),
+    ("aiohttp", b"GET /api/a%20b/citt%C3%A0?x=A%7C/ HTTP/1.1"),
+])
+async def test_unsafe_url_characters_quoted(http_client: HttpClient, line: bytes) -> None:
     heads: list[bytes] = []
 
-    async with raw_server(answering((b"",), heads)) as url, new_client(5.0) as client:
+    async with raw_server(answering((b"",), heads)) as url, \
+            new_client(5.0, http_client) as client:
         await send(client, "erp", "read", "GET", url + "/api/a b/città?x=%41|%2F")
 
-    # yarl decodes the unreserved %41, which RFC 3986 6.2.2.2 makes equivalent;
-    # httpx would send it as it is.
-    assert heads[0].split(b"\r\n")[0] == b"GET /api/a%20b/citt%C3%A0?x=A%7C/ HTTP/1.1"
+    assert heads[0].split(b"\r\n")[0] == line
 
 
 async def request_line(http_client: HttpClient, path: str) -> bytes:
@@ -118,18 +132,27 @@ async def request_line(http_client: HttpClient, path: str) -> bytes:
     return heads[0].split(b"\r\n")[0]
 
 
+@direct
 @pytest.mark.parametrize("path", ["/a%2F%41?q=%27x%27%2C", "/a b/città",
-                                  "/api/v1/customers?ids=1,2&fields=name"])
-async def test_request_line_as_httpx(path: str) -> None:
-    assert await request_line("aiohttp", path) == await request_line("httpx", path)
+                                  "/api/v1/customers?ids=1,2&fields=name", "", "?q=1"])
+async def test_request_line_as_httpx(path: str, http_client: HttpClient) -> None:
+    assert await request_line(http_client, path) == await request_line("httpx", path)
 
 
-async def test_bare_percent_quoted() -> None:
+async def test_dot_segments_removed_as_httpx() -> None:
+    # The aiohttp client sends them as they are.
+    assert await request_line("httptools", "/a/./b/../c?x=/./") == b"GET /a/c?x=/./ HTTP/1.1"
+    assert await request_line("httpx", "/a/./b/../c?x=/./") == b"GET /a/c?x=/./ HTTP/1.1"
+
+
+@direct
+async def test_bare_percent_quoted(http_client: HttpClient) -> None:
     # httpx 0.29 sends such a "%" unchanged, which is not a valid URL.
-    assert await request_line("aiohttp", "/a%zz/b%2") == b"GET /a%25zz/b%252 HTTP/1.1"
+    assert await request_line(http_client, "/a%zz/b%2") == b"GET /a%25zz/b%252 HTTP/1.1"
 
 
-async def test_redirect_not_followed() -> None:
+@direct
+async def test_redirect_not_followed(http_client: HttpClient) -> None:
     async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nRetry-After: 7\r\n"
@@ -137,24 +160,26 @@ async def test_redirect_not_followed() -> None:
         await writer.drain()
         writer.close()
 
-    async with raw_server(redirect) as url, new_client(5.0) as client:
+    async with raw_server(redirect) as url, new_client(5.0, http_client) as client:
         response = await send(client, "crm", "query", "GET", url + "/")
 
-    assert isinstance(response, AiohttpResponse)
+    assert isinstance(response, RESPONSE_CLASS[http_client])
     assert response.status_code == 302
     assert response.headers["location"] == "/elsewhere"
     assert response.headers.get("RETRY-AFTER") == "7"
     assert response.content == b""
 
 
-async def test_response_read_whole() -> None:
+@direct
+async def test_response_read_whole(http_client: HttpClient) -> None:
     heads: list[bytes] = []
     extra = b"Sforce-Limit-Info: api-usage=18/15000\r\n"
 
-    async with raw_server(answering((extra,), heads)) as url, new_client(5.0) as client:
+    async with raw_server(answering((extra,), heads)) as url, \
+            new_client(5.0, http_client) as client:
         response = await send(client, "crm", "query", "GET", url + "/")
 
-    assert isinstance(response, AiohttpResponse)
+    assert isinstance(response, RESPONSE_CLASS[http_client])
     assert response.status_code == 200
     assert response.headers["sforce-limit-info"] == "api-usage=18/15000"
     assert response.headers["content-type"] == "application/json"
@@ -162,8 +187,9 @@ async def test_response_read_whole() -> None:
     assert response.json() == {"ok": True}
 
 
-async def test_refused_connection_message() -> None:
-    async with new_client(5.0) as client:
+@direct
+async def test_refused_connection_message(http_client: HttpClient) -> None:
+    async with new_client(5.0, http_client) as client:
         with pytest.raises(UpstreamUnavailable) as caught:
             await send(client, "crm", "Account query", "GET", f"http://127.0.0.1:{free_port()}/")
 
@@ -171,14 +197,15 @@ async def test_refused_connection_message() -> None:
                                  "ConnectError")
 
 
-async def test_dropped_mid_headers_unavailable() -> None:
+@direct
+async def test_dropped_mid_headers_unavailable(http_client: HttpClient) -> None:
     async def half_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Ty")
         await writer.drain()
         writer.close()
 
-    async with raw_server(half_head) as url, new_client(5.0) as client:
+    async with raw_server(half_head) as url, new_client(5.0, http_client) as client:
         with pytest.raises(UpstreamUnavailable) as caught:
             await send(client, "erp", "read", "GET", url + "/")
 
@@ -187,7 +214,8 @@ async def test_dropped_mid_headers_unavailable() -> None:
     assert str(caught.value) == "system 'erp' could not be reached for read: RemoteProtocolError"
 
 
-async def test_stalled_body_times_out() -> None:
+@direct
+async def test_stalled_body_times_out(http_client: HttpClient) -> None:
     release = asyncio.Event()
 
     async def stalled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -197,7 +225,7 @@ async def test_stalled_body_times_out() -> None:
         await release.wait()
         writer.close()
 
-    async with raw_server(stalled) as url, new_client(0.2) as client:
+    async with raw_server(stalled) as url, new_client(0.2, http_client) as client:
         try:
             with pytest.raises(UpstreamTimeout) as caught:
                 await send(client, "erp", "read", "GET", url + "/")
@@ -208,8 +236,9 @@ async def test_stalled_body_times_out() -> None:
     assert str(caught.value) == "system 'erp' timed out on read"
 
 
-async def test_closed_client_raises() -> None:
-    client = new_client(5.0)
+@direct
+async def test_closed_client_raises(http_client: HttpClient) -> None:
+    client = new_client(5.0, http_client)
     await client.aclose()
 
     with pytest.raises(RuntimeError, match="client has been closed"):
@@ -230,9 +259,11 @@ async def proxy_environment(monkeypatch: pytest.MonkeyPatch, no_proxy: str | Non
         yield proxy_url, heads
 
 
-async def test_proxied_url_sent_by_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+@direct
+async def test_proxied_url_sent_by_httpx(monkeypatch: pytest.MonkeyPatch,
+                                         http_client: HttpClient) -> None:
     async with (proxy_environment(monkeypatch, no_proxy=None) as (_, heads),
-                new_client(5.0) as client):
+                new_client(5.0, http_client) as client):
         response = await send(client, "erp", "read", "GET", "http://erp.invalid/api",
                               params={"ids": "1,2"})
 
@@ -240,32 +271,38 @@ async def test_proxied_url_sent_by_httpx(monkeypatch: pytest.MonkeyPatch) -> Non
     assert heads[0].startswith(b"GET http://erp.invalid/api?ids=1%2C2 HTTP/1.1\r\n")
 
 
-async def test_no_proxy_host_sent_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+@direct
+async def test_no_proxy_host_sent_directly(monkeypatch: pytest.MonkeyPatch,
+                                           http_client: HttpClient) -> None:
     direct_heads: list[bytes] = []
 
     async with (proxy_environment(monkeypatch, no_proxy="127.0.0.1") as (_, proxy_heads),
                 raw_server(answering((b"",), direct_heads)) as url,
-                new_client(5.0) as client):
+                new_client(5.0, http_client) as client):
         response = await send(client, "erp", "read", "GET", url + "/api")
 
-    assert isinstance(response, AiohttpResponse)
+    assert isinstance(response, RESPONSE_CLASS[http_client])
     assert proxy_heads == []
     assert direct_heads[0].startswith(b"GET /api HTTP/1.1\r\n")
 
 
-async def test_no_proxy_environment_no_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+@direct
+async def test_no_proxy_environment_no_httpx(monkeypatch: pytest.MonkeyPatch,
+                                             http_client: HttpClient) -> None:
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
                  "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
-    client = new_client(5.0)
+    client = new_client(5.0, http_client)
 
-    assert isinstance(client, AiohttpClient)
+    assert isinstance(client, HttptoolsClient | AiohttpClient)
+    assert type(client) is CLIENT_CLASS[http_client]
     assert client._proxied is None
     await client.aclose()
 
 
-async def test_cookies_kept_only_when_asked() -> None:
+@direct
+async def test_cookies_kept_only_when_asked(http_client: HttpClient) -> None:
     set_cookie = b"Set-Cookie: SAP_SESSIONID=abc; Path=/\r\n"
     kept_heads: list[bytes] = []
     dropped_heads: list[bytes] = []
@@ -273,11 +310,11 @@ async def test_cookies_kept_only_when_asked() -> None:
     # An IP-address host, as on loopback: http.cookiejar under httpx keeps its
     # cookies, and aiohttp's default jar would not.
     async with raw_server(answering((set_cookie, b""), kept_heads)) as url, \
-            new_client(5.0, cookies=True) as client:
+            new_client(5.0, http_client, cookies=True) as client:
         await send(client, "erp", "token", "GET", url + "/")
         await send(client, "erp", "batch", "POST", url + "/batch", content=b"x")
     async with raw_server(answering((set_cookie, b""), dropped_heads)) as url, \
-            new_client(5.0) as client:
+            new_client(5.0, http_client) as client:
         await send(client, "erp", "token", "GET", url + "/")
         await send(client, "erp", "batch", "POST", url + "/batch", content=b"x")
 
@@ -297,7 +334,8 @@ def test_basic_authorization_as_httpx() -> None:
 
 # The httpx client keeps cookies whatever the value of ``cookies``.
 @pytest.mark.parametrize(("http_client", "cookies"),
-                         [("aiohttp", True), ("aiohttp", False), ("httpx", True)])
+                         [("aiohttp", True), ("aiohttp", False), ("httpx", True),
+                          ("httptools", True), ("httptools", False)])
 async def test_sap_batch_needs_session_cookie(demo_data: DemoData, http_client: HttpClient,
                                               cookies: bool) -> None:
     app = create_sap_app(demo_data, user="COMM_USER", password="s3cret")
