@@ -4,11 +4,14 @@
 dependencies. The script starts the demo CRM and ERP (Salesforce, Odoo and REST fakes)
 and the CRM and ERP GraphQL subgraphs on loopback, with the injected latencies. It
 composes the supergraph of the subgraphs and, for ``hive-rest``, that of the REST
-fakes with GraphQL Mesh. Then it starts each gateway in turn as one process pinned
-to ``--gateway-cpus``.
+fakes with GraphQL Mesh. Then it starts every gateway as one process pinned to
+``--gateway-cpus``.
 It checks that each gateway's response to each workload equals Fonte's, drives each
 workload at saturation (autocannon) and at a fixed rate (open-loop, node:http), and
-reads CPU time and peak RSS of the gateway from /proc. It counts the upstream
+reads CPU time and peak RSS of the gateway from /proc. The gateways take turns, one
+workload at a time, for ``--rounds`` rounds, each round in the reverse order of the
+one before. A slow minute of the machine then hits every gateway of a workload
+within a few minutes of each other, instead of one gateway whole. It counts the upstream
 requests from the fakes' request logs and the subgraphs' counters. It writes
 ``bench/results/peers-<UTC time>.json`` and the tables into ``bench/README.md``.
 
@@ -476,7 +479,7 @@ def wait_for_idle(pid: int, limit_s: float = 60.0) -> None:
 def measure_workload(gateway: str, service: Service, url: str, workload: Workload,
                      files: Mapping[str, Path], upstreams: Upstreams,
                      args: argparse.Namespace) -> dict[str, Any]:
-    """Warm the gateway up, then run the workload at saturation and at its fixed rate."""
+    """Warm the gateway up, then run the workload at saturation and at its fixed rate once."""
     body, tokens = files[f"{workload.name}-body"], files[f"{workload.role}-tokens"]
     pid = service.process.pid
     run_load(url, body, tokens, args.connections, args.warmup_s, args.other_cpus)
@@ -625,19 +628,35 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                           for name in ("crm_url", "erp_url", "rest_url", "rest_crm_url"))
         upstreams = Upstreams(description, fake_urls, subgraph_urls, control)
 
+        started: dict[str, tuple[Service, str]] = {}
         for name in args.gateways:
             if name == "fonte-on":
-                service, url = reference_service, reference_url
+                started[name] = (reference_service, reference_url)
             else:
                 service, url = start_gateway(name, args, scratch, description, supergraphs)
                 running.append(service)
-            measured: dict[str, Any] = {}
+                started[name] = (service, url)
+        checks = {name: {w.name: check_answer(url, tokens[w.role][0], w, references[w.name])
+                         for w in items}
+                  for name, (_, url) in started.items()}
+
+        slices: dict[str, dict[str, list[dict[str, Any]]]] = {
+            name: {w.name: [] for w in items} for name in started}
+        for round_number in range(args.rounds):
+            order = list(started) if round_number % 2 == 0 else list(reversed(started))
             for workload in items:
-                token = tokens[workload.role][0]
-                measured[workload.name] = {
-                    "check": check_answer(url, token, workload, references[workload.name]),
-                    **measure_workload(name, service, url, workload, files, upstreams, args),
-                }
+                for name in order:
+                    service, url = started[name]
+                    slices[name][workload.name].append(
+                        measure_workload(name, service, url, workload, files, upstreams,
+                                         args))
+
+        for name, (service, url) in started.items():
+            measured: dict[str, Any] = {}
+            for w in items:
+                runs = slices[name][w.name]
+                measured[w.name] = {"check": checks[name][w.name],
+                                    **peers_report.merge_rounds(runs), "rounds": runs}
             entry = {"name": name, "label": GATEWAY_LABELS[name], "workers": 1,
                      "cpus": args.gateway_cpus, "workloads": measured}
             if args.soak_s > 0:
@@ -651,8 +670,6 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                 # the cause of a failed field from the client in production mode.
                 log.warning("%s had failed responses; its log ends:\n%s", name,
                             service.log_path.read_text(errors="replace")[-3000:])
-            if service is not reference_service:
-                service.stop()
     return results
 
 
@@ -669,10 +686,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="milliseconds each ERP request waits, fakes and subgraph alike")
     parser.add_argument("--connections", type=int, default=16,
                         help="virtual users, each one connection with its own token")
-    parser.add_argument("--saturation-s", type=float, default=15.0,
-                        help="seconds of each saturation run (default 15)")
-    parser.add_argument("--fixed-rate-s", type=float, default=15.0,
-                        help="seconds of each fixed-rate run (default 15)")
+    parser.add_argument("--saturation-s", type=float, default=10.0,
+                        help="seconds of each saturation run, per round (default 10)")
+    parser.add_argument("--fixed-rate-s", type=float, default=10.0,
+                        help="seconds of each fixed-rate run, per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds in which the gateways take turns on each workload, "
+                             "each round in the reverse order of the one before (default 2)")
     parser.add_argument("--warmup-s", type=float, default=3.0,
                         help="seconds of untimed load before each workload (default 3)")
     parser.add_argument("--quick", action="store_true",
@@ -699,11 +719,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown gateway(s) {', '.join(unknown)}; "
                      f"use names from {', '.join(GATEWAY_LABELS)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds} is invalid; use 1 or more")
     if not 1 <= args.customers <= 500:
         parser.error(f"--customers {args.customers} is out of range; use 1 to 500, the "
                      "gateway's page size limit")
     if args.quick:
-        args.saturation_s, args.fixed_rate_s, args.warmup_s = 3.0, 3.0, 1.0
+        args.saturation_s, args.fixed_rate_s, args.warmup_s, args.rounds = 3.0, 3.0, 1.0, 1
     return args
 
 
@@ -738,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "customers": args.customers, "crm_latency_ms": args.crm_latency_ms,
         "erp_latency_ms": args.erp_latency_ms, "connections": args.connections,
         "saturation_s": args.saturation_s, "fixed_rate_s": args.fixed_rate_s,
+        "rounds": args.rounds,
         "warmup_s": args.warmup_s, "gateway_cpus": args.gateway_cpus,
         "other_cpus": args.other_cpus, "soak_s": args.soak_s,
         "fonte_max_concurrency": args.fonte_max_concurrency,

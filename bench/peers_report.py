@@ -2,8 +2,8 @@
 
 ``bench/peers_bench.py`` writes ``bench/results/peers-<UTC time>.json``. This module
 reads such a file and renders the ratio table and the detail tables. It puts them
-into ``bench/README.md`` between two marker lines. It only reads and formats, so a
-test can run it on a recorded sample.
+into ``bench/README.md`` between two marker lines. It only reads, combines and
+formats, so a test can run it on a recorded sample.
 
     .venv/bin/python bench/peers_report.py bench/results/peers-<time>.json [--readme FILE]
 """
@@ -66,6 +66,62 @@ def load_results(path: Path) -> dict[str, Any]:
             raise ResultsError(f"results file {path} has no {member!r} member; "
                                "write it again with bench/run")
     return results
+
+
+# Counters of a load run that add up over rounds.
+_COUNTERS = ("requests", "non_200", "with_errors", "timeouts", "socket_errors")
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine the runs of one gateway and workload over the rounds.
+
+    Requests, failures, seconds and CPU add up, so requests/s and CPU per
+    request are those of all rounds together. Latency percentiles cannot be
+    added, so each is the median of the rounds' values. The first sample of
+    a failure is the first round's that has one.
+    """
+    merged: dict[str, Any] = {}
+    for stage_name in ("saturation", "fixed_rate"):
+        stages = [entry[stage_name] for entry in rounds]
+        stage: dict[str, Any] = {"mode": stages[0]["mode"]}
+        for counter in _COUNTERS:
+            stage[counter] = sum(s[counter] for s in stages)
+        duration = sum(s["duration_s"] for s in stages)
+        stage["duration_s"] = round(duration, 3)
+        stage["requests_per_s"] = round(stage["requests"] / duration, 3) if duration else 0.0
+        stage["latency_ms"] = {
+            key: _median([s["latency_ms"][key] for s in stages
+                          if s["latency_ms"].get(key) is not None])
+            for key in stages[0]["latency_ms"]}
+        statuses: dict[str, int] = {}
+        for s in stages:
+            for status, count in s.get("non_200_statuses", {}).items():
+                statuses[status] = statuses.get(status, 0) + count
+        stage["non_200_statuses"] = statuses
+        for sample in ("non_200_sample", "errors_sample"):
+            stage[sample] = next((s[sample] for s in stages if s.get(sample)), None)
+        if stage_name == "saturation":
+            requests = max(stage["requests"], 1)
+            cpu_ms = sum(s["cpu_ms_per_request"] * max(s["requests"], 1) for s in stages)
+            calls = sum(s["upstream_requests_per_query"] * max(s["requests"], 1)
+                        for s in stages)
+            stage["cpu_ms_per_request"] = round(cpu_ms / requests, 3)
+            stage["upstream_requests_per_query"] = round(calls / requests, 3)
+            stage["gateway_cpu_share"] = round(cpu_ms / 1000 / duration, 3) if duration else 0.0
+        else:
+            stage["rate"] = min(s["rate"] for s in stages)
+        merged[stage_name] = stage
+    return merged
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return round((ordered[middle - 1] + ordered[middle]) / 2, 3)
 
 
 def _gateways(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -145,8 +201,48 @@ def ratio_table(results: Mapping[str, Any], figure: Any = throughput) -> list[st
     return _table(header, rows)
 
 
+def _round_throughput(results: Mapping[str, Any], name: str, workload: str,
+                      index: int) -> float | None:
+    gateway = _gateways(results).get(name)
+    rounds = [] if gateway is None else gateway["workloads"].get(workload, {}).get("rounds", [])
+    return float(rounds[index]["saturation"]["requests_per_s"]) if index < len(rounds) else None
+
+
+def round_count(results: Mapping[str, Any]) -> int:
+    """Return the most rounds that any gateway ran a workload for; 1 for older results."""
+    counts = [len(stages.get("rounds", [])) for gateway in results["gateways"]
+              for stages in gateway.get("workloads", {}).values()]
+    return max([1, *counts])
+
+
+def round_table(results: Mapping[str, Any]) -> list[str]:
+    """Render the throughput ratios of each round on its own, to show their spread.
+
+    Returns no lines when the gateways ran one round.
+    """
+    rounds = round_count(results)
+    if rounds < 2:
+        return []
+    names = {g["name"] for g in results["gateways"]}
+    pairs = [pair for pair in RATIOS if pair in ALWAYS_SHOWN or names & set(pair)]
+    header = ["workload", "round", *[f"{left} / {right}" for left, right in pairs],
+              "policy + audit cost"]
+    rows = []
+    for workload in WORKLOADS:
+        for index in range(rounds):
+            row = [workload, str(index + 1)]
+            row += [_times(ratio(_round_throughput(results, left, workload, index),
+                                 _round_throughput(results, right, workload, index)))
+                    for left, right in pairs]
+            share = ratio(_round_throughput(results, SUBJECT, workload, index),
+                          _round_throughput(results, UNCONTROLLED, workload, index))
+            row.append("n/a" if share is None else f"{(1 - share) * 100:.0f} %")
+            rows.append(row)
+    return _table(header, rows)
+
+
 def latency_table(results: Mapping[str, Any]) -> list[str]:
-    """Render p50 / p95 / p99 in milliseconds at the fixed rate."""
+    """Render p50 / p95 / p99 in milliseconds at the fixed rate (medians over the rounds)."""
     gateways = results["gateways"]
     rates = results["settings"]["fixed_rates"]
     header = ["workload (fixed rate)", *[g["label"] for g in gateways]]
@@ -255,7 +351,7 @@ def render(results: Mapping[str, Any]) -> str:
         f"{settings['crm_latency_ms']:g} ms, ERP latency {settings['erp_latency_ms']:g} ms, "
         f"{settings['connections']} connections (one token each) for "
         f"{settings['saturation_s']:g} s at saturation and {settings['fixed_rate_s']:g} s at "
-        f"the fixed rate. Each gateway ran as one process pinned to CPU "
+        f"the fixed rate{_rounds_phrase(settings)}. Each gateway ran as one process pinned to CPU "
         f"{settings['gateway_cpus']}; the upstreams and the load generator shared CPU "
         f"{settings['other_cpus']}. Fonte allowed "
         f"{settings.get('fonte_max_concurrency', 10)} upstream requests in flight per system "
@@ -272,6 +368,7 @@ def render(results: Mapping[str, Any]) -> str:
         "",
         *ratio_table(results, core_capacity),
         "",
+        *_round_lines(results),
         "Latency at a fixed rate, p50 / p95 / p99 in ms:",
         "",
         *latency_table(results),
@@ -291,6 +388,22 @@ def render(results: Mapping[str, Any]) -> str:
         lines += ["Every response was HTTP 200 without `errors`, and every gateway's response "
                   "to each workload equalled Fonte's.", ""]
     return "\n".join(lines)
+
+
+def _rounds_phrase(settings: Mapping[str, Any]) -> str:
+    rounds = settings.get("rounds", 1)
+    if rounds < 2:
+        return ""
+    return (f", in each of {rounds} rounds. In each round the gateways took turns on one "
+            "workload at a time, in the reverse order of the round before. Throughput and "
+            "CPU are over all rounds together, latencies the median of the rounds")
+
+
+def _round_lines(results: Mapping[str, Any]) -> list[str]:
+    table = round_table(results)
+    if not table:
+        return []
+    return ["Throughput ratios of each round on its own:", "", *table, ""]
 
 
 def replace_section(readme: str, section: str) -> str:

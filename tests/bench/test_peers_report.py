@@ -240,3 +240,71 @@ def test_recorded_sample_unchanged_by_render() -> None:
     report.render(recorded)
 
     assert recorded == before
+
+
+def _round(requests: int, duration_s: float, cpu_ms: float, p50: float,
+           rate: float = 20.0) -> dict[str, Any]:
+    saturation = {**_stage(requests / duration_s, cpu_ms, p50), "mode": "saturation",
+                  "requests": requests, "duration_s": duration_s,
+                  "upstream_requests_per_query": 4.0}
+    fixed = {**_stage(rate, cpu_ms, p50), "mode": "fixed_rate", "rate": rate}
+    return {"saturation": saturation, "fixed_rate": fixed}
+
+
+def test_merge_rounds_adds_counts() -> None:
+    first = _round(1000, 10.0, 2.0, p50=5.0)
+    second = _round(3000, 10.0, 1.0, p50=9.0, rate=10.0)
+    second["saturation"]["with_errors"] = 2
+    second["saturation"]["errors_sample"] = '{"errors":[]}'
+
+    merged = report.merge_rounds([first, second])
+
+    saturation = merged["saturation"]
+    assert saturation["requests"] == 4000
+    assert saturation["duration_s"] == 20.0
+    assert saturation["requests_per_s"] == 200.0
+    assert saturation["cpu_ms_per_request"] == 1.25  # (1000 x 2 + 3000 x 1) / 4000
+    assert saturation["gateway_cpu_share"] == 0.25  # 5 s of CPU in 20 s
+    assert saturation["upstream_requests_per_query"] == 4.0
+    assert saturation["latency_ms"]["p50"] == 7.0
+    assert saturation["with_errors"] == 2
+    assert saturation["errors_sample"] == '{"errors":[]}'
+    assert merged["fixed_rate"]["rate"] == 10.0
+    assert merged["fixed_rate"]["latency_ms"]["p99"] == 21.0
+
+
+def test_merge_one_round_unchanged() -> None:
+    only = _round(1500, 15.0, 2.5, p50=6.0)
+
+    merged = report.merge_rounds([only])
+
+    assert merged["saturation"]["requests_per_s"] == 100.0
+    assert merged["saturation"]["cpu_ms_per_request"] == 2.5
+    assert merged["saturation"]["latency_ms"] == only["saturation"]["latency_ms"]
+
+
+def test_round_table_each_round(results: dict[str, Any]) -> None:
+    per_round = {"fonte-on": (80.0, 90.0), "fonte-off": (100.0, 100.0),
+                 "apollo": (160.0, 100.0), "hive": (40.0, 45.0)}
+    for gateway in results["gateways"]:
+        for stages in gateway["workloads"].values():
+            stages["rounds"] = [_round(int(rate * 10), 10.0, 1.0, p50=5.0)
+                                for rate in per_round[gateway["name"]]]
+    results["settings"]["rounds"] = 2
+
+    table = report.round_table(results)
+    text = report.render(results)
+
+    assert table[0] == ("| workload | round | fonte-on / apollo | fonte-on / hive "
+                        "| policy + audit cost |")
+    assert table[2] == "| W1 | 1 | 0.50x | 2.00x | 20 % |"
+    assert table[3] == "| W1 | 2 | 0.90x | 2.00x | 10 % |"
+    assert len(table) == 8
+    assert "in each of 2 rounds" in text
+    assert "Throughput ratios of each round on its own:" in text
+
+
+def test_round_table_empty_for_one_round(results: dict[str, Any]) -> None:
+    assert report.round_count(results) == 1
+    assert report.round_table(results) == []
+    assert "Throughput ratios of each round" not in report.render(results)
