@@ -16,7 +16,7 @@ It keeps the contract of the other clients (``gateway.sources.client``):
 - the keyword arguments that the dialects pass to
   ``httpx.AsyncClient.request``, encoded as httpx 0.29 does (see
   ``gateway.sources.aiohttp_client``);
-- a URL made only of the characters RFC 3986 allows is sent as it is; any
+- a URL made only of the characters RFC 3986 allows is sent as it is. Any
   other goes through ``httpx.URL``, so the request target is httpx's bytes,
   except that a "%" that starts no percent-encoded byte is sent as "%25";
 - no redirect is followed; gzip and deflate bodies are decoded;
@@ -27,7 +27,15 @@ It keeps the contract of the other clients (``gateway.sources.client``):
   ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` still apply;
 - failures raise httpx's exception classes (``httpx.ConnectError``,
   ``httpx.ReadTimeout``, ``httpx.RemoteProtocolError`` and so on), which
-  ``gateway.sources.http.send`` maps to the gateway's errors.
+  ``gateway.sources.http.send`` maps to the gateway's errors;
+- credentials in a URL are sent as Basic authorization, the method is sent
+  in capitals, and the trailers of a chunked body are ignored.
+
+A method or a header name that is not an HTTP token, or a header value with
+a line break, is rejected before anything is sent. llhttp is strict: it
+rejects responses with bare LF line ends, folded header lines, or both
+Content-Length and Transfer-Encoding, which httpx accepts. aiohttp, the
+default client before this one, uses llhttp too.
 
 It keeps no cookie. ``new_client`` gives a source that needs cookies (SAP's
 CSRF session) the aiohttp client instead, and sends a request that a proxy
@@ -43,8 +51,10 @@ so sending it twice changes nothing upstream.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json as jsonlib
+import re
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -64,6 +74,8 @@ from gateway.sources.aiohttp_client import (
 )
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A method or a header name is a token (RFC 9110 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Header names that the client writes itself; a dialect's value for one of
 # them replaces the client's.
 _OWN_HEADERS = ("host", "accept", "accept-encoding", "content-length")
@@ -103,7 +115,7 @@ class HttptoolsResponse:
 class _Origin:
     """Scheme, host, port and ``Host`` header of one origin, parsed once."""
 
-    __slots__ = ("host", "host_header", "port", "scheme", "server_hostname")
+    __slots__ = ("authorization", "host", "host_header", "port", "scheme", "server_hostname")
 
     def __init__(self, url: httpx.URL) -> None:
         if url.scheme not in _DEFAULT_PORTS:
@@ -117,6 +129,11 @@ class _Origin:
         # The Host header as httpx writes it: the port only when it is not the default.
         self.host_header = url.netloc.decode("ascii").rpartition("@")[2]
         self.server_hostname = url.host if url.scheme == "https" else None
+        # Credentials in the URL become Basic authorization, as httpx sends them.
+        self.authorization = None
+        if url.userinfo:
+            credentials = f"{url.username}:{url.password}".encode()
+            self.authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
 class _Connection(asyncio.Protocol):
@@ -154,7 +171,8 @@ class _Connection(asyncio.Protocol):
         self._last_read = self._loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # A 101 response raises HttpParserUpgrade: no dialect asks to switch protocols.
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
             self.close()
 
@@ -167,11 +185,15 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._until_close and self._headers_done:
+        if self._until_close and self._headers_done and exc is None:
+            # A clean close ends a body without Content-Length; a reset cuts it short.
             self._finish()
             return
         if not self._received:
             self._fail(_NotAnswered("Server disconnected without sending a response."))
+        elif exc is not None:
+            self._fail(httpx.ReadError(f"The connection failed while reading the response: "
+                                       f"{type(exc).__name__}."))
         else:
             self._fail(httpx.RemoteProtocolError(
                 "Server disconnected before the end of the response."))
@@ -181,13 +203,20 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._complete:
             # A second response to one request: the connection cannot be trusted any more.
-            self.reusable = False
+            # Raising stops the parser, so nothing of it reaches the first response.
             self.close()
+            raise httpx.RemoteProtocolError("a response arrived that no request was sent for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:
+            return  # a trailer of a chunked body, which httpx ignores too
         key = name.decode("latin-1").lower()
         if key not in self._headers:
             dict.__setitem__(self._headers, key, value.decode("latin-1"))
+        elif key == "content-encoding":
+            # Codings may come in several header lines; httpx joins them.
+            dict.__setitem__(self._headers, key, f"{self._headers[key]}, "
+                                                 f"{value.decode('latin-1')}")
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -196,7 +225,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = ("content-length" not in headers
                              and "chunked" not in headers.get("transfer-encoding", "").lower()
                              and self._status not in (204, 304) and self._status >= 200)
-        if self._head_request:
+        if self._head_request and self._status >= 200:
             # A HEAD response has no body, whatever its Content-Length header gives; the
             # connection is not kept, because the parser would wait for that body.
             self._until_close = False
@@ -212,7 +241,7 @@ class _Connection(asyncio.Protocol):
             self._start_response()
             self._received = True
             return
-        if not self._until_close:
+        if not self._until_close and not self.closed:
             self.reusable = self._parser.should_keep_alive()
         self._finish()
 
@@ -353,6 +382,10 @@ class HttptoolsClient:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        while self._slot_waiters:  # each raises RuntimeError once it runs
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
         if self._proxied is not None:
             await self._proxied.aclose()
 
@@ -381,8 +414,9 @@ class HttptoolsClient:
         elif data is not None:
             body = urlencode(data).encode("ascii")
             content_type = "application/x-www-form-urlencoded"
+        method = method.upper()  # as httpx sends it
         message = _message(method, target, origin, headers, body, content_type)
-        head = method.upper() == "HEAD"
+        head = method == "HEAD"
 
         connection = await self._acquire(key, origin)
         reused = connection.used_before
@@ -461,16 +495,7 @@ class HttptoolsClient:
                     return connection
             if self._open < MAX_CONNECTIONS or self._close_one_idle():
                 break
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError as exc:
-                raise httpx.PoolTimeout("Timed out waiting for a free connection.") from exc
-            finally:
-                if waiter in self._slot_waiters:
-                    self._slot_waiters.remove(waiter)
+            await self._wait_for_slot(deadline)
         self._open += 1
         try:
             async with asyncio.timeout_at(deadline):
@@ -490,6 +515,26 @@ class HttptoolsClient:
                     f"{exc.strerror or type(exc).__name__}.") from exc
             raise
         return connection
+
+    async def _wait_for_slot(self, deadline: float) -> None:
+        """Wait until a connection is released or closed, at most until ``deadline``."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Woken for a free slot but leaving: the next waiter gets it.
+                self._wake()
+            if isinstance(exc, TimeoutError):
+                raise httpx.PoolTimeout("Timed out waiting for a free connection.") from exc
+            raise
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
 
     def _idle_connection(self, key: str, now: float) -> _Connection | None:
         """Return an idle connection to the origin ``key`` that is still open and fresh."""
@@ -564,8 +609,13 @@ class HttptoolsClient:
 def _message(method: str, target: bytes, origin: _Origin, headers: Mapping[str, str] | None,
              body: bytes | None, content_type: str | None) -> bytes:
     """Return the request's head and body as one buffer."""
+    if not _TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError(f"the method {method!r} is not a valid HTTP token")
     own = {"host": origin.host_header, "accept": "*/*", "accept-encoding": "gzip, deflate"}
     lines = []
+    if origin.authorization is not None and not any(
+            name.lower() == "authorization" for name in headers or ()):
+        lines.append(_header_line("Authorization", origin.authorization))
     if headers:
         for name, value in headers.items():
             lowered = name.lower()
@@ -592,6 +642,8 @@ def _message(method: str, target: bytes, origin: _Origin, headers: Mapping[str, 
 
 
 def _header_line(name: str, value: str) -> bytes:
+    if not _TOKEN.fullmatch(name):
+        raise httpx.LocalProtocolError(f"the header name {name!r} is not a valid HTTP token")
     line = f"{name}: {value}"
     if "\r" in line or "\n" in line or "\x00" in line:
         raise httpx.LocalProtocolError(

@@ -12,7 +12,10 @@ import asyncio
 import datetime
 import gzip
 import ipaddress
+import logging
+import socket
 import ssl
+import struct
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,14 @@ class Connections:
                     self.heads.append(await read_head(reader))
                 elif step == "close":
                     break
+                elif step == "reset":
+                    # SO_LINGER 0 makes the close send a TCP reset instead of a FIN.
+                    writer.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    return
+                elif step == "pause":
+                    await asyncio.sleep(0.05)
                 else:
                     writer.write(step)
                     await writer.drain()
@@ -348,3 +359,149 @@ async def test_unsupported_url_unavailable(url: str) -> None:
 
     assert str(caught.value) == ("system 'erp' could not be reached for read: "
                                  "UnsupportedProtocol")
+
+
+async def test_reset_body_until_close_unavailable() -> None:
+    server = Connections(["read", b"HTTP/1.1 200 OK\r\n\r\n", b'{"partial": ', "pause",
+                          "reset"])
+
+    async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await send(client, "erp", "read", "GET", url + "/")
+
+    assert str(caught.value) == "system 'erp' could not be reached for read: ReadError"
+
+
+async def test_second_response_leaves_first_alone() -> None:
+    intruder = b"HTTP/1.1 429 Too Many\r\nRetry-After: 86400\r\nContent-Length: 0\r\n\r\n"
+    server = Connections(["read", OK + intruder, "read", OK], ["read", OK])
+
+    async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+        first = await send(client, "erp", "read", "GET", url + "/")
+        second = await send(client, "erp", "read", "GET", url + "/")
+
+    assert first.status_code == 200
+    assert "retry-after" not in first.headers
+    assert dict(first.headers) == {"content-type": "application/json", "content-length": "12"}
+    assert second.content == OK_BODY
+    assert server.accepted == 2
+
+
+async def test_chunked_trailers_ignored() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\nContent-Encoding: gzip\r\nX-Trailer: t\r\n\r\n")
+    server = Connections(["read", chunked])
+
+    async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+        response = await send(client, "erp", "read", "GET", url + "/")
+
+    assert response.content == b"abc"
+    assert "x-trailer" not in response.headers
+    assert "content-encoding" not in response.headers
+
+
+async def test_switching_protocols_unavailable(caplog: pytest.LogCaptureFixture) -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+    server = Connections(["read", upgrade, "pause"])
+
+    with caplog.at_level(logging.ERROR):
+        async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await send(client, "erp", "read", "GET", url + "/")
+
+    assert str(caught.value) == ("system 'erp' could not be reached for read: "
+                                 "RemoteProtocolError")
+    assert [r.message for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_woken_waiter_cancelled_passes_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httptools_client, "MAX_CONNECTIONS", 1)
+    release = asyncio.Event()
+
+    async def first_held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_head(reader)
+        if b"/held" in head:
+            await release.wait()
+        writer.write(OK)
+        await writer.drain()
+        writer.close()  # no keep-alive: each request needs its own slot
+
+    async with raw_server(first_held) as url, HttptoolsClient(3.0) as client:
+        holder = asyncio.create_task(send(client, "erp", "read", "GET", url + "/held"))
+        await asyncio.sleep(0.05)
+        woken = asyncio.create_task(send(client, "erp", "read", "GET", url + "/a"))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(send(client, "erp", "read", "GET", url + "/b"))
+        await asyncio.sleep(0.05)
+        release.set()
+        await holder  # its release wakes `woken` first ...
+        woken.cancel()  # ... which leaves before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await woken
+        response = await waiting
+
+    assert response.status_code == 200
+
+
+async def test_closing_client_stops_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httptools_client, "MAX_CONNECTIONS", 1)
+    release = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(held) as url:
+        client = HttptoolsClient(3.0)
+        holder = asyncio.create_task(send(client, "erp", "read", "GET", url + "/"))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(client.request("GET", url + "/"))
+        await asyncio.sleep(0.05)
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="client has been closed"):
+            await waiting
+        release.set()
+        assert (await holder).status_code == 200
+
+
+async def test_url_credentials_sent_as_basic() -> None:
+    server = Connections(["read", OK, "read", OK])
+
+    async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+        with_credentials = url.replace("http://", "http://user:p%40ss@")
+        await send(client, "erp", "read", "GET", with_credentials + "/a")
+        await send(client, "erp", "read", "GET", with_credentials + "/b",
+                   headers={"Authorization": "Bearer t"})
+
+    assert b"Authorization: Basic dXNlcjpwQHNz" in server.heads[0].split(b"\r\n")
+    assert b"Authorization: Bearer t" in server.heads[1].split(b"\r\n")
+    assert b"Authorization: Basic dXNlcjpwQHNz" not in server.heads[1].split(b"\r\n")
+
+
+@pytest.mark.parametrize(("method", "headers"), [
+    ("GET /x HTTP/1.1\r\nX:", {}),
+    ("GET", {"X-A: 1\tX-B": "1"}),
+    ("GET", {"X A": "1"}),
+])
+async def test_invalid_method_or_header_name_rejected(method: str,
+                                                      headers: dict[str, str]) -> None:
+    server = Connections(["read", OK])
+
+    async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await send(client, "erp", "read", method, url + "/", headers=headers)
+
+    assert str(caught.value) == "system 'erp' could not be reached for read: LocalProtocolError"
+    assert server.accepted == 0
+
+
+async def test_lowercase_method_sent_uppercase() -> None:
+    server = Connections(["read", OK])
+
+    async with raw_server(server) as url, HttptoolsClient(5.0) as client:
+        await send(client, "erp", "read", "get", url + "/x")
+
+    assert server.heads[0].split(b"\r\n")[0] == b"GET /x HTTP/1.1"
