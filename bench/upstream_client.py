@@ -20,7 +20,7 @@ other processes hits each client alike. ``--profile FILE`` also runs one
 round per client under cProfile and writes the stats to ``FILE.<client>``.
 
     .venv/bin/python bench/upstream_client.py [--fetches 2000] [--concurrency 16]
-        [--rounds 3] [--clients aiohttp,httpx] [--json FILE] [--profile FILE]
+        [--rounds 3] [--clients httptools,aiohttp,httpx] [--json FILE] [--profile FILE]
 
 Exit status: 0 when every fetch returned the expected rows, 1 otherwise.
 """
