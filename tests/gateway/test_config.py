@@ -334,7 +334,7 @@ def test_bad_http_client_named(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text))
 
     assert str(caught.value) == ("[systems.erp] http_client = 'urllib3' is not supported; use "
-                                 "'aiohttp' or 'httpx'")
+                                 "'httptools', 'aiohttp' or 'httpx'")
 
 
 def test_http_client_rejected_for_sql(tmp_path: Path) -> None:
