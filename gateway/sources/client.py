@@ -18,7 +18,7 @@ any of them. ``new_client`` picks one:
 With either direct client, a request to a URL that a proxy of the
 environment applies to goes to an httpx client.
 
-Both return responses with ``status_code``, ``headers``, ``content`` and
+All three return responses with ``status_code``, ``headers``, ``content`` and
 ``json()`` (``gateway.sources.http.UpstreamResponse``), apply the source's
 timeout to each phase of a request, keep at most 100 connections and honour
 ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``. A client keeps cookies only when
