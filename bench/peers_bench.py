@@ -10,8 +10,8 @@ It checks that each gateway's response to each workload equals Fonte's, drives e
 workload at saturation (autocannon) and at a fixed rate (open-loop, node:http), and
 reads CPU time and peak RSS of the gateway from /proc. The gateways take turns, one
 workload at a time, for ``--rounds`` rounds, each round in the reverse order of the
-one before. A slow minute of the machine then hits every gateway of a workload
-within a few minutes of each other, instead of one gateway whole. It counts the upstream
+one before. A slow minute of the machine then falls on the gateways of a workload
+alike, not on one gateway alone. It counts the upstream
 requests from the fakes' request logs and the subgraphs' counters. It writes
 ``bench/results/peers-<UTC time>.json`` and the tables into ``bench/README.md``.
 

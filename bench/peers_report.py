@@ -209,7 +209,7 @@ def _round_throughput(results: Mapping[str, Any], name: str, workload: str,
 
 
 def round_count(results: Mapping[str, Any]) -> int:
-    """Return the most rounds that any gateway ran a workload for; 1 for older results."""
+    """Return the largest number of rounds that a gateway ran a workload for, at least 1."""
     counts = [len(stages.get("rounds", [])) for gateway in results["gateways"]
               for stages in gateway.get("workloads", {}).values()]
     return max([1, *counts])

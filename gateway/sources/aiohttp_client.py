@@ -90,6 +90,28 @@ def environment_has_proxy() -> bool:
     return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
+class ProxyRoutes:
+    """The origins that an httpx client sends through a proxy of the environment.
+
+    Whether a proxy applies depends on the scheme, host and port only, so the
+    result is kept per origin.
+    """
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self._found: dict[str, bool] = {}
+
+    def applies(self, origin: str) -> bool:
+        """Return whether httpx would send a request for ``origin`` through a proxy."""
+        found = self._found.get(origin)
+        if found is None:
+            # NOTE: _transport is private in httpx 0.29; a later httpx may rename it.
+            transport = self.client._transport_for_url(httpx.URL(origin))
+            found = transport is not self.client._transport
+            self._found[origin] = found
+        return found
+
+
 class AiohttpResponse:
     """A complete upstream response: status, headers and the decoded body."""
 
@@ -125,7 +147,7 @@ class AiohttpClient:
                                               sock_connect=timeout, sock_read=timeout)
         self._cookies = cookies
         self._proxied = proxied
-        self._proxied_origins: dict[URL, bool] = {}
+        self._routes = ProxyRoutes(proxied) if proxied is not None else None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -157,9 +179,10 @@ class AiohttpClient:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         target = _parse_url(url if not params else f"{url}{'&' if '?' in url else '?'}"
                                                     f"{urlencode(params)}")
-        if self._proxied is not None and target.absolute and self._uses_proxy(target):
-            return await self._proxied.request(method, url, params=params, headers=headers,
-                                               content=content, data=data, json=json)
+        if self._routes is not None and target.absolute and \
+                self._routes.applies(str(target.origin())):
+            return await self._routes.client.request(method, url, params=params, headers=headers,
+                                                     content=content, data=data, json=json)
 
         body = content
         sent_headers = dict(headers) if headers else {}
@@ -195,22 +218,6 @@ class AiohttpClient:
                                               timeout=self._timeout, trust_env=False,
                                               skip_auto_headers=("Content-Type",))
         return self._session
-
-    def _uses_proxy(self, target: URL) -> bool:
-        """Return whether httpx would send a request for ``target`` through a proxy.
-
-        The result depends on the scheme, host and port only, so it is kept
-        per origin.
-        """
-        assert self._proxied is not None
-        origin = target.origin()
-        found = self._proxied_origins.get(origin)
-        if found is None:
-            # NOTE: _transport is private in httpx 0.29; a later httpx may rename it.
-            transport = self._proxied._transport_for_url(httpx.URL(str(origin)))
-            found = transport is not self._proxied._transport
-            self._proxied_origins[origin] = found
-        return found
 
 
 def _parse_url(url: str) -> URL:

@@ -69,7 +69,7 @@ def new_client(timeout: float, http_client: HttpClient = DEFAULT_HTTP_CLIENT, *,
     """Create the client of one source, with ``timeout`` seconds for each phase of a request.
 
     ``cookies`` makes the aiohttp client keep the cookies that responses
-    set, and gives a source that asks for ``httptools`` the aiohttp client,
+    set, and gives a source that selects ``httptools`` the aiohttp client,
     because the httptools client keeps none. The httpx client always keeps
     them, as it did before.
     """

@@ -69,6 +69,7 @@ from gateway.sources.aiohttp_client import (
     _BARE_PERCENT,
     KEEPALIVE_EXPIRY_SECONDS,
     MAX_CONNECTIONS,
+    ProxyRoutes,
     _is_encoded,
     _json_bytes,
 )
@@ -172,7 +173,7 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            # A 101 response raises HttpParserUpgrade: no dialect asks to switch protocols.
+            # A 101 response raises HttpParserUpgrade: no dialect requests a protocol switch.
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
             self.close()
 
@@ -335,9 +336,7 @@ def _decode(body: bytes, encoding: str) -> bytes:
                 body = zlib.decompress(body)
             except zlib.error:
                 body = zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, no zlib header
-        elif coding not in ("identity", ""):
-            # httpx passes an unknown coding through undecoded; so does this client.
-            break
+        # httpx skips a coding it does not know and decodes the others, and so does this client.
     return body
 
 
@@ -352,7 +351,7 @@ class HttptoolsClient:
     def __init__(self, timeout: float, *, proxied: httpx.AsyncClient | None = None) -> None:
         self._timeout = timeout
         self._proxied = proxied
-        self._proxied_origins: dict[str, bool] = {}
+        self._routes = ProxyRoutes(proxied) if proxied is not None else None
         self._origins: dict[str, _Origin] = {}
         self._idle: dict[str, collections.deque[_Connection]] = {}
         self._open = 0
@@ -403,8 +402,8 @@ class HttptoolsClient:
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
         key, origin, target = self._split(url)
-        if self._proxied is not None and self._uses_proxy(key):
-            return await self._proxied.request(method, url, headers=headers, content=content,
+        if self._routes is not None and self._routes.applies(key):
+            return await self._routes.client.request(method, url, headers=headers, content=content,
                                                data=data, json=json)
         body = content
         content_type = None
@@ -472,16 +471,6 @@ class HttptoolsClient:
             raise httpx.UnsupportedProtocol(str(exc)) from exc
         self._origins[key] = origin
         return origin
-
-    def _uses_proxy(self, key: str) -> bool:
-        assert self._proxied is not None
-        found = self._proxied_origins.get(key)
-        if found is None:
-            # NOTE: _transport is private in httpx 0.29; a later httpx may rename it.
-            transport = self._proxied._transport_for_url(httpx.URL(key))
-            found = transport is not self._proxied._transport
-            self._proxied_origins[key] = found
-        return found
 
     # -- the pool
 
@@ -647,7 +636,7 @@ def _header_line(name: str, value: str) -> bytes:
     line = f"{name}: {value}"
     if "\r" in line or "\n" in line or "\x00" in line:
         raise httpx.LocalProtocolError(
-            f"the header {name!r} has a line break or a NUL character in its name or value")
+            f"the header {name!r} has a line break or a NUL character in its value")
     try:
         return line.encode("latin-1")
     except UnicodeEncodeError as exc:

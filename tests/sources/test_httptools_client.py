@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from test_http_client import OK_BODY, answer, raw_server, read_head
+from test_http_client import OK_BODY, Handler, answer, raw_server, read_head
 
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.sources import httptools_client
@@ -69,6 +69,18 @@ class Connections:
 OK = answer(OK_BODY)
 
 
+def answer_after(release: asyncio.Event) -> Handler:
+    """Return a handler that reads one request and responds ``OK`` once ``release`` is set."""
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    return held
+
+
 async def test_connection_kept_alive() -> None:
     server = Connections(["read", OK, "read", OK, "read", OK])
 
@@ -84,7 +96,7 @@ async def test_connection_kept_alive() -> None:
 
 
 async def test_reused_connection_closed_unanswered_sent_again() -> None:
-    # The first connection answers once, reads the second request and closes,
+    # The first connection responds once, reads the second request and closes,
     # as a server does whose keep-alive timeout ends just then.
     server = Connections(["read", OK, "read", "close"], ["read", OK])
 
@@ -191,15 +203,15 @@ async def test_unrequested_bytes_drop_connection() -> None:
 async def test_pool_limit_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httptools_client, "MAX_CONNECTIONS", 2)
     in_flight = 0
-    most = 0
+    max_in_flight = 0
 
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal in_flight, most
+        nonlocal in_flight, max_in_flight
         try:
             while True:
                 await read_head(reader)
                 in_flight += 1
-                most = max(most, in_flight)
+                max_in_flight = max(max_in_flight, in_flight)
                 await asyncio.sleep(0.02)
                 in_flight -= 1
                 writer.write(OK)
@@ -213,7 +225,7 @@ async def test_pool_limit_holds(monkeypatch: pytest.MonkeyPatch) -> None:
         open_connections = client.open_connections
 
     assert [r.status_code for r in responses] == [200] * 8
-    assert most == 2
+    assert max_in_flight == 2
     assert open_connections == 2
 
 
@@ -221,14 +233,7 @@ async def test_pool_wait_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httptools_client, "MAX_CONNECTIONS", 1)
     release = asyncio.Event()
 
-    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        await release.wait()
-        writer.write(OK)
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(held) as url, HttptoolsClient(0.2) as client:
+    async with raw_server(answer_after(release)) as url, HttptoolsClient(0.2) as client:
         first = asyncio.create_task(send(client, "erp", "read", "GET", url + "/"))
         await asyncio.sleep(0.05)
         with pytest.raises(UpstreamTimeout) as caught:
@@ -447,14 +452,7 @@ async def test_closing_client_stops_waiters(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(httptools_client, "MAX_CONNECTIONS", 1)
     release = asyncio.Event()
 
-    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
-        await release.wait()
-        writer.write(OK)
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(held) as url:
+    async with raw_server(answer_after(release)) as url:
         client = HttptoolsClient(3.0)
         holder = asyncio.create_task(send(client, "erp", "read", "GET", url + "/"))
         await asyncio.sleep(0.05)
