@@ -196,7 +196,13 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"settings file {str(path)!r} is not valid TOML: {exc}") from exc
 
     base = path.parent
+    unknown = sorted(set(document) - _SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]} is not a section of the settings file; put "
+                          "each setting under one of "
+                          f"{', '.join(f'[{name}]' for name in sorted(_SECTIONS))}")
     gateway = _table(document, "gateway")
+    _check_known("gateway", gateway, _GATEWAY_SETTINGS)
     auth = _table(document, "auth")
     audit = _table(document, "audit")
     systems = {name: _system(name, spec, base)
@@ -294,6 +300,10 @@ def _executor(value: Any) -> str:
     return str(value)
 
 
+_SECTIONS = {"gateway", "auth", "audit", "systems", "limits", "policy", "http",
+             "persisted_queries"}
+_GATEWAY_SETTINGS = {"data_dir", "host", "port", "graphiql", "schema_dir", "policy_dir",
+                     "executor"}
 _AUDIT_SETTINGS = {"fail_open", "checkpoint_interval", "checkpoint_key_name",
                    "checkpoint_key_file", "anchors", "store", "store_password",
                    "store_password_env", "store_password_file", "retention_months",
@@ -394,11 +404,36 @@ def _integer(section: str, name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _check_known(section: str, table: dict[str, Any], known: set[str]) -> None:
+def _check_known(section: str, table: dict[str, Any], known: set[str] | frozenset[str],
+                 of: str = "") -> None:
     unknown = sorted(set(table) - known)
     if unknown:
-        raise ConfigError(f"[{section}] {unknown[0]} is not a setting; use one of "
+        what = f"a setting {of}" if of else "a setting"
+        raise ConfigError(f"[{section}] {unknown[0]} is not {what}; use one of "
                           f"{', '.join(sorted(known))}")
+
+
+def _secrets(*names: str) -> frozenset[str]:
+    # The bare name is known too, so that read_secret's message (a secret belongs in a
+    # variable or a file) reaches the user instead of this check's.
+    return frozenset(f"{name}{suffix}" for name in names for suffix in ("", "_env", "_file"))
+
+
+# Settings every dialect but rest accepts; rest checks its own (gateway.sources.rest_config).
+_SYSTEM_SETTINGS = frozenset({"dialect", "timeout", "resilience", "http_client"})
+# "login" stays known to odoo-json2 and "http_client" to sql, so that the messages
+# that explain why those settings do not apply reach the user.
+_DIALECT_SETTINGS: dict[str, frozenset[str]] = {
+    "salesforce": frozenset({"login_url", "api_version", "auth", "username", "audience"})
+    | _secrets("client_id", "client_secret", "private_key"),
+    "odoo-jsonrpc": frozenset({"base_url", "database", "login"}) | _secrets("api_key"),
+    "odoo-json2": frozenset({"base_url", "database", "login"}) | _secrets("api_key"),
+    "sql": frozenset({"url", "tables", "schema", "pool_size"}) | _secrets("password"),
+    "sap-odata-v2": frozenset({"base_url", "service", "client", "entities"})
+    | _secrets("user", "password"),
+    "dataverse": frozenset({"base_url", "token_url", "scope", "page_size", "entities"})
+    | _secrets("client_id", "client_secret"),
+}
 
 
 def _rate(section: str, name: str, value: Any) -> float:
@@ -419,6 +454,9 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
     if not isinstance(spec, dict):
         raise ConfigError(f"[{section}] must be a table of settings")
     dialect = spec.get("dialect")
+    if dialect in _DIALECT_SETTINGS:
+        _check_known(section, spec, _SYSTEM_SETTINGS | _DIALECT_SETTINGS[dialect],
+                     f"of dialect {dialect}")
     timeout = _number(section, "timeout", spec.get("timeout", 10.0))
     if dialect == "salesforce":
         return _salesforce(section, spec, base, timeout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config import load_settings
 from gateway.errors import ConfigError
@@ -346,3 +348,121 @@ def test_http_client_rejected_for_sql(tmp_path: Path) -> None:
 
     assert str(caught.value) == ("[systems.erp] http_client is not a setting of dialect sql, "
                                  "which sends no HTTP requests; remove it")
+
+
+def erp_table(text: str) -> str:
+    """Return VALID with its [systems.erp] table replaced by ``text``."""
+    return VALID[:VALID.index("[systems.erp]")] + "[systems.erp]\n" + text
+
+
+# One table per dialect with every setting it accepts, so that the check of
+# unknown keys is seen to accept each of them. Salesforce's client_secret, which
+# the JWT-bearer flow refuses, is in VALID's [systems.crm].
+EVERY_SETTING = {
+    "salesforce": 'dialect = "salesforce"\nlogin_url = "https://crm.example"\n'
+                  'api_version = "61.0"\nclient_id_env = "TEST_CRM_ID"\n'
+                  'auth = "jwt_bearer"\n'
+                  'username = "gw@example.com"\nprivate_key_file = "jwt-key.pem"\n'
+                  'audience = "https://login.example"\n',
+    "odoo-jsonrpc": 'dialect = "odoo-jsonrpc"\nbase_url = "https://erp.example"\n'
+                    'database = "prod"\nlogin = "gateway"\napi_key_env = "TEST_ERP_KEY"\n',
+    "odoo-json2": 'dialect = "odoo-json2"\nbase_url = "https://erp.example"\n'
+                  'database = "prod"\napi_key_file = "crm-secret.txt"\n',
+    "sql": 'dialect = "sql"\nurl = "postgresql+asyncpg://reader@db.example/erp"\n'
+           'password_env = "TEST_ERP_KEY"\nschema = "views"\npool_size = 3\n'
+           '[systems.erp.tables]\n"res.partner" = "v_customer"\n',
+    "sap-odata-v2": 'dialect = "sap-odata-v2"\nbase_url = "https://s4.example"\n'
+                    'service = "API_BUSINESS_PARTNER"\nclient = "100"\n'
+                    'user_env = "TEST_ERP_KEY"\npassword_file = "crm-secret.txt"\n'
+                    '[systems.erp.entities."res.partner"]\nname = "A_Customer"\n',
+    "dataverse": 'dialect = "dataverse"\nbase_url = "https://d.example/api/data/v9.2"\n'
+                 'token_url = "https://login.example/token"\nscope = "https://d.example/.default"\n'
+                 'client_id_env = "TEST_ERP_KEY"\nclient_secret_file = "crm-secret.txt"\n'
+                 'page_size = 500\n'
+                 '[systems.erp.entities."res.partner"]\nname = "accounts"\n',
+}
+COMMON = 'timeout = 4\nhttp_client = "httpx"\n[systems.erp.resilience]\nretries = 1\n'
+
+
+@pytest.mark.parametrize("dialect", sorted(EVERY_SETTING))
+def test_every_setting_of_a_dialect_accepted(tmp_path: Path, dialect: str) -> None:
+    table = EVERY_SETTING[dialect]
+    head, sep, tail = table.partition("[systems.erp.")
+    common = COMMON if dialect != "sql" else COMMON.replace('http_client = "httpx"\n', "")
+    path = write(tmp_path, erp_table(head + common + sep + tail))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "jwt-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    settings = load_settings(path)
+
+    assert settings.systems["erp"].timeout == 4
+    assert settings.resilience["erp"].retries == 1
+
+
+@pytest.mark.parametrize(("dialect", "key"), [
+    ("salesforce", "client_secret_envv"), ("odoo-jsonrpc", "http_clinet"),
+    ("odoo-json2", "api_version"), ("sql", "tables_schema"), ("sap-odata-v2", "sap_client"),
+    ("dataverse", "pagesize"),
+])
+def test_unknown_system_setting_named(tmp_path: Path, dialect: str, key: str) -> None:
+    text = erp_table(EVERY_SETTING[dialect].replace("\n", f'\n{key} = "x"\n', 1))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    message = str(caught.value)
+    assert message.startswith(f"[systems.erp] {key} is not a setting of dialect {dialect}; "
+                              "use one of ")
+    known = message.split("use one of ")[1].split(", ")
+    assert known == sorted(known) and "dialect" in known and "timeout" in known
+    assert key not in known
+
+
+@pytest.mark.parametrize(("dialect", "line", "message"), [
+    ("odoo-json2", 'login = "gateway"',
+     "[systems.erp] login is not used by dialect odoo-json2; remove it, because the API key "
+     "alone identifies the user"),
+    ("salesforce", 'client_secret = "s3cr3t"',
+     "[systems.erp] client_secret must not be written in the settings file; set "
+     "client_secret_env to an environment variable or client_secret_file to a file"),
+    ("sql", 'http_client = "httpx"',
+     "[systems.erp] http_client is not a setting of dialect sql, which sends no HTTP "
+     "requests; remove it"),
+])
+def test_specific_message_wins_over_unknown_key(tmp_path: Path, dialect: str, line: str,
+                                                message: str) -> None:
+    text = erp_table(EVERY_SETTING[dialect].replace("\n", f"\n{line}\n", 1))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("timeout = 3", "timeout = 3\nmax_ids = 50",
+     "[systems.erp] max_ids is not a setting of dialect odoo-jsonrpc; use one of api_key, "
+     "api_key_env, api_key_file, base_url, database, dialect, http_client, login, "
+     "resilience, timeout"),
+    ("port = 8100", 'port = 8100\nhttp_client = "httpx"',
+     "[gateway] http_client is not a setting; use one of data_dir, executor, graphiql, host, "
+     "policy_dir, port, schema_dir"),
+])
+def test_unknown_setting_lists_the_valid_ones(tmp_path: Path, old: str, new: str,
+                                               message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, VALID.replace(old, new)))
+
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("text", ['[gatway]\nport = 8000\n', 'port = 8000\n'])
+def test_unknown_section_named(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text + VALID)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    name = "gatway" if text.startswith("[") else "port"
+    assert str(caught.value) == (
+        f"{path}: {name} is not a section of the settings file; put each setting under one "
+        "of [audit], [auth], [gateway], [http], [limits], [persisted_queries], [policy], "
+        "[systems]")
