@@ -6,7 +6,8 @@ benchmark's fakes and one Fonte gateway as ``bench/run`` does, pinned with
 ``taskset`` and with the fakes and the load generator on the other CPUs. It
 drives one workload at saturation, one connection and one token per user,
 and prints the gateway's CPU milliseconds per completed request for each
-round.
+round: in all, and in the event loop's thread alone (the rest is mostly the
+audit writer's thread).
 With ``--py-spy``, it also records the gateway's stacks during each round.
 
     .venv/bin/python bench/gateway_cpu.py --gateway fonte-on --workload W2 --rounds 3
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,13 +51,23 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="users, each one connection with its own token (default 16)")
     parser.add_argument("--py-spy", type=Path, default=None,
                         help="py-spy executable: record the gateway during each round "
-                             "(`record -r 200 -f raw`); py-spy is not a dependency")
+                             "(`record --nonblocking -r 200 -f raw`); py-spy is not a dependency")
     parser.add_argument("--profile-prefix", type=Path, default=Path("gateway-cpu"),
                         help="py-spy output is written to PREFIX-ROUND.txt")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds must be at least 1 and --seconds above 0")
     return args
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """Return user + system CPU seconds of thread ``tid`` of process ``pid``.
+
+    The gateway's main thread, whose id is the process id, runs the event loop.
+    """
+    stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +98,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.py_spy is not None:
                 output = Path(f"{args.profile_prefix}-{round_number}.txt")
                 spy = subprocess.Popen(
-                    [str(args.py_spy), "record", "-r", "200", "-f", "raw", "-o", str(output),
+                    # --nonblocking: py-spy does not stop the gateway for each sample,
+                    # which slowed the audit writer's thread more than the event loop.
+                    [str(args.py_spy), "record", "--nonblocking", "-r", "200", "-f", "raw",
+                     "-o", str(output),
                      "-d", f"{args.seconds:.0f}", "-p", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = bench.cpu_seconds(pid)
+            loop_before = thread_cpu_seconds(pid, pid)
             result = bench.run_load(url, body, users, args.connections, args.seconds,
                                     settings.other_cpus)
             used = bench.cpu_seconds(pid) - before
+            loop_used = thread_cpu_seconds(pid, pid) - loop_before
             if spy is not None:
                 spy.wait(timeout=args.seconds + 60)
             answered = max(result["requests"], 1)
@@ -100,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway": args.gateway, "workload": args.workload, "round": round_number,
                 "requests_per_s": round(result["requests_per_s"], 1),
                 "cpu_ms_per_request": round(used * 1000 / answered, 3),
+                "event_loop_cpu_ms_per_request": round(loop_used * 1000 / answered, 3),
                 "gateway_cpu_share": round(used / result["duration_s"], 3),
                 "non_200": result["non_200"], "with_errors": result["with_errors"],
                 "timeouts": result["timeouts"], "socket_errors": result["socket_errors"],

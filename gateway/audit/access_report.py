@@ -28,7 +28,7 @@ from gateway.audit.postgres import open_reader
 from gateway.audit.record import utc_timestamp
 from gateway.audit.schema import subject_seqs
 from gateway.audit.store import audit_record, audit_subject_key, describe_error
-from gateway.audit.subject_keys import unseal
+from gateway.audit.subject_keys import SealedSubjects
 from gateway.errors import AuditError, AuditIntegrityError
 
 _FETCH_ROWS = 500
@@ -94,15 +94,11 @@ def _checked_record(seq: int, body: str, ref: str, key: bytes | None) -> dict[st
         record = None
     subjects = record.get("subjects") if isinstance(record, dict) else None
     if isinstance(record, dict) and isinstance(subjects, list):
-        for subject in subjects:
-            if not isinstance(subject, dict):
-                continue
-            if subject.get("ref") == ref:
-                return record
-            if key is not None and unseal(
-                key, subject.get("sealed"), seq=seq, kind=subject.get("type")
-            ) == ref:
-                return record
+        entries = [subject for subject in subjects if isinstance(subject, dict)]
+        if any(subject.get("ref") == ref for subject in entries):
+            return record
+        if key is not None and SealedSubjects(entries, seq).opens(ref, key):
+            return record
     raise AuditIntegrityError(
         f"the subject index lists audit record {seq}, which does not name the subject; "
         "run fonte audit verify"

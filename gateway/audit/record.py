@@ -262,6 +262,7 @@ def _validate_subjects(value: object) -> None:
     if not isinstance(value, list):
         raise ValueError("subjects must be a list")
 
+    first_of: dict[str, int] = {}
     for index, item in enumerate(value):
         subject = _require_keys(f"subjects[{index}]", item, Subject.__required_keys__)
         _require_text(f"subjects[{index}].type", subject["type"])
@@ -271,6 +272,12 @@ def _validate_subjects(value: object) -> None:
             raise ValueError(
                 f"subjects[{index}].ref is not a pseudonym token; build it with Pseudonymizer.token"
             )
+        # The store seals a pseudonym with one nonce per record (gateway.audit.subject_keys),
+        # so it must not be sealed under two types' associated data.
+        first = first_of.setdefault(ref, index)
+        if value[first]["type"] != subject["type"]:
+            raise ValueError(f"subjects[{index}] has the pseudonym of subjects[{first}] with "
+                             "another type; a pseudonym token belongs to one subject type")
 
 
 def validate_fields(value: object) -> None:

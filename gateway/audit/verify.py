@@ -61,7 +61,7 @@ from gateway.audit.postgres import open_reader
 from gateway.audit.retention import PURGE_ACTOR
 from gateway.audit.schema import SUBJECT_SPAN_RECORDS, audit_subject_span, hex_text, join_text
 from gateway.audit.store import audit_record, audit_subject, audit_subject_key, describe_error
-from gateway.audit.subject_keys import sealed_prefix, unseal
+from gateway.audit.subject_keys import SealedSubjects
 from gateway.audit.verify_checkpoints import (
     CheckpointFault,
     CheckpointMatcher,
@@ -76,8 +76,6 @@ from gateway.errors import AuditError
 _FETCH_ROWS = 500
 # Copied from the body into columns that exports filter on.
 _FILTER_COLUMNS = ("time", "request_id", "actor", "purpose", "outcome")
-# The base64 of a 12-byte nonce, which starts every sealed value.
-_SEALED_PREFIX_CHARACTERS = 16
 
 
 @dataclass(frozen=True)
@@ -300,22 +298,12 @@ def _index_matches(
     # Records written before sealing list the pseudonym itself under "ref", and
     # every one of those must be indexed.
     plain_refs = {subject.get("ref") for subject in subjects if "ref" in subject}
-    sealed = [subject for subject in subjects if "sealed" in subject]
     if not plain_refs <= index_refs:
         return False
-
-    # The nonce that each key derives for this seq finds its sealed value directly.
-    sealed_by_prefix = {
-        str(subject.get("sealed"))[:_SEALED_PREFIX_CHARACTERS]: subject for subject in sealed
-    }
+    sealed = SealedSubjects(subjects, seq)
     for ref in index_refs - plain_refs:
         key = keys.get(ref)
-        if key is None:
-            return False
-        subject = sealed_by_prefix.get(sealed_prefix(key, seq))
-        if subject is None:
-            return False
-        if unseal(key, subject.get("sealed"), seq=seq, kind=subject.get("type")) != ref:
+        if key is None or not sealed.opens(ref, key):
             return False
     return True
 

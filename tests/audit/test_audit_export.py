@@ -153,7 +153,7 @@ async def test_jsonl_export_is_exact(store_path: Path) -> None:
     count, output = await export_text(store_path, "jsonl", ExportFilter())
     expected = expected_records(store_path)
     hash_1 = expected[0]["hash"]
-    sealed_1 = sealed_subjects(store_path)[1][0]["sealed"]
+    sealed_1 = sealed_subjects(store_path)[1][0]["seq_sealed"]
 
     lines = output.split("\n")
     assert count == 3
@@ -169,7 +169,7 @@ async def test_jsonl_export_is_exact(store_path: Path) -> None:
         '"operation_name":"CustomerCard","outcome":"success","policy_version":"7",'
         f'"prev_hash":"{GENESIS_HASH}","purpose":"support","records":1,'
         '"request_id":"req-1","roles":["sales","support"],"seq":1,'
-        f'"subjects":[{{"sealed":"{sealed_1}","type":"customer"}}],'
+        f'"subjects":[{{"seq_sealed":"{sealed_1}","type":"customer"}}],'
         '"systems":["crm"],"time":"2026-12-04T10:00:00.000Z"}'
     )
     assert lines[1] == canonical_json(expected[1]).decode("utf-8")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from checkpoint_support import make_event, new_key, publish, run_sql
 
+from gateway.audit.access_report import read_consultations
 from gateway.audit.anchor import FileAnchor
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.export import ExportFilter, export_records
@@ -19,6 +20,7 @@ from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.schema import subject_span
 from gateway.audit.sqlite_store import SQLiteAuditStore
+from gateway.audit.subject_keys import open_subject, seal_with_derived_nonce
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 
@@ -158,9 +160,20 @@ async def test_forget_of_unknown_subject_records_it(tmp_path: Path) -> None:
     assert seq == 7
 
 
-def write_unsealed_record(path: Path, seq: int, prev_hash: str, ref: str) -> str:
-    """Append a record in the format written before subjects were sealed."""
+def write_unsealed_record(path: Path, seq: int, prev_hash: str, ref: str,
+                          key: bytes | None = None) -> str:
+    """Append a record in the format written before subjects were sealed.
+
+    With ``key``, the record has the sealed form written before 2026-12-05 instead, with
+    a nonce derived from the key, and the key is stored as the subject's.
+    """
     event = event_about(seq, ref)
+    if key is not None:
+        event["subjects"] = [{"type": "customer",  # type: ignore[typeddict-item]
+                              "sealed": seal_with_derived_nonce(key, ref, seq=seq,
+                                                                kind="customer")}]
+        run_sql(path, "INSERT OR IGNORE INTO audit_subject_key (ref, key) VALUES (?, ?)",
+                parameters=(ref, key))
     body = canonical_json({**event, "seq": seq, "prev_hash": prev_hash})
     record_hash = chain_hash(prev_hash, seq, body)
     run_sql(
@@ -216,6 +229,61 @@ async def test_forget_rejects_unsealed_record(tmp_path: Path) -> None:
     report = await verify_store(path)
     assert report.ok is True
     assert report.records == 2
+
+
+async def derived_nonce_store(folder: Path) -> Path:
+    """Two records sealed as before 2026-12-05, then one in the current form."""
+    path = folder / "audit.sqlite3"
+    store = await SQLiteAuditStore.open(path)
+    await store.close()
+    first_hash = write_unsealed_record(path, 1, GENESIS_HASH, ERASED_REF, b"\x05" * 32)
+    write_unsealed_record(path, 2, first_hash, KEPT_REF, b"\x06" * 32)
+    store = await SQLiteAuditStore.open(path)
+    await store.append(event_about(3, ERASED_REF, KEPT_REF))
+    await store.close()
+    return path
+
+
+async def test_both_sealed_forms_verify_and_report(tmp_path: Path) -> None:
+    path = await derived_nonce_store(tmp_path)
+    with sqlite3.connect(path) as connection:
+        bodies = [json.loads(body) for (body,) in connection.execute(
+            "SELECT body FROM audit_record ORDER BY seq")]
+
+    report = await verify_store(path)
+    consultations = await read_consultations(path, ERASED_REF)
+
+    assert [list(body["subjects"][0]) for body in bodies] == [
+        ["sealed", "type"], ["sealed", "type"], ["seq_sealed", "type"]]
+    # The store kept the subject's key, so the new record is sealed with it too.
+    assert open_subject(b"\x05" * 32, bodies[2]["subjects"][0], seq=3) == ERASED_REF
+    assert report.ok is True, report.reason
+    assert report.records == 3
+    assert [c.time for c in consultations] == ["2026-12-04T20:17:01.000Z",
+                                               "2026-12-04T20:17:03.000Z"]
+
+
+async def test_index_moved_to_a_record_with_the_older_form_detected(tmp_path: Path) -> None:
+    path = await derived_nonce_store(tmp_path)
+    # Record 2 names only the kept subject; an index row says it names the erased one.
+    run_sql(path, "INSERT INTO audit_subject (seq, ref) VALUES (2, ?)", parameters=(ERASED_REF,))
+
+    report = await verify_store(path)
+
+    assert report.ok is False
+    assert (report.first_bad_seq, report.reason) == (2, "subject index differs from body")
+
+
+async def test_forget_across_both_sealed_forms(tmp_path: Path) -> None:
+    path = await derived_nonce_store(tmp_path)
+
+    result, _ = await forget(path, ERASED_REF, "dpo-1")
+    report = await verify_store(path)
+
+    assert result.records_unlinked == 2
+    assert report.ok is True, report.reason
+    assert await read_consultations(path, ERASED_REF) == []
+    assert files_containing(tmp_path, needles_of_erased_subject(b"\x05" * 32)) == []
 
 
 async def test_forget_one_of_many_subjects(tmp_path: Path) -> None:

@@ -189,7 +189,7 @@ async def test_store_before_subject_keys_migrates(tmp_path: Path) -> None:
     with sqlite3.connect(path) as connection:
         body = connection.execute("SELECT body FROM audit_record WHERE seq = 4").fetchone()[0]
         key_rows = connection.execute("SELECT count(*) FROM audit_subject_key").fetchone()[0]
-    assert '"sealed":' in body
+    assert '"seq_sealed":' in body
     assert key_rows == 1
     report = await verify_store(path, public_keys={key.name: key.private_key.public_key()})
     assert report.ok, report.reason

@@ -23,7 +23,7 @@ from gateway.audit.operations import forget
 from gateway.audit.postgres import PostgresAuditStore
 from gateway.audit.record import AuditEvent
 from gateway.audit.retention import purge_records
-from gateway.audit.subject_keys import unseal
+from gateway.audit.subject_keys import open_subject
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 
@@ -249,8 +249,8 @@ async def test_forget_while_store_appends(database: str) -> None:
     bodies = {seq: str(body) for seq, body in await fetch_all(
         database, "SELECT seq, body FROM audit_record")}
     for seq in after_forget:
-        sealed = json.loads(bodies[seq])["subjects"][0]["sealed"]
-        assert unseal(new_key, sealed, seq=seq, kind="customer") == forgotten
+        entry = json.loads(bodies[seq])["subjects"][0]
+        assert open_subject(new_key, entry, seq=seq) == forgotten
     report = await verify_store(database)
     assert report.ok, report.reason
     assert report.records == 23

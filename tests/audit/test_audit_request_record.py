@@ -34,8 +34,9 @@ def _optional_text(rng: random.Random) -> str | None:
 def _random_values(rng: random.Random) -> dict[str, Any]:
     """Return keyword arguments of prepare_request, except fields_json, and the fields list."""
     kinds = ["customer", "contact", "tipo-è"]
-    subjects = [(rng.choice(kinds), PSEUDONYMS.token("customer", f"C-{rng.randint(0, 20)}"))
-                for _ in range(rng.randint(0, 6))]
+    # A pseudonym token is made for one type, as Pseudonymizer.token makes it.
+    chosen = [rng.choice(kinds) for _ in range(rng.randint(0, 6))]
+    subjects = [(kind, PSEUDONYMS.token(kind, f"C-{rng.randint(0, 20)}")) for kind in chosen]
     fields = [
         {"field": f"Customer.{_text(rng)}", "category": _text(rng),
          "decision": rng.choice(["allow", "mask", "deny"]), "rule": _text(rng),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
+import hmac
 import json
 import sqlite3
 from pathlib import Path
 from typing import cast
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -18,11 +21,18 @@ from gateway.audit import sqlite_store
 from gateway.audit import store as store_module
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.pseudonym import Pseudonymizer
-from gateway.audit.record import AdminEvent, AuditEvent, canonical_json
+from gateway.audit.record import AdminEvent, AuditEvent, canonical_json, validate_event
 from gateway.audit.sqlite import set_writer_pragmas
 from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.store import prepare_event, sqlite_url
-from gateway.audit.subject_keys import SubjectSealer, seal, seal_subjects, unseal
+from gateway.audit.subject_keys import (
+    SealedSubjects,
+    SubjectSealer,
+    open_subject,
+    seal,
+    seal_subjects,
+    seal_with_derived_nonce,
+)
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError
 
@@ -115,11 +125,11 @@ async def test_stored_row_matches_chain(tmp_path: Path, store: SQLiteAuditStore)
 
     ref = PSEUDONYMS.token("customer", "C-1001")
     body = json.loads(row[6])
-    sealed = body["subjects"][0]["sealed"]
+    sealed = body["subjects"][0]["seq_sealed"]
     expected_body = canonical_json(
         {
             **event,
-            "subjects": [{"type": "customer", "sealed": sealed}],
+            "subjects": [{"type": "customer", "seq_sealed": sealed}],
             "seq": 1,
             "prev_hash": GENESIS_HASH,
         }
@@ -131,7 +141,8 @@ async def test_stored_row_matches_chain(tmp_path: Path, store: SQLiteAuditStore)
     assert row[8] == chain_hash(GENESIS_HASH, 1, expected_body)
     assert subjects == [(1, ref)]
     assert [stored_ref for stored_ref, _ in keys] == [ref]
-    assert unseal(keys[0][1], sealed, seq=1, kind="customer") == ref
+    assert open_subject(keys[0][1], body["subjects"][0], seq=1) == ref
+    assert sealed == seal(keys[0][1], ref, seq=1, kind="customer")
 
 
 async def test_sealed_subject_differs_per_record(tmp_path: Path, store: SQLiteAuditStore) -> None:
@@ -142,7 +153,7 @@ async def test_sealed_subject_differs_per_record(tmp_path: Path, store: SQLiteAu
         bodies = [row[0] for row in connection.execute("SELECT body FROM audit_record")]
         key_rows = count_rows(tmp_path / "audit.db", "audit_subject_key")
 
-    first, second = (json.loads(body)["subjects"][0]["sealed"] for body in bodies)
+    first, second = (json.loads(body)["subjects"][0]["seq_sealed"] for body in bodies)
     assert first != second
     assert key_rows == 1
 
@@ -473,8 +484,10 @@ def test_prepared_body_seals_each_subject() -> None:
 
     sealed = json.loads(body)["subjects"]
     assert [item["type"] for item in sealed] == ["customer", "contact", "customer"]
-    assert unseal(keys[first], sealed[0]["sealed"], seq=99, kind="customer") == first
-    assert unseal(keys[second], sealed[1]["sealed"], seq=99, kind="contact") == second
+    assert open_subject(keys[first], sealed[0], seq=99) == first
+    assert open_subject(keys[second], sealed[1], seq=99) == second
+    assert open_subject(keys[second], sealed[0], seq=99) is None
+    assert open_subject(keys[first], sealed[0], seq=98) is None
     assert sealed[2] == sealed[0]
 
 
@@ -493,6 +506,69 @@ def test_sealer_matches_seal() -> None:
 def test_sealer_rejects_short_key() -> None:
     with pytest.raises(ValueError):
         SubjectSealer().seal(b"\x01" * 31, "ref", 1, "customer")
+
+
+def test_seal_is_aes_gcm_with_the_seq_as_nonce() -> None:
+    # Computed here from the documented form, not with the module's helpers.
+    key, ref, seq = bytes(range(32)), PSEUDONYMS.token("customer", "C-1001"), 2**40 + 3
+    nonce = seq.to_bytes(12, "big")
+    associated = b"fonte-audit-subject-v2\x00" + seq.to_bytes(8, "big") + b"customer"
+    expected = base64.b64encode(AESGCM(key).encrypt(nonce, ref.encode(), associated)).decode()
+
+    assert seal(key, ref, seq=seq, kind="customer") == expected
+    # 16 bytes of tag after the ciphertext, and no nonce.
+    assert len(base64.b64decode(expected)) == len(ref) + 16
+
+
+def test_older_form_still_opens() -> None:
+    key, ref = b"\x07" * 32, PSEUDONYMS.token("customer", "C-1001")
+    entry = {"type": "customer", "sealed": seal_with_derived_nonce(key, ref, seq=5,
+                                                                  kind="customer")}
+    nonce = hmac.new(key, b"nonce" + (5).to_bytes(8, "big"), hashlib.sha256).digest()[:12]
+
+    assert base64.b64decode(entry["sealed"])[:12] == nonce
+    assert open_subject(key, entry, seq=5) == ref
+    assert open_subject(key, entry, seq=6) is None
+    assert SealedSubjects([entry], 5).opens(ref, key)
+    assert not SealedSubjects([entry], 6).opens(ref, key)
+    assert not SealedSubjects([entry], 5).opens(ref, b"\x08" * 32)
+
+
+def test_sealed_subjects_finds_each_type() -> None:
+    first, second = PSEUDONYMS.token("customer", "C-1"), PSEUDONYMS.token("contact", "P-2")
+    keys = {first: b"\x01" * 32, second: b"\x02" * 32}
+    subjects = json.loads(SubjectSealer().seal_subjects_json(
+        [(first, "customer", b'"customer"'), (second, "contact", b'"contact"')], keys, 9))
+
+    found = SealedSubjects(subjects, 9)
+    assert found.opens(first, keys[first]) and found.opens(second, keys[second])
+    assert not found.opens(first, keys[second])
+    assert not SealedSubjects(subjects, 10).opens(first, keys[first])
+
+
+def test_sealer_rejects_a_pseudonym_with_two_types() -> None:
+    ref = PSEUDONYMS.token("customer", "C-1")
+    subjects = [(ref, "customer", b'"customer"'), (ref, "contact", b'"contact"')]
+
+    with pytest.raises(ValueError) as caught:
+        SubjectSealer().seal_subjects_json(subjects, {ref: b"\x01" * 32}, 3)
+
+    assert str(caught.value) == ("a pseudonym is listed as 'customer' and as 'contact' in "
+                                 "record 3; a pseudonym token belongs to one subject type")
+    assert ref not in str(caught.value)
+
+
+def test_event_with_a_pseudonym_under_two_types_rejected() -> None:
+    ref = PSEUDONYMS.token("customer", "C-1")
+    event = make_event(subjects=[{"type": "customer", "ref": ref},
+                                 {"type": "customer", "ref": ref},
+                                 {"type": "contact", "ref": ref}])
+
+    with pytest.raises(ValueError) as caught:
+        validate_event(event)
+
+    assert str(caught.value) == ("subjects[2] has the pseudonym of subjects[0] with another "
+                                 "type; a pseudonym token belongs to one subject type")
 
 
 @pytest.mark.parametrize(

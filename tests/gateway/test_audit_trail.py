@@ -23,7 +23,7 @@ from conftest import Harness, seeded_iban
 from gateway.audit.chain import GENESIS_HASH
 from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.pseudonym import Pseudonymizer, load_or_create_key
-from gateway.audit.subject_keys import unseal
+from gateway.audit.subject_keys import open_subject
 from gateway.catalog import load_catalog
 from gateway.policy import DEFAULT_DENY, PolicyEngine, rule_id
 
@@ -44,8 +44,7 @@ def opened_subjects(data_dir: Path, record: dict[str, Any]) -> list[dict[str, st
         keys = [bytes(row[0]) for row in connection.execute("SELECT key FROM audit_subject_key")]
     opened = []
     for subject in record["subjects"]:
-        refs = [unseal(key, subject["sealed"], seq=record["seq"], kind=subject["type"])
-                for key in keys]
+        refs = [open_subject(key, subject, seq=record["seq"]) for key in keys]
         opened.append({"type": subject["type"], "ref": next(ref for ref in refs if ref)})
     return opened
 
