@@ -14,6 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,8 +68,9 @@ class FieldDecl:
     connection: bool = False
     search: str | None = None
 
-    @property
+    @cached_property
     def qualified_name(self) -> str:
+        # The planner looks each field up by this name on every request.
         return f"{self.owner}.{self.name}"
 
     @property

@@ -60,6 +60,9 @@ class Decision:
         return self.effect != "deny"
 
 
+# The decision on a field no rule names. Decisions are frozen, so one serves every caller.
+DENIED_BY_DEFAULT = Decision("deny", DEFAULT_DENY)
+
 @dataclass(frozen=True)
 class RowRule:
     """Records of a type are visible only where ``field`` equals the caller's ``claim``."""
@@ -81,7 +84,7 @@ class PolicyView:
     row_rules: Mapping[str, tuple[RowRule, ...]]
 
     def decide(self, qualified_name: str) -> Decision:
-        return self.decisions.get(qualified_name, Decision("deny", DEFAULT_DENY))
+        return self.decisions.get(qualified_name, DENIED_BY_DEFAULT)
 
     def rows_of(self, type_name: str) -> tuple[RowRule, ...] | None:
         """Return the row rules limiting ``type_name`` (alternatives), or None for no limit."""
