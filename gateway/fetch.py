@@ -127,6 +127,10 @@ class Fetcher:
                    stats: FetchStats, budget: Budget | None
                    ) -> dict[tuple[str, FetchRequest], Outcome]:
         keys = list(requests)
+        if len(keys) == 1:
+            # One read needs no task of its own: a W1 card's first level is one read.
+            system, request = keys[0]
+            return {keys[0]: await self._within(system, request, stats, budget)}
         outcomes = await asyncio.gather(*(self._within(system, req, stats, budget)
                                           for system, req in keys))
         return dict(zip(keys, outcomes, strict=True))
