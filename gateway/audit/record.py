@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
@@ -262,7 +262,6 @@ def _validate_subjects(value: object) -> None:
     if not isinstance(value, list):
         raise ValueError("subjects must be a list")
 
-    first_of: dict[str, int] = {}
     for index, item in enumerate(value):
         subject = _require_keys(f"subjects[{index}]", item, Subject.__required_keys__)
         _require_text(f"subjects[{index}].type", subject["type"])
@@ -272,10 +271,20 @@ def _validate_subjects(value: object) -> None:
             raise ValueError(
                 f"subjects[{index}].ref is not a pseudonym token; build it with Pseudonymizer.token"
             )
-        # The store seals a pseudonym with one nonce per record (gateway.audit.subject_keys),
-        # so it must not be sealed under two types' associated data.
+    check_subject_types([(item["type"], item["ref"]) for item in value])
+
+
+def check_subject_types(subjects: Sequence[tuple[str, str]]) -> None:
+    """Raise ValueError if a pseudonym appears under two types among (type, ref) pairs.
+
+    The store seals a pseudonym with one nonce per record (gateway.audit.subject_keys),
+    so it must not seal it under two types' associated data. The message names the
+    positions, not the pseudonym.
+    """
+    first_of: dict[str, int] = {}
+    for index, (kind, ref) in enumerate(subjects):
         first = first_of.setdefault(ref, index)
-        if value[first]["type"] != subject["type"]:
+        if subjects[first][0] != kind:
             raise ValueError(f"subjects[{index}] has the pseudonym of subjects[{first}] with "
                              "another type; a pseudonym token belongs to one subject type")
 

@@ -45,6 +45,11 @@ def prepare_request(
     each subject is a (type, pseudonym token) pair from `Pseudonymizer.token`, and
     ``fields_json`` is the canonical JSON of a validated ``fields`` list. Raises
     ValueError if a value from the request is invalid or cannot be encoded as UTF-8.
+
+    The subjects are not checked for a pseudonym under two types, which
+    `check_subject_types` rejects for `prepare_event`: a token from `Pseudonymizer.token`
+    hashes its type, so two types give two tokens. Pairs built otherwise can break
+    that rule, and the writer then fails the whole commit they are in.
     """
     validate_request_values(
         request_id=request_id, actor=actor, policy_version=policy_version, purpose=purpose,

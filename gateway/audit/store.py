@@ -36,7 +36,13 @@ from gateway.audit.chain import GENESIS_HASH, chain_hash, is_chain_hash, next_ch
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.checkpoint_writer import CheckpointWriter
 from gateway.audit.migrate import lock_postgres
-from gateway.audit.record import AdminEvent, AuditEvent, canonical_json, validate_event
+from gateway.audit.record import (
+    AdminEvent,
+    AuditEvent,
+    canonical_json,
+    check_subject_types,
+    validate_event,
+)
 from gateway.audit.schema import (
     audit_checkpoint,
     audit_record,
@@ -689,8 +695,9 @@ class PreparedEvent:
 def prepare_event(event: AuditEvent | AdminEvent) -> PreparedEvent:
     """Encode a validated event for `link_events`.
 
-    Raises ValueError if the event has a ``seq`` or ``prev_hash`` key of its own, and
-    TypeError or ValueError if JSON cannot represent a value.
+    Raises ValueError if the event has a ``seq`` or ``prev_hash`` key of its own or lists
+    a pseudonym under two types, and TypeError or ValueError if JSON cannot represent a
+    value.
     """
     if "seq" in event or "prev_hash" in event:
         raise ValueError("audit event must not contain seq or prev_hash; the store sets them")
@@ -698,6 +705,7 @@ def prepare_event(event: AuditEvent | AdminEvent) -> PreparedEvent:
     if "kind" in event:
         return PreparedEvent(columns, None, (), _template(event, with_subjects=False))
 
+    check_subject_types([(subject["type"], subject["ref"]) for subject in event["subjects"]])
     subjects = tuple(
         (subject["ref"], subject["type"], _json_string(subject["type"]))
         for subject in event["subjects"]

@@ -8,20 +8,23 @@ The associated data binds the ciphertext to the seq and the subject type, so a s
 value copied into another record does not open.
 
 A key is used for one pseudonym only, and a record lists a pseudonym under one type
-only (`SubjectSealer` rejects a record that does not), so a nonce repeats only for the
-same key, plaintext and associated data: for a subject listed twice in one record, whose
-two sealed values are then equal. Values sealed for different records use different
-nonces, so without the key the sealed values of one subject cannot be linked to each
-other. With the key, whoever knows the pseudonym (`verify`, the access report) seals it
-again for the record's seq and looks the result up among the record's values, one AES
-call per subject type of the record.
+only (`prepare_event` and `SubjectSealer` reject a record that does not). A store writes
+each seq once, so each (key, seq) pair, and so each nonce of a key, seals one plaintext
+with one associated data. A subject listed twice in one record gets two equal values.
+Restoring a backup of the store and writing again reuses seqs with the same keys: the
+new records then repeat the nonces of the lost ones, for the same pseudonyms and types,
+which links the two copies but leaks no key. Values sealed for different records use
+different nonces, so without the key the sealed values of one subject cannot be linked
+to each other. With the key, whoever knows the pseudonym (`verify`, the access report)
+seals it again for the record's seq and looks the result up among the record's values,
+one AES call per subject type of the record at most.
 
-Records written before 2026-12-05 hold ``{"sealed": ..., "type": ...}``: a 12-byte
-nonce, HMAC-SHA256(key, "nonce" || seq) cut to 12 bytes, followed by the ciphertext
-under associated data with another prefix. Finding a subject's value by that nonce's
-base64 cost one HMAC per subject at write time; the seq nonce needs none and makes
-each value 16 characters shorter. `SealedSubjects` finds a subject in both forms, and
-`open_subject` returns the pseudonym of either.
+Records written by earlier versions of Fonte hold ``{"sealed": ..., "type": ...}``: a
+12-byte nonce, HMAC-SHA256(key, "nonce" || seq) cut to 12 bytes, followed by the
+ciphertext under associated data with another prefix. Finding a subject's value by
+that nonce's base64 cost one HMAC per subject at write time; the seq nonce needs none
+and makes each value 16 characters shorter. `SealedSubjects` finds a subject in both
+forms, and `open_subject` returns the pseudonym of either.
 
 Three tables link a subject to its records while it is not erased:
 ``audit_subject_key`` (pseudonym -> key), ``audit_subject`` ((seq, pseudonym), the
@@ -67,8 +70,10 @@ from gateway.errors import AuditError
 
 SUBJECT_KEY_BYTES = 32
 _NONCE_BYTES = 12
+# Pseudonyms whose type SealedSubjects remembers; the dict starts again when full.
+_MAX_KIND_HINTS = 100_000
 _AAD_PREFIX = b"fonte-audit-subject-v2\x00"
-# The records written before 2026-12-05 (see the module docstring).
+# The form of earlier versions (see the module docstring), which is read, not written.
 _DERIVED_NONCE_AAD_PREFIX = b"fonte-audit-subject-v1\x00"
 
 
@@ -85,17 +90,6 @@ def seal(key: bytes, ref: str, *, seq: int, kind: str) -> str:
     ciphertext = AESGCM(key).encrypt(_seq_nonce(seq), ref.encode("ascii"),
                                      _associated_data(seq, kind))
     return base64.b64encode(ciphertext).decode("ascii")
-
-
-def seal_with_derived_nonce(key: bytes, ref: str, *, seq: int, kind: str) -> str:
-    """Return the ``sealed`` value that records written before 2026-12-05 hold.
-
-    The store no longer writes it; tests use it to build such records.
-    """
-    nonce = _derived_nonce(key, seq)
-    associated_data = _DERIVED_NONCE_AAD_PREFIX + seq.to_bytes(8, "big") + kind.encode("utf-8")
-    ciphertext = AESGCM(key).encrypt(nonce, ref.encode("ascii"), associated_data)
-    return base64.b64encode(nonce + ciphertext).decode("ascii")
 
 
 def _derived_nonce(key: bytes, seq: int) -> bytes:
@@ -142,32 +136,49 @@ class SealedSubjects:
     """The subjects of one record's body, indexed to find the value a key sealed.
 
     ``subjects`` is the body's ``subjects`` list of record ``seq``. Build it once per
-    record: each `opens` call then costs one AES call per subject type of the record.
+    record. `opens` seals the pseudonym again under each subject type of the record
+    until a value of that type matches, trying first the type the pseudonym matched
+    last: ``kind_hints`` maps pseudonyms to those types, and a verifier passes the same
+    dict for every record.
     """
 
-    def __init__(self, subjects: Iterable[Mapping[str, Any]], seq: int) -> None:
+    def __init__(self, subjects: Iterable[Mapping[str, Any]], seq: int,
+                 kind_hints: dict[str, str] | None = None) -> None:
         self._seq = seq
-        self._values: set[object] = set()
-        self._kinds: set[str] = set()
+        self._hints = {} if kind_hints is None else kind_hints
+        # Each value of the current form, with the types of the entries that hold it.
+        self._kinds_of: dict[str, set[str]] = {}
+        self._kinds: dict[str, None] = {}  # the record's types, in order
         # Values of the older form, by the base64 of their derived nonce (16 characters).
         self._by_prefix: dict[str, Mapping[str, Any]] = {}
         for entry in subjects:
-            kind = entry.get("type")
-            if "seq_sealed" in entry and isinstance(kind, str):
-                self._values.add(entry["seq_sealed"])
-                self._kinds.add(kind)
+            kind, value = entry.get("type"), entry.get("seq_sealed")
+            if isinstance(kind, str) and isinstance(value, str):
+                self._kinds_of.setdefault(value, set()).add(kind)
+                self._kinds[kind] = None
             elif "sealed" in entry:
                 self._by_prefix[str(entry["sealed"])[:16]] = entry
 
     def opens(self, ref: str, key: bytes) -> bool:
-        """Return whether a subject of the record is ``ref`` sealed with ``key``."""
+        """Return whether an entry of the record holds ``ref`` sealed with ``key`` for its type."""
         seq = self._seq
-        if self._values:
-            cipher = AESGCM(key)
-            for kind in self._kinds:
+        if self._kinds_of:
+            try:
+                cipher = AESGCM(key)
+            except ValueError:  # a key of the wrong length opens nothing
+                return False
+            hint = self._hints.get(ref)
+            kinds = list(self._kinds)
+            if hint in self._kinds:
+                kinds.remove(hint)
+                kinds.insert(0, hint)
+            for kind in kinds:
                 value = cipher.encrypt(_seq_nonce(seq), ref.encode("ascii"),
                                        _associated_data(seq, kind))
-                if base64.b64encode(value).decode("ascii") in self._values:
+                if kind in self._kinds_of.get(base64.b64encode(value).decode("ascii"), ()):
+                    if len(self._hints) >= _MAX_KIND_HINTS:
+                        self._hints.clear()
+                    self._hints[ref] = kind
                     return True
         if self._by_prefix:
             entry = self._by_prefix.get(base64.b64encode(_derived_nonce(key, seq)).decode("ascii"))
@@ -214,9 +225,11 @@ class SubjectSealer:
         entries = []
         for ref, kind, kind_json in subjects:
             if kinds.setdefault(ref, kind) != kind:
+                # The last guard: prepare_event has checked this, and prepare_request's
+                # tokens come from Pseudonymizer.token, which puts the type in the token.
                 # The pseudonym is not quoted: error messages may reach logs.
                 raise ValueError(f"a pseudonym is listed as {kinds[ref]!r} and as {kind!r} in "
-                                 f"record {seq}; a pseudonym token belongs to one subject type")
+                                 "one record; a pseudonym token belongs to one subject type")
             key = keys[ref]
             cipher = ciphers.get(key) or self._new_cipher(key)
             associated_data = associated.get(kind)
@@ -242,11 +255,11 @@ def seal_subjects(
     subjects: Sequence[Subject], keys: Mapping[str, bytes], seq: int
 ) -> list[dict[str, str]]:
     """Replace each subject's ``ref`` by its sealed form, for the body of record ``seq``."""
-    sealer = SubjectSealer()
     return [
         {
             "type": subject["type"],
-            "seq_sealed": sealer.seal(keys[subject["ref"]], subject["ref"], seq, subject["type"]),
+            "seq_sealed": seal(keys[subject["ref"]], subject["ref"], seq=seq,
+                               kind=subject["type"]),
         }
         for subject in subjects
     ]

@@ -164,6 +164,8 @@ class ChainVerifier:
         self._verified = 0
         self._purge_anchor = (first_seq - 1, prev_hash) if first_seq > 1 else None
         self._purge_recorded = first_seq <= 1
+        # The subject type each pseudonym was last found under (see SealedSubjects).
+        self._kind_hints: dict[str, str] = {}
 
     @property
     def last_seq(self) -> int:
@@ -234,7 +236,7 @@ class ChainVerifier:
             return row.seq, "content changed"
         if row.prev_hash != self._prev_hash:
             return row.seq, _chain_broken_reason(row.seq, self._first_seq)
-        return _find_index_fault(row, body)
+        return _find_index_fault(row, body, self._kind_hints)
 
     def _find_position_fault(self, seq: int) -> tuple[int, str] | None:
         expected = self._expected_seq
@@ -274,7 +276,8 @@ def _chain_broken_reason(seq: int, first_seq: int) -> str:
     return f"chain broken: prev_hash does not match the hash of record {seq - 1}"
 
 
-def _find_index_fault(row: StoredRow, body: dict[str, Any]) -> tuple[int, str] | None:
+def _find_index_fault(row: StoredRow, body: dict[str, Any],
+                      kind_hints: dict[str, str]) -> tuple[int, str] | None:
     for name in _FILTER_COLUMNS:
         if body.get(name) != getattr(row, name):
             return row.seq, f"column {name} differs from body"
@@ -284,7 +287,8 @@ def _find_index_fault(row: StoredRow, body: dict[str, Any]) -> tuple[int, str] |
     subjects = body.get("subjects", [])
     if not isinstance(subjects, list) or not all(isinstance(item, dict) for item in subjects):
         return row.seq, "subject index differs from body"
-    if not _index_matches(row.seq, subjects, row.subject_refs, row.subject_keys or {}):
+    if not _index_matches(row.seq, subjects, row.subject_refs, row.subject_keys or {},
+                          kind_hints):
         return row.seq, "subject index differs from body"
     return None
 
@@ -294,13 +298,14 @@ def _index_matches(
     subjects: list[dict[str, Any]],
     index_refs: frozenset[str],
     keys: Mapping[str, bytes],
+    kind_hints: dict[str, str],
 ) -> bool:
     # Records written before sealing list the pseudonym itself under "ref", and
     # every one of those must be indexed.
     plain_refs = {subject.get("ref") for subject in subjects if "ref" in subject}
     if not plain_refs <= index_refs:
         return False
-    sealed = SealedSubjects(subjects, seq)
+    sealed = SealedSubjects(subjects, seq, kind_hints)
     for ref in index_refs - plain_refs:
         key = keys.get(ref)
         if key is None or not sealed.opens(ref, key):

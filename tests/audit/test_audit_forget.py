@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import io
 import json
 import sqlite3
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from checkpoint_support import make_event, new_key, publish, run_sql
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.audit.access_report import read_consultations
 from gateway.audit.anchor import FileAnchor
@@ -20,7 +24,7 @@ from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.schema import subject_span
 from gateway.audit.sqlite_store import SQLiteAuditStore
-from gateway.audit.subject_keys import open_subject, seal_with_derived_nonce
+from gateway.audit.subject_keys import SealedSubjects, open_subject
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 
@@ -160,12 +164,21 @@ async def test_forget_of_unknown_subject_records_it(tmp_path: Path) -> None:
     assert seq == 7
 
 
-def write_unsealed_record(path: Path, seq: int, prev_hash: str, ref: str,
-                          key: bytes | None = None) -> str:
-    """Append a record in the format written before subjects were sealed.
+def seal_with_derived_nonce(key: bytes, ref: str, *, seq: int, kind: str) -> str:
+    """Return the ``sealed`` value that earlier versions of Fonte wrote (docs/audit.md)."""
+    nonce = hmac.new(key, b"nonce" + seq.to_bytes(8, "big"), hashlib.sha256).digest()[:12]
+    associated = b"fonte-audit-subject-v1\x00" + seq.to_bytes(8, "big") + kind.encode()
+    ciphertext = AESGCM(key).encrypt(nonce, ref.encode("ascii"), associated)
+    return base64.b64encode(nonce + ciphertext).decode("ascii")
 
-    With ``key``, the record has the sealed form written before 2026-12-05 instead, with
-    a nonce derived from the key, and the key is stored as the subject's.
+
+def write_old_record(path: Path, seq: int, prev_hash: str, ref: str,
+                          key: bytes | None = None) -> str:
+    """Append a record in a form of earlier versions, naming the subject ``ref``.
+
+    Without ``key``, the pseudonym is in the body, as before subjects were sealed. With
+    ``key``, it is sealed with a nonce derived from the key, and the key is stored as the
+    subject's.
     """
     event = event_about(seq, ref)
     if key is not None:
@@ -203,8 +216,8 @@ async def unsealed_store(folder: Path) -> Path:
     path = folder / "audit.sqlite3"
     store = await SQLiteAuditStore.open(path)
     await store.close()
-    first_hash = write_unsealed_record(path, 1, GENESIS_HASH, ERASED_REF)
-    write_unsealed_record(path, 2, first_hash, KEPT_REF)
+    first_hash = write_old_record(path, 1, GENESIS_HASH, ERASED_REF)
+    write_old_record(path, 2, first_hash, KEPT_REF)
     return path
 
 
@@ -231,13 +244,27 @@ async def test_forget_rejects_unsealed_record(tmp_path: Path) -> None:
     assert report.records == 2
 
 
+def test_derived_nonce_form_still_opens() -> None:
+    key, ref = b"\x07" * 32, PSEUDONYMS.token("customer", "C-1001")
+    entry = {"type": "customer", "sealed": seal_with_derived_nonce(key, ref, seq=5,
+                                                                  kind="customer")}
+    nonce = hmac.new(key, b"nonce" + (5).to_bytes(8, "big"), hashlib.sha256).digest()[:12]
+
+    assert base64.b64decode(entry["sealed"])[:12] == nonce
+    assert open_subject(key, entry, seq=5) == ref
+    assert open_subject(key, entry, seq=6) is None
+    assert SealedSubjects([entry], 5).opens(ref, key)
+    assert not SealedSubjects([entry], 6).opens(ref, key)
+    assert not SealedSubjects([entry], 5).opens(ref, b"\x08" * 32)
+
+
 async def derived_nonce_store(folder: Path) -> Path:
-    """Two records sealed as before 2026-12-05, then one in the current form."""
+    """Two records sealed with a derived nonce, then one in the current form."""
     path = folder / "audit.sqlite3"
     store = await SQLiteAuditStore.open(path)
     await store.close()
-    first_hash = write_unsealed_record(path, 1, GENESIS_HASH, ERASED_REF, b"\x05" * 32)
-    write_unsealed_record(path, 2, first_hash, KEPT_REF, b"\x06" * 32)
+    first_hash = write_old_record(path, 1, GENESIS_HASH, ERASED_REF, b"\x05" * 32)
+    write_old_record(path, 2, first_hash, KEPT_REF, b"\x06" * 32)
     store = await SQLiteAuditStore.open(path)
     await store.append(event_about(3, ERASED_REF, KEPT_REF))
     await store.close()

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import functools
 import hashlib
-import hmac
 import json
 import sqlite3
 from pathlib import Path
@@ -31,7 +30,6 @@ from gateway.audit.subject_keys import (
     open_subject,
     seal,
     seal_subjects,
-    seal_with_derived_nonce,
 )
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError, AuditIntegrityError
@@ -520,20 +518,6 @@ def test_seal_is_aes_gcm_with_the_seq_as_nonce() -> None:
     assert len(base64.b64decode(expected)) == len(ref) + 16
 
 
-def test_older_form_still_opens() -> None:
-    key, ref = b"\x07" * 32, PSEUDONYMS.token("customer", "C-1001")
-    entry = {"type": "customer", "sealed": seal_with_derived_nonce(key, ref, seq=5,
-                                                                  kind="customer")}
-    nonce = hmac.new(key, b"nonce" + (5).to_bytes(8, "big"), hashlib.sha256).digest()[:12]
-
-    assert base64.b64decode(entry["sealed"])[:12] == nonce
-    assert open_subject(key, entry, seq=5) == ref
-    assert open_subject(key, entry, seq=6) is None
-    assert SealedSubjects([entry], 5).opens(ref, key)
-    assert not SealedSubjects([entry], 6).opens(ref, key)
-    assert not SealedSubjects([entry], 5).opens(ref, b"\x08" * 32)
-
-
 def test_sealed_subjects_finds_each_type() -> None:
     first, second = PSEUDONYMS.token("customer", "C-1"), PSEUDONYMS.token("contact", "P-2")
     keys = {first: b"\x01" * 32, second: b"\x02" * 32}
@@ -546,6 +530,22 @@ def test_sealed_subjects_finds_each_type() -> None:
     assert not SealedSubjects(subjects, 10).opens(first, keys[first])
 
 
+def test_sealed_subjects_tries_the_remembered_type_first() -> None:
+    ref = PSEUDONYMS.token("contact", "P-1")
+    keys = {ref: b"\x03" * 32}
+    others = [(PSEUDONYMS.token(f"kind{n}", "x"), f"kind{n}", f'"kind{n}"'.encode())
+              for n in range(5)]
+    keys.update({other: b"\x04" * 32 for other, _, _ in others})
+    subjects = json.loads(SubjectSealer().seal_subjects_json(
+        [*others, (ref, "contact", b'"contact"')], keys, 4))
+    hints: dict[str, str] = {ref: "kind2"}  # a stale hint is only tried first
+
+    assert SealedSubjects(subjects, 4, hints).opens(ref, keys[ref])
+    assert hints[ref] == "contact"
+    assert not SealedSubjects(subjects, 4, hints).opens(ref, b"\x05" * 32)
+    assert hints[ref] == "contact"
+
+
 def test_sealer_rejects_a_pseudonym_with_two_types() -> None:
     ref = PSEUDONYMS.token("customer", "C-1")
     subjects = [(ref, "customer", b'"customer"'), (ref, "contact", b'"contact"')]
@@ -554,7 +554,7 @@ def test_sealer_rejects_a_pseudonym_with_two_types() -> None:
         SubjectSealer().seal_subjects_json(subjects, {ref: b"\x01" * 32}, 3)
 
     assert str(caught.value) == ("a pseudonym is listed as 'customer' and as 'contact' in "
-                                 "record 3; a pseudonym token belongs to one subject type")
+                                 "one record; a pseudonym token belongs to one subject type")
     assert ref not in str(caught.value)
 
 
@@ -564,11 +564,16 @@ def test_event_with_a_pseudonym_under_two_types_rejected() -> None:
                                  {"type": "customer", "ref": ref},
                                  {"type": "contact", "ref": ref}])
 
-    with pytest.raises(ValueError) as caught:
+    message = ("subjects[2] has the pseudonym of subjects[0] with another type; a pseudonym "
+               "token belongs to one subject type")
+    with pytest.raises(ValueError) as validated:
         validate_event(event)
+    # prepare_event, which append_prepared takes, rejects it before the writer's batch.
+    with pytest.raises(ValueError) as prepared:
+        prepare_event(event)
 
-    assert str(caught.value) == ("subjects[2] has the pseudonym of subjects[0] with another "
-                                 "type; a pseudonym token belongs to one subject type")
+    assert str(validated.value) == message
+    assert str(prepared.value) == message
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 from typing import cast
@@ -11,13 +12,14 @@ from typing import cast
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.audit.access_report import read_consultations
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.keys import CheckpointKey
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.sqlite_store import SQLiteAuditStore
 from gateway.audit.verify import StoredRow, VerifyReport, verify_rows, verify_store
-from gateway.errors import AuditError
+from gateway.errors import AuditError, AuditIntegrityError
 
 PSEUDONYMS = Pseudonymizer(b"verify-test-key".ljust(32, b"."))
 RECORD_COLUMNS = "time, request_id, actor, purpose, outcome, body, prev_hash, hash"
@@ -430,3 +432,56 @@ async def test_merged_subject_rows_detected(tmp_path: Path) -> None:
     assert report.ok is False
     assert report.first_bad_seq == 1
     assert report.reason == "subject index differs from body"
+
+
+async def two_subject_store(tmp_path: Path) -> tuple[Path, str, str]:
+    """A store of one record naming two customers."""
+    path = tmp_path / "audit.db"
+    first, second = PSEUDONYMS.token("customer", "C-1"), PSEUDONYMS.token("customer", "C-2")
+    event = make_event(1)
+    event["subjects"] = [{"type": "customer", "ref": first}, {"type": "customer", "ref": second}]
+    store = await SQLiteAuditStore.open(path)
+    try:
+        await store.append(event)
+    finally:
+        await store.close()
+    return path, first, second
+
+
+def rewrite_subject(path: Path, position: int, **changes: object) -> None:
+    """Change one subject entry of record 1 and give the record a matching hash again."""
+    with sqlite3.connect(path) as connection:
+        (body,) = connection.execute("SELECT body FROM audit_record WHERE seq = 1").fetchone()
+        record = json.loads(body)
+        record["subjects"][position].update(changes)
+        new_body = canonical_json(record)
+        connection.execute("UPDATE audit_record SET body = ?, hash = ? WHERE seq = 1",
+                           (new_body.decode(), chain_hash(GENESIS_HASH, 1, new_body)))
+
+
+async def test_type_changed_in_one_entry_is_detected(tmp_path: Path) -> None:
+    path, first, _ = await two_subject_store(tmp_path)
+    # The other entry keeps the type the first value was sealed under.
+    rewrite_subject(path, 0, type="contact")
+
+    assert await verify_store(path) == failure(0, 1, "subject index differs from body")
+    with pytest.raises(AuditIntegrityError):
+        await read_consultations(path, first)
+
+
+async def test_subject_key_of_wrong_length_is_detected(tmp_path: Path) -> None:
+    path, first, _ = await two_subject_store(tmp_path)
+    run_sql(path, f"UPDATE audit_subject_key SET key = substr(key, 1, 31) WHERE ref = '{first}'")
+
+    assert await verify_store(path) == failure(0, 1, "subject index differs from body")
+    with pytest.raises(AuditIntegrityError):
+        await read_consultations(path, first)
+
+
+async def test_sealed_value_that_is_not_text_is_detected(tmp_path: Path) -> None:
+    path, _, second = await two_subject_store(tmp_path)
+    rewrite_subject(path, 1, seq_sealed=["not", "text"])
+
+    assert await verify_store(path) == failure(0, 1, "subject index differs from body")
+    with pytest.raises(AuditIntegrityError):
+        await read_consultations(path, second)
