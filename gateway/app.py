@@ -259,11 +259,38 @@ def _token_settings(settings: Settings) -> TokenSettings:
 
 
 def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
-    """Raise ``ConfigError`` when the schema reads a system that the settings do not declare."""
+    """Raise ``ConfigError`` when the schema reads a system that the settings do not declare,
+    or when a system's settings map an entity that the schema does not read from it."""
     missing = sorted(catalog.systems - set(settings.systems))
     if missing:
         raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
                           "settings declare no [systems.<name>] section for them")
+    for name, spec in settings.systems.items():
+        table, mapped = _mapped_entities(spec)
+        read = _entities_read(catalog, name)
+        unknown = sorted(set(mapped) - read)
+        if unknown:
+            # A misspelt entity would leave the real one unmapped without a word.
+            raise ConfigError(f"[systems.{name}.{table}] names entity {unknown[0]!r}, which the "
+                              f"schema does not read from system {name}; use one of "
+                              f"{', '.join(sorted(read)) or '(none)'}")
+
+
+def _mapped_entities(spec: Any) -> tuple[str, Mapping[str, Any]]:
+    """Return the settings table that maps schema entities of ``spec``, and its entries."""
+    if isinstance(spec, SqlSettings):
+        return "tables", spec.tables
+    if isinstance(spec, DataverseSettings | SapSettings | RestSettings):
+        return "entities", spec.entities
+    return "entities", {}
+
+
+def _entities_read(catalog: Catalog, system: str) -> set[str]:
+    """Return the entities that the schema's types and links read from ``system``."""
+    entities = {decl.entity for decl in catalog.types.values() if decl.system == system}
+    entities.update(link.entity for decl in catalog.types.values()
+                    for link in decl.links.values() if link.system == system)
+    return entities
 
 
 def create_app(settings: Settings,

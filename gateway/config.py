@@ -454,6 +454,9 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
     if not isinstance(spec, dict):
         raise ConfigError(f"[{section}] must be a table of settings")
     dialect = spec.get("dialect")
+    if dialect is None:
+        raise ConfigError(f"[{section}] dialect is missing; set it to one of "
+                          f"{', '.join(DIALECTS)}")
     if dialect in _DIALECT_SETTINGS:
         _check_known(section, spec, _SYSTEM_SETTINGS | _DIALECT_SETTINGS[dialect],
                      f"of dialect {dialect}")

@@ -33,7 +33,8 @@ def claim_data_dir(path: Path) -> IO[str]:
         owner = handle.read().strip() or "unknown"
         handle.close()
         raise ConfigError(f"data dir {str(path)!r} is in use by another gateway process "
-                          f"(pid {owner}); give each gateway its own --data-dir") from exc
+                          f"(pid {owner}); give each gateway its own data dir (--data-dir, or "
+                          "[gateway] data_dir in the settings file of fonte serve)") from exc
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

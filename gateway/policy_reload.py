@@ -226,7 +226,7 @@ def policy_settings_from_table(table: dict[str, Any], base: Path) -> PolicySetti
     """
     unknown = sorted(set(table) - _SETTING_NAMES)
     if unknown:
-        raise ConfigError(f"{_SECTION} {unknown[0]} is not a setting; the settings are "
+        raise ConfigError(f"{_SECTION} {unknown[0]} is not a setting; use one of "
                           f"{', '.join(sorted(_SETTING_NAMES))}")
     source = cast(Source, _choice(table, "source", SOURCES))
     notify = cast(NotifyKind, _choice(table, "notify", NOTIFY_KINDS))

@@ -135,8 +135,7 @@ def _entity_map(section: str, entity: str, spec: Any) -> EntityMap:
         raise ConfigError(f"{where} must be a table with name and attributes")
     unknown = sorted(set(spec) - {"name", "attributes"})
     if unknown:
-        raise ConfigError(f"{where} has unknown settings {unknown}; only name and attributes "
-                          "are allowed")
+        raise ConfigError(f"{where} {unknown[0]} is not a setting; use one of attributes, name")
     name = spec.get("name", entity)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where} name = {name!r} is invalid; set it to the system's "

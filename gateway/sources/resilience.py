@@ -111,7 +111,7 @@ def policy_from_table(section: str, table: Mapping[str, Any]) -> ResiliencePolic
     known = [item.name for item in fields(ResiliencePolicy)]
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ConfigError(f"[{section}] has unknown settings {', '.join(unknown)}. Use only "
+        raise ConfigError(f"[{section}] {unknown[0]} is not a setting; use one of "
                           f"{', '.join(known)}")
     try:
         return ResiliencePolicy(**table)

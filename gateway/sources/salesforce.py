@@ -128,7 +128,7 @@ class SalesforceSettings:
             raise ConfigError("username is missing; auth = \"jwt_bearer\" needs the username "
                               "of the Salesforce user the gateway reads as")
         if not self.private_key_pem:
-            raise ConfigError("private_key_pem is missing; auth = \"jwt_bearer\" needs the "
+            raise ConfigError("the private key is missing; auth = \"jwt_bearer\" needs the "
                               "connected app's RSA private key (private_key_file or "
                               "private_key_env in the settings file)")
         load_private_key(self.private_key_pem)
@@ -148,12 +148,13 @@ def load_private_key(pem: str) -> RSAPrivateKey:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         # TypeError: the key is encrypted. The message never quotes the key.
-        raise ConfigError("private_key_pem is not an unencrypted PEM private key; set "
-                          "private_key_file or private_key_env to the key whose certificate "
-                          "the connected app holds, decrypted "
+        raise ConfigError("the private key (private_key_file or private_key_env) is not "
+                          "an unencrypted PEM private key; set it to the key whose "
+                          "certificate the connected app holds, decrypted "
                           "(openssl pkey -in KEY -out PLAIN)") from exc
     if not isinstance(key, RSAPrivateKey):
-        raise ConfigError(f"private_key_pem is a {type(key).__name__}, but Salesforce's JWT "
+        raise ConfigError(f"the private key (private_key_file or private_key_env) is a "
+                          f"{type(key).__name__}, but Salesforce's JWT "
                           "bearer flow signs with RS256 and needs an RSA private key")
     return key
 

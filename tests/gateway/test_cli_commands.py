@@ -186,7 +186,8 @@ def test_demo_data_dir_in_use(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert " ".join(result.stderr.split()) == (
         f"error: data dir '{tmp_path}' is in use by another gateway process (pid "
-        f"{os.getpid()}); give each gateway its own --data-dir")
+        f"{os.getpid()}); give each gateway its own data dir (--data-dir, or [gateway] "
+        "data_dir in the settings file of fonte serve)")
 
 
 CRM_SECTION = """
@@ -232,7 +233,8 @@ def test_serve_data_dir_in_use(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert " ".join(result.stderr.split()) == (
         f"error: data dir '{tmp_path / 'data'}' is in use by another gateway process (pid "
-        f"{os.getpid()}); give each gateway its own --data-dir")
+        f"{os.getpid()}); give each gateway its own data dir (--data-dir, or [gateway] "
+        "data_dir in the settings file of fonte serve)")
 
 
 def test_serve_missing_system_named(tmp_path: Path) -> None:
@@ -243,3 +245,24 @@ def test_serve_missing_system_named(tmp_path: Path) -> None:
     assert " ".join(result.stderr.split()) == (
         "error: the schema reads from system(s) erp but the settings declare no "
         "[systems.<name>] section for them")
+
+
+@pytest.mark.parametrize(("erp", "message"), [
+    ('[systems.erp]\ndialect = "sql"\nurl = "sqlite+aiosqlite:///erp.db"\n'
+     '[systems.erp.tables]\n"res.partnr" = "v_customer"\n',
+     "error: [systems.erp.tables] names entity 'res.partnr', which the schema does not read "
+     "from system erp; use one of "),
+    ('[systems.erp]\ndialect = "dataverse"\nbase_url = "http://127.0.0.1:9/api/data/v9.2"\n'
+     'token_url = "http://127.0.0.1:9/token"\nscope = "s"\nclient_id_env = "PATH"\n'
+     'client_secret_env = "PATH"\n[systems.erp.entities."res.partnr"]\nname = "accounts"\n',
+     "error: [systems.erp.entities] names entity 'res.partnr', which the schema does not "
+     "read from system erp; use one of "),
+])
+def test_serve_misspelt_entity_named(tmp_path: Path, erp: str, message: str) -> None:
+    result = _run("serve", "--config", str(_serve_settings(tmp_path, CRM_SECTION + erp)))
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    error = " ".join(result.stderr.split())
+    assert error.startswith(message)
+    assert error.split("use one of ")[1].split(", ")[:2] == ["account.move", "res.partner"]

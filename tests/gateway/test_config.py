@@ -466,3 +466,13 @@ def test_unknown_section_named(tmp_path: Path, text: str) -> None:
         f"{path}: {name} is not a section of the settings file; put each setting under one "
         "of [audit], [auth], [gateway], [http], [limits], [persisted_queries], [policy], "
         "[systems]")
+
+
+def test_missing_dialect_named(tmp_path: Path) -> None:
+    text = VALID.replace('dialect = "odoo-jsonrpc"', 'dialet = "odoo-jsonrpc"')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    assert str(caught.value) == ("[systems.erp] dialect is missing; set it to one of "
+                                 "salesforce, odoo-jsonrpc, odoo-json2, sql, dataverse, "
+                                 "sap-odata-v2, rest")

@@ -111,7 +111,7 @@ def test_table_read() -> None:
     ([], r"\[systems.erp.entities\] must be a table"),
     ({"res.partner": "accounts"}, r'\[systems.erp.entities."res.partner"\] must be a table'),
     ({"res.partner": {"name": ""}}, r"name = '' is invalid"),
-    ({"res.partner": {"nme": "accounts"}}, r"unknown settings \['nme'\]"),
+    ({"res.partner": {"nme": "accounts"}}, r"nme is not a setting; use one of attributes, name"),
     ({"res.partner": {"attributes": ["x"]}}, r"attributes must be a table"),
     ({"res.partner": {"attributes": {"credit_limit": 5}}}, r"attributes.credit_limit = 5"),
 ])

@@ -175,8 +175,9 @@ def test_policy_table_names_section() -> None:
 
 
 def test_policy_table_unknown_setting() -> None:
-    with pytest.raises(ConfigError, match=r"unknown settings retry\. Use only timeout, "
-                                          r"max_concurrency, retries"):
+    with pytest.raises(ConfigError, match=r"^\[systems.erp.resilience\] retry is not a "
+                                          r"setting; use one of timeout, max_concurrency, "
+                                          r"retries"):
         policy_from_table("systems.erp.resilience", {"retry": 3})
 
 
