@@ -378,7 +378,9 @@ def _count(number: int, noun: str) -> str:
 def main(argv: list[str]) -> int:
     """Run the command line. Returns the exit status."""
     if len(argv) != 3:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        # A bundle holds this file as verify.py, so the usage names the file as it was run.
+        usage = __doc__.split("\n\n")[1].replace("offline_verify.py", Path(sys.argv[0]).name)
+        print(usage, file=sys.stderr)
         return 2
     export, checkpoints_file, keys_folder = (Path(argument) for argument in argv)
     try:
