@@ -507,7 +507,10 @@ def policy_matrix(
         return
     for cells in rows:
         table.add_row(*cells)
-    console.print(table)
+    # A pipe or a file gets the whole table, not one folded to rich's 80 columns.
+    out = console if console.is_terminal else Console(markup=False, highlight=False,
+                                                      width=1_000)
+    out.print(table)
 
 
 def _decision_text(effect: str, mask: str | None) -> str:

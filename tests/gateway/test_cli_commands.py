@@ -79,6 +79,18 @@ def test_matrix_names_every_role(monkeypatch: pytest.MonkeyPatch) -> None:
         assert re.search(rf"(?<![\w-]){role}(?![\w-])", result.stdout) is not None, role
 
 
+def test_matrix_piped_keeps_headers_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not a terminal, as with `fonte policy matrix | less`: rich's default of 80
+    # columns folded "finance" into "finan" / "ce".
+    monkeypatch.setattr(gateway.cli, "console", Console(width=80))
+    result = _run("policy", "matrix")
+
+    header = next(line for line in result.stdout.splitlines() if "dpo" in line)
+    assert result.exit_code == 0
+    assert [cell.strip() for cell in header.split("┃")[3:-1]] == [
+        "dpo", "finance", "it", "sales", "sales-rep"]
+
+
 def test_matrix_names_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
     # rich uses 80 columns when stdout is not a terminal and COLUMNS is unset,
     # as with `fonte policy matrix > matrix.txt`. Pinning the width keeps the
