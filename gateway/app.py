@@ -259,8 +259,11 @@ def _token_settings(settings: Settings) -> TokenSettings:
 
 
 def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
-    """Raise ``ConfigError`` when the schema reads a system that the settings do not declare,
-    or when a system's settings map an entity that the schema does not read from it."""
+    """Raise ``ConfigError`` for a schema system that the settings do not declare.
+
+    Also raise it when a system's settings map an entity that the schema does not read
+    from that system.
+    """
     missing = sorted(catalog.systems - set(settings.systems))
     if missing:
         raise ConfigError(f"the schema reads from system(s) {', '.join(missing)} but the "
@@ -270,7 +273,7 @@ def check_declared_systems(catalog: Catalog, settings: Settings) -> None:
         read = _entities_read(catalog, name)
         unknown = sorted(set(mapped) - read)
         if unknown:
-            # A misspelt entity would leave the real one unmapped without a word.
+            # A misspelt entity name would leave the real entity unmapped, with no error.
             raise ConfigError(f"[systems.{name}.{table}] names entity {unknown[0]!r}, which the "
                               f"schema does not read from system {name}; use one of "
                               f"{', '.join(sorted(read)) or '(none)'}")

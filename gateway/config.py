@@ -405,17 +405,17 @@ def _integer(section: str, name: str, value: Any, low: int, high: int) -> int:
 
 
 def _check_known(section: str, table: dict[str, Any], known: set[str] | frozenset[str],
-                 of: str = "") -> None:
+                 dialect: str | None = None) -> None:
     unknown = sorted(set(table) - known)
     if unknown:
-        what = f"a setting {of}" if of else "a setting"
-        raise ConfigError(f"[{section}] {unknown[0]} is not {what}; use one of "
+        setting = f"a setting of dialect {dialect}" if dialect else "a setting"
+        raise ConfigError(f"[{section}] {unknown[0]} is not {setting}; use one of "
                           f"{', '.join(sorted(known))}")
 
 
 def _secrets(*names: str) -> frozenset[str]:
-    # The bare name is known too, so that read_secret's message (a secret belongs in a
-    # variable or a file) reaches the user instead of this check's.
+    # The bare name is known too, so that read_secret's own error, which names the
+    # variable and file settings to use instead, reaches the user.
     return frozenset(f"{name}{suffix}" for name in names for suffix in ("", "_env", "_file"))
 
 
@@ -458,8 +458,7 @@ def _system(name: str, spec: Any, base: Path) -> SystemSettings:
         raise ConfigError(f"[{section}] dialect is missing; set it to one of "
                           f"{', '.join(DIALECTS)}")
     if dialect in _DIALECT_SETTINGS:
-        _check_known(section, spec, _SYSTEM_SETTINGS | _DIALECT_SETTINGS[dialect],
-                     f"of dialect {dialect}")
+        _check_known(section, spec, _SYSTEM_SETTINGS | _DIALECT_SETTINGS[dialect], dialect)
     timeout = _number(section, "timeout", spec.get("timeout", 10.0))
     if dialect == "salesforce":
         return _salesforce(section, spec, base, timeout)

@@ -128,7 +128,7 @@ class Fetcher:
                    ) -> dict[tuple[str, FetchRequest], Outcome]:
         keys = list(requests)
         if len(keys) == 1:
-            # One read needs no task of its own: a W1 card's first level is one read.
+            # A level of one read, such as a lookup by id, is awaited without a task.
             system, request = keys[0]
             return {keys[0]: await self._within(system, request, stats, budget)}
         outcomes = await asyncio.gather(*(self._within(system, req, stats, budget)

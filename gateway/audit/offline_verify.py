@@ -378,7 +378,7 @@ def _count(number: int, noun: str) -> str:
 def main(argv: list[str]) -> int:
     """Run the command line. Returns the exit status."""
     if len(argv) != 3:
-        # A bundle holds this file as verify.py, so the usage names the file as it was run.
+        # A bundle contains this file as verify.py, so the usage names the file that ran.
         usage = __doc__.split("\n\n")[1].replace("offline_verify.py", Path(sys.argv[0]).name)
         print(usage, file=sys.stderr)
         return 2

@@ -46,10 +46,9 @@ def prepare_request(
     ``fields_json`` is the canonical JSON of a validated ``fields`` list. Raises
     ValueError if a value from the request is invalid or cannot be encoded as UTF-8.
 
-    The subjects are not checked for a pseudonym under two types, which
-    `check_subject_types` rejects for `prepare_event`: a token from `Pseudonymizer.token`
-    hashes its type, so two types give two tokens. Pairs built otherwise can break
-    that rule, and the writer then fails the whole commit they are in.
+    Unlike `prepare_event`, this does not run `check_subject_types`, because a token from
+    `Pseudonymizer.token` hashes its type, so two types give two tokens. If pairs built
+    otherwise list a pseudonym under two types, the writer fails their whole commit.
     """
     validate_request_values(
         request_id=request_id, actor=actor, policy_version=policy_version, purpose=purpose,

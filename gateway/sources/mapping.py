@@ -12,7 +12,7 @@ Names without a mapping pass through unchanged. Settings::
     [systems.erp.entities."res.partner".attributes]
     credit_limit = "creditlimit"
 
-The gateway refuses an entity name that the schema does not read from the system
+The gateway rejects an entity name that the schema does not read from the system
 (`gateway.app.check_declared_systems`).
 
 NOTE: attribute names are not checked against the schema. A misspelt schema

@@ -290,9 +290,9 @@ async def test_both_sealed_forms_verify_and_report(tmp_path: Path) -> None:
                                                "2026-12-04T20:17:03.000Z"]
 
 
-async def test_index_moved_to_a_record_with_the_older_form_detected(tmp_path: Path) -> None:
+async def test_moved_index_in_older_form_detected(tmp_path: Path) -> None:
     path = await derived_nonce_store(tmp_path)
-    # Record 2 names only the kept subject; an index row says it names the erased one.
+    # Record 2 names only the kept subject, and a new index row points it at the erased one.
     run_sql(path, "INSERT INTO audit_subject (seq, ref) VALUES (2, ?)", parameters=(ERASED_REF,))
 
     report = await verify_store(path)

@@ -459,7 +459,7 @@ def rewrite_subject(path: Path, position: int, **changes: object) -> None:
                            (new_body.decode(), chain_hash(GENESIS_HASH, 1, new_body)))
 
 
-async def test_type_changed_in_one_entry_is_detected(tmp_path: Path) -> None:
+async def test_changed_subject_type_detected(tmp_path: Path) -> None:
     path, first, _ = await two_subject_store(tmp_path)
     # The other entry keeps the type the first value was sealed under.
     rewrite_subject(path, 0, type="contact")
@@ -469,7 +469,7 @@ async def test_type_changed_in_one_entry_is_detected(tmp_path: Path) -> None:
         await read_consultations(path, first)
 
 
-async def test_subject_key_of_wrong_length_is_detected(tmp_path: Path) -> None:
+async def test_short_subject_key_detected(tmp_path: Path) -> None:
     path, first, _ = await two_subject_store(tmp_path)
     run_sql(path, f"UPDATE audit_subject_key SET key = substr(key, 1, 31) WHERE ref = '{first}'")
 
@@ -478,7 +478,7 @@ async def test_subject_key_of_wrong_length_is_detected(tmp_path: Path) -> None:
         await read_consultations(path, first)
 
 
-async def test_sealed_value_that_is_not_text_is_detected(tmp_path: Path) -> None:
+async def test_non_text_sealed_value_detected(tmp_path: Path) -> None:
     path, _, second = await two_subject_store(tmp_path)
     rewrite_subject(path, 1, seq_sealed=["not", "text"])
 

@@ -385,7 +385,7 @@ COMMON = 'timeout = 4\nhttp_client = "httpx"\n[systems.erp.resilience]\nretries 
 
 
 @pytest.mark.parametrize("dialect", sorted(EVERY_SETTING))
-def test_every_setting_of_a_dialect_accepted(tmp_path: Path, dialect: str) -> None:
+def test_dialect_accepts_every_setting(tmp_path: Path, dialect: str) -> None:
     table = EVERY_SETTING[dialect]
     head, sep, tail = table.partition("[systems.erp.")
     common = COMMON if dialect != "sql" else COMMON.replace('http_client = "httpx"\n', "")
@@ -414,7 +414,9 @@ def test_unknown_system_setting_named(tmp_path: Path, dialect: str, key: str) ->
     assert message.startswith(f"[systems.erp] {key} is not a setting of dialect {dialect}; "
                               "use one of ")
     known = message.split("use one of ")[1].split(", ")
-    assert known == sorted(known) and "dialect" in known and "timeout" in known
+    assert known == sorted(known)
+    assert "dialect" in known
+    assert "timeout" in known
     assert key not in known
 
 
@@ -429,8 +431,8 @@ def test_unknown_system_setting_named(tmp_path: Path, dialect: str, key: str) ->
      "[systems.erp] http_client is not a setting of dialect sql, which sends no HTTP "
      "requests; remove it"),
 ])
-def test_specific_message_wins_over_unknown_key(tmp_path: Path, dialect: str, line: str,
-                                                message: str) -> None:
+def test_specific_message_wins(tmp_path: Path, dialect: str, line: str,
+                               message: str) -> None:
     text = erp_table(EVERY_SETTING[dialect].replace("\n", f"\n{line}\n", 1))
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, text))
