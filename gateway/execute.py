@@ -339,14 +339,17 @@ class Executor:
                     ) -> dict[str, Any]:
         """Return the values of the root fields, built from the fetched records."""
         root: dict[str, Any] = {}
-        for pick in plan.roots:
-            outcome = nodes[pick.response_key]
-            if not isinstance(outcome, Node):
-                root[pick.response_key] = outcome
-            elif pick.decl.connection:
-                root[pick.response_key] = builder.connection(pick, outcome)
-            else:
-                root[pick.response_key] = builder.lookup(pick, outcome)
+        try:
+            for pick in plan.roots:
+                outcome = nodes[pick.response_key]
+                if not isinstance(outcome, Node):
+                    root[pick.response_key] = outcome
+                elif pick.decl.connection:
+                    root[pick.response_key] = builder.connection(pick, outcome)
+                else:
+                    root[pick.response_key] = builder.lookup(pick, outcome)
+        finally:
+            builder.release()
         return root
 
 
