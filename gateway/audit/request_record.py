@@ -77,9 +77,13 @@ def prepare_request(
         after_subjects.encode("utf-8"),
     )
 
-    sealed_subjects = tuple(
-        (ref, kind, encode_basestring(kind).encode("utf-8")) for kind, ref in subjects
-    )
+    # A response names few subject types, so each type's JSON is encoded once.
+    kinds_json: dict[str, bytes] = {}
+    sealed_subjects = tuple([
+        (ref, kind, kinds_json.get(kind) or kinds_json.setdefault(
+            kind, encode_basestring(kind).encode("utf-8")))
+        for kind, ref in subjects
+    ])
     refs = tuple(sorted({ref for _kind, ref in subjects}))
     columns = (time, request_id, actor, purpose, outcome)
     return PreparedEvent(columns, sealed_subjects, refs, template)

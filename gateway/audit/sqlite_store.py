@@ -107,10 +107,18 @@ def _insert_rows(
 
 def _load_subject_keys(
     connection: sqlite3.Connection, refs: set[str], known: Mapping[str, bytes]
-) -> dict[str, bytes]:
-    """Do what `load_subject_keys` does, on a sqlite3 connection inside its transaction."""
-    keys = {ref: known[ref] for ref in refs if ref in known}
-    missing = sorted(refs - keys.keys())
+) -> tuple[Mapping[str, bytes], dict[str, bytes]]:
+    """Do what `load_subject_keys` does, on a sqlite3 connection inside its transaction.
+
+    Returns a mapping with the key of every ref in ``refs``, and the keys that
+    ``known`` lacks (read or created here), which the caller may add to ``known``.
+    When ``known`` has every key, as on a gateway that names the same subjects again,
+    the mapping is ``known`` itself and nothing is copied.
+    """
+    if known.keys() >= refs:
+        return known, {}
+    missing = sorted(refs - known.keys())
+    new: dict[str, bytes] = {}
     for start in range(0, len(missing), _REFS_PER_QUERY):
         chunk = missing[start:start + _REFS_PER_QUERY]
         placeholders = ", ".join("?" * len(chunk))
@@ -118,13 +126,15 @@ def _load_subject_keys(
             f"SELECT ref, key FROM {audit_subject_key.name} WHERE ref IN ({placeholders})",
             chunk,
         )
-        keys.update((str(ref), bytes(key)) for ref, key in rows)
+        new.update((str(ref), bytes(key)) for ref, key in rows)
 
-    created = [(ref, secrets.token_bytes(SUBJECT_KEY_BYTES)) for ref in missing if ref not in keys]
+    created = [(ref, secrets.token_bytes(SUBJECT_KEY_BYTES)) for ref in missing if ref not in new]
     if created:
         connection.executemany(_INSERT_SUBJECT_KEY, created)
-        keys.update(created)
-    return keys
+        new.update(created)
+    keys = {ref: known[ref] for ref in refs if ref in known}
+    keys.update(new)
+    return keys, new
 
 
 class SQLiteAuditStore(GroupCommitStore):
@@ -163,7 +173,10 @@ class SQLiteAuditStore(GroupCommitStore):
     async def _insert_batch(
         self, batch: list[PendingAppend]
     ) -> tuple[int, str, dict[str, bytes]]:
-        """Chain ``batch`` onto the head that the file holds, in one call in the writer thread."""
+        """Chain ``batch`` onto the head that the file holds, in one call in the writer thread.
+
+        Of the subject keys, it returns only those that the key cache lacked.
+        """
         events = [pending.event for pending in batch]
         return await self._thread.run(functools.partial(self._commit_in_thread, events))
 
@@ -187,8 +200,8 @@ class SQLiteAuditStore(GroupCommitStore):
                 # checked. That skips decoding and hashing the head's body per commit.
                 if row != self._last_written:
                     check_head(seq, body, prev_hash, stored_hash, self._location)
-            keys = _load_subject_keys(
-                connection, {ref for prepared in events for ref in prepared.refs},
+            keys, new_keys = _load_subject_keys(
+                connection, set().union(*[prepared.refs for prepared in events]),
                 self._subject_keys,
             )
             linked = link_events(events, head_seq, head_hash, keys, self._sealer)
@@ -210,7 +223,7 @@ class SQLiteAuditStore(GroupCommitStore):
         self._remember_spans(spans, subject_span(linked[-1].seq))
         last = linked[-1]
         self._last_written = (last.seq, last.body, last.prev_hash, last.hash)
-        return head_seq + 1, last.hash, keys
+        return head_seq + 1, last.hash, new_keys
 
     def _new_spans(self, linked: list[LinkedRecord]) -> dict[int, set[str]]:
         """Return, per span, the refs that ``linked`` names and this store has not committed."""

@@ -521,11 +521,12 @@ class GroupCommitStore:
     ) -> tuple[int, str, dict[str, bytes]]:
         """Chain ``batch`` onto the head that the database holds, in one write transaction.
 
-        Returns the first seq, the last hash and the subject keys that sealed the batch.
-        The head is read inside the transaction instead of taken from memory, so that
-        another process may append between two commits of this store without forking
-        the chain. The engine must make the transaction take the write lock at its
-        start (``BEGIN IMMEDIATE`` on SQLite).
+        Returns the first seq, the last hash and subject keys for the key cache: every
+        key that sealed the batch and that the cache lacked, or more. The head is read
+        inside the transaction instead of taken from memory, so that another process
+        may append between two commits of this store without forking the chain. The
+        engine must make the transaction take the write lock at its start (``BEGIN
+        IMMEDIATE`` on SQLite).
         """
         async with self._engine.begin() as connection:
             head_seq, head_hash = await read_head(connection, self._location)

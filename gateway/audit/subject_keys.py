@@ -243,8 +243,8 @@ class SubjectSealer:
                 associated[kind] = associated_data
             ciphertext = cipher.encrypt(nonce, ref.encode("ascii"), associated_data)
             # b2a_base64 without the newline is base64.b64encode without its wrapper.
-            entries.append(b'{"seq_sealed":"' + binascii.b2a_base64(ciphertext, newline=False)
-                           + b'","type":' + kind_json + b"}")
+            entries.append(b'{"seq_sealed":"%b","type":%b}'
+                           % (binascii.b2a_base64(ciphertext, newline=False), kind_json))
         return b"[" + b",".join(entries) + b"]"
 
     def _new_cipher(self, key: bytes) -> AESGCM:

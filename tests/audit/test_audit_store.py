@@ -698,3 +698,64 @@ def test_multi_row_insert_keeps_every_row(count: int) -> None:
     expected = {0: [], 1: [1], 63: [32, 16, 8, 4, 2, 1], 64: [64], 65: [64, 1],
                 130: [64, 64, 2], 200: [64, 64, 64, 8]}
     assert sizes == expected[count]
+
+
+def test_known_subject_keys_are_used_without_query() -> None:
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE audit_subject_key (ref TEXT PRIMARY KEY, key BLOB NOT NULL)")
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    known = {"v1:known": b"k" * 32}
+
+    keys, new = sqlite_store._load_subject_keys(connection, {"v1:known"}, known)
+
+    assert keys is known
+    assert new == {}
+    assert statements == []
+
+
+def test_missing_subject_key_is_created_once() -> None:
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE audit_subject_key (ref TEXT PRIMARY KEY, key BLOB NOT NULL)")
+    connection.execute("INSERT INTO audit_subject_key VALUES ('v1:stored', ?)", (b"s" * 32,))
+    known = {"v1:known": b"k" * 32}
+
+    keys, new = sqlite_store._load_subject_keys(
+        connection, {"v1:known", "v1:stored", "v1:new"}, known)
+
+    stored = dict(connection.execute("SELECT ref, key FROM audit_subject_key").fetchall())
+    connection.close()
+    assert sorted(new) == ["v1:new", "v1:stored"]
+    assert new["v1:stored"] == b"s" * 32
+    assert len(new["v1:new"]) == 32
+    assert keys == {"v1:known": b"k" * 32, **new}
+    assert stored == {"v1:stored": b"s" * 32, "v1:new": new["v1:new"]}
+    assert known == {"v1:known": b"k" * 32}
+
+
+async def test_reopened_store_seals_with_stored_keys(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    first_store = await SQLiteAuditStore.open(path)
+    await first_store.append(make_event("req-1"))
+    await first_store.close()
+    old_ref = PSEUDONYMS.token("customer", "C-1001")
+    new_ref = PSEUDONYMS.token("customer", "C-1002")
+    with sqlite3.connect(path) as connection:
+        (old_key,) = connection.execute(
+            "SELECT key FROM audit_subject_key WHERE ref = ?", (old_ref,)).fetchone()
+    both = [{"type": "customer", "ref": old_ref}, {"type": "customer", "ref": new_ref}]
+
+    second_store = await SQLiteAuditStore.open(path)
+    try:
+        await second_store.append(make_event("req-2", subjects=both))
+        cached = dict(second_store._subject_keys)
+        await second_store.append(make_event("req-3", subjects=both))
+    finally:
+        await second_store.close()
+
+    assert sorted(cached) == sorted([old_ref, new_ref])
+    assert cached[old_ref] == old_key
+    assert count_rows(path, "audit_subject_key") == 2
+    report = await verify_store(path, public_keys={})
+    assert report.ok, report.reason
+    assert report.records == 3
