@@ -50,8 +50,9 @@ def tune_garbage_collector() -> None:
     interpreter, not just the gateway.
 
     NOTE: the collection thresholds stay CPython's. A young threshold of 20,000
-    saved no measurable CPU, and the cycles that requests leave behind then
-    raised the peak RSS of W3 from 148 to 213 MiB.
+    saved no measurable CPU and, while requests still left reference cycles
+    behind, raised the peak RSS of W3 from 148 to 213 MiB. Once they no longer
+    did, 7,000 saved nothing beyond the machine's drift either (bench/README.md).
     """
     gc.collect()
     gc.freeze()
