@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -221,6 +221,7 @@ class Executor:
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
+            _drop_tracebacks(result.errors)
         return body
 
     def _too_costly(self, cost: int) -> GraphQLError:
@@ -351,6 +352,20 @@ class Executor:
         finally:
             builder.release()
         return root
+
+
+def _drop_tracebacks(errors: Iterable[GraphQLError]) -> None:
+    """Drop the tracebacks that raising left on the field errors of a response.
+
+    Both executors raise the error that the builder put in the value tree, and
+    graphql-core copies the traceback onto the located error. The traceback's frames
+    hold the request's values, which hold the error, so the request would stay in a
+    reference cycle until the garbage collector's next full collection.
+    """
+    for error in errors:
+        error.__traceback__ = None
+        if error.original_error is not None:
+            error.original_error.__traceback__ = None
 
 
 def _by_response_key(source: Any, info: GraphQLResolveInfo[Any], **_: Any) -> Any:
