@@ -507,7 +507,7 @@ class GroupCommitStore:
         self._head_seq = first_seq + len(batch) - 1
         self._head_hash = last_hash
         self.commits += 1
-        self._cache_subject_keys(keys)
+        self._cache_subject_keys(batch, keys)
         if not self._healthy:
             logger.info("audit store %s commits again from seq %d", self._location, first_seq)
         self._healthy = True
@@ -522,7 +522,8 @@ class GroupCommitStore:
         """Chain ``batch`` onto the head that the database holds, in one write transaction.
 
         Returns the first seq, the last hash and subject keys for the key cache: every
-        key that sealed the batch and that the cache lacked, or more. The head is read
+        key that sealed the batch and that the cache lacked, or more (the PostgreSQL
+        store, which does not read the cache, returns none). The head is read
         inside the transaction instead of taken from memory, so that another process
         may append between two commits of this store without forking the chain. The
         engine must make the transaction take the write lock at its start (``BEGIN
@@ -539,11 +540,18 @@ class GroupCommitStore:
             await insert_rows(connection, records, subjects)
         return head_seq + 1, last_hash, keys
 
-    def _cache_subject_keys(self, keys: dict[str, bytes]) -> None:
-        """Keep the committed ``keys`` so that the next batches need no query for them."""
-        if len(self._subject_keys) + len(keys) > _SUBJECT_KEY_CACHE_SIZE:
-            self._subject_keys.clear()
-        self._subject_keys.update(keys)
+    def _cache_subject_keys(self, batch: list[PendingAppend], keys: dict[str, bytes]) -> None:
+        """Add the committed ``keys`` to the cache, so that the next batches need no query.
+
+        ``keys`` are those that `_insert_batch` returned. A cache that would grow past
+        its size starts again from the keys of ``batch``, the subjects named last.
+        """
+        cache = self._subject_keys
+        if len(cache) + len(keys) > _SUBJECT_KEY_CACHE_SIZE:
+            kept = {ref: cache[ref] for ref in _subject_refs(batch) if ref in cache}
+            cache.clear()
+            cache.update(kept)
+        cache.update(keys)
 
     def _schedule_tick(self) -> None:
         """Start the checkpoint timer unless it runs or every committed record is covered."""

@@ -759,3 +759,28 @@ async def test_reopened_store_seals_with_stored_keys(tmp_path: Path) -> None:
     report = await verify_store(path, public_keys={})
     assert report.ok, report.reason
     assert report.records == 3
+
+
+async def test_full_key_cache_keeps_batch_keys(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "_SUBJECT_KEY_CACHE_SIZE", 4)
+    refs = {name: PSEUDONYMS.token("customer", name) for name in "abcde"}
+
+    def subjects(*names: str) -> list[dict[str, str]]:
+        return [{"type": "customer", "ref": refs[name]} for name in names]
+
+    store = await SQLiteAuditStore.open(tmp_path / "audit.db")
+    try:
+        await store.append(make_event("req-1", subjects=subjects("a", "b")))
+        await store.append(make_event("req-2", subjects=subjects("c", "d")))
+        full = sorted(store._subject_keys)
+        # One key more than the cache holds: it starts again from this record's keys.
+        await store.append(make_event("req-3", subjects=subjects("a", "e")))
+        kept = sorted(store._subject_keys)
+    finally:
+        await store.close()
+
+    assert full == sorted(refs[name] for name in "abcd")
+    assert kept == sorted([refs["a"], refs["e"]])
+    report = await verify_store(tmp_path / "audit.db", public_keys={})
+    assert report.ok, report.reason
