@@ -79,11 +79,13 @@ def prepare_request(
 
     # A response names few subject types, so each type's JSON is encoded once.
     kinds_json: dict[str, bytes] = {}
-    sealed_subjects = tuple([
-        (ref, kind, kinds_json.get(kind) or kinds_json.setdefault(
-            kind, encode_basestring(kind).encode("utf-8")))
-        for kind, ref in subjects
-    ])
+    sealed: list[tuple[str, str, bytes]] = []
+    for kind, ref in subjects:
+        kind_json = kinds_json.get(kind)
+        if kind_json is None:
+            kind_json = kinds_json[kind] = encode_basestring(kind).encode("utf-8")
+        sealed.append((ref, kind, kind_json))
+    sealed_subjects = tuple(sealed)
     refs = tuple(sorted({ref for _kind, ref in subjects}))
     columns = (time, request_id, actor, purpose, outcome)
     return PreparedEvent(columns, sealed_subjects, refs, template)

@@ -548,9 +548,9 @@ class GroupCommitStore:
         """
         cache = self._subject_keys
         if len(cache) + len(keys) > _SUBJECT_KEY_CACHE_SIZE:
-            kept = {ref: cache[ref] for ref in _subject_refs(batch) if ref in cache}
+            batch_keys = {ref: cache[ref] for ref in _subject_refs(batch) if ref in cache}
             cache.clear()
-            cache.update(kept)
+            cache.update(batch_keys)
         cache.update(keys)
 
     def _schedule_tick(self) -> None:

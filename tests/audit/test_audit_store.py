@@ -700,7 +700,7 @@ def test_multi_row_insert_keeps_every_row(count: int) -> None:
     assert sizes == expected[count]
 
 
-def test_known_subject_keys_are_used_without_query() -> None:
+def test_cached_keys_skip_query() -> None:
     connection = sqlite3.connect(":memory:")
     connection.execute("CREATE TABLE audit_subject_key (ref TEXT PRIMARY KEY, key BLOB NOT NULL)")
     statements: list[str] = []
@@ -714,7 +714,7 @@ def test_known_subject_keys_are_used_without_query() -> None:
     assert statements == []
 
 
-def test_missing_subject_key_is_created_once() -> None:
+def test_missing_key_created_once() -> None:
     connection = sqlite3.connect(":memory:")
     connection.execute("CREATE TABLE audit_subject_key (ref TEXT PRIMARY KEY, key BLOB NOT NULL)")
     connection.execute("INSERT INTO audit_subject_key VALUES ('v1:stored', ?)", (b"s" * 32,))
@@ -733,7 +733,7 @@ def test_missing_subject_key_is_created_once() -> None:
     assert known == {"v1:known": b"k" * 32}
 
 
-async def test_reopened_store_seals_with_stored_keys(tmp_path: Path) -> None:
+async def test_reopened_store_reuses_keys(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     first_store = await SQLiteAuditStore.open(path)
     await first_store.append(make_event("req-1"))
@@ -776,11 +776,11 @@ async def test_full_key_cache_keeps_batch_keys(tmp_path: Path,
         full = sorted(store._subject_keys)
         # One key more than the cache holds: it starts again from this record's keys.
         await store.append(make_event("req-3", subjects=subjects("a", "e")))
-        kept = sorted(store._subject_keys)
+        restarted = sorted(store._subject_keys)
     finally:
         await store.close()
 
     assert full == sorted(refs[name] for name in "abcd")
-    assert kept == sorted([refs["a"], refs["e"]])
+    assert restarted == sorted([refs["a"], refs["e"]])
     report = await verify_store(tmp_path / "audit.db", public_keys={})
     assert report.ok, report.reason
