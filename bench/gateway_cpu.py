@@ -31,7 +31,7 @@ from pathlib import Path
 
 import peers_bench as bench
 
-FONTE_GATEWAYS = ("fonte-on", "fonte-off", "fonte-rest")
+FONTE_GATEWAYS = ("fonte-on", "fonte-off", "fonte-policy", "fonte-rest")
 WORKLOADS = ("W1", "W2", "W3")
 # Counters of load.mjs that mark a failed response.
 FAILURES = ("non_200", "with_errors", "timeouts", "socket_errors")

@@ -65,13 +65,16 @@ SOAK_SAMPLE_S = 10.0
 GATEWAY_LABELS = {
     "fonte-on": "Fonte, policy + audit",
     "fonte-off": "Fonte, allow-all, no audit",
+    "fonte-policy": "Fonte, policy, no audit",
     "fonte-rest": "Fonte, REST sources, policy + audit",
     "apollo": "Apollo Gateway",
     "hive": "Hive Gateway",
     "hive-rest": "Hive Gateway, Mesh over REST",
 }
 # Gateways that read the fakes; the others read the GraphQL subgraphs.
-READS_FAKES = frozenset({"fonte-on", "fonte-off", "fonte-rest", "hive-rest"})
+READS_FAKES = frozenset({"fonte-on", "fonte-off", "fonte-policy", "fonte-rest", "hive-rest"})
+# The mode of bench/peers_fonte.py for each Fonte gateway that is not "on".
+FONTE_MODES = {"fonte-off": "off", "fonte-policy": "policy"}
 NPM_PACKAGES = ("@apollo/gateway", "@apollo/server", "@apollo/subgraph",
                 "@graphql-hive/gateway", "@graphql-mesh/compose-cli", "@omnigraph/openapi",
                 "autocannon", "graphql")
@@ -375,7 +378,7 @@ def start_gateway(name: str, args: argparse.Namespace, scratch: Path, descriptio
         (data_dir / "keys" / "token-signing.pem").chmod(0o600)
         command = [sys.executable, str(BENCH_DIR / "peers_fonte.py"),
                    "--upstreams", str(description), "--data-dir", str(data_dir),
-                   "--port", str(port), "--mode", "off" if name == "fonte-off" else "on",
+                   "--port", str(port), "--mode", FONTE_MODES.get(name, "on"),
                    "--dialects", "rest" if name == "fonte-rest" else "vendor",
                    "--max-concurrency", str(args.fonte_max_concurrency)]
         service = start(name, command, args.gateway_cpus, scratch)

@@ -12,6 +12,8 @@ has no switch that removes either, so this script approximates "off" in two
 ways. It gives the benchmark's roles a policy that allows every data category
 with no mask and no row rule, so the planner still looks each field up in the
 compiled view. It also swaps in an audit recorder that records nothing.
+``--mode policy`` keeps the shipped policy and records nothing, which splits
+the cost of the two.
 
     .venv/bin/python bench/peers_fonte.py --upstreams /tmp/upstreams.json \
         --data-dir /tmp/fonte-data --port 8100 --mode on
@@ -111,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dialects", choices=("vendor", "rest"), default="vendor",
                         help="vendor: read the CRM as Salesforce and the ERP as Odoo JSON-RPC; "
                              "rest: read both as plain REST (default vendor)")
-    parser.add_argument("--mode", choices=("on", "off"), default="on",
-                        help="on: shipped policy and audit; off: allow-all policy, no audit")
+    parser.add_argument("--mode", choices=("on", "off", "policy"), default="on",
+                        help="on: shipped policy and audit; off: allow-all policy, no audit; "
+                             "policy: shipped policy, no audit")
     parser.add_argument("--max-concurrency", type=int,
                         default=ResiliencePolicy.max_concurrency,
                         help="upstream requests in flight per system (the gateway's "
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     policy_dir = None
     if args.mode == "off":
         policy_dir = write_allow_all_policy(args.data_dir / "allow-all-policy")
+    if args.mode in ("off", "policy"):
         # Class attribute, so every recorder in this process skips the audit.
         AuditRecorder.must_record = staticmethod(_record_nothing)  # type: ignore[method-assign]
     settings = settings_from(upstreams, args.dialects, args.data_dir, args.port, policy_dir,
