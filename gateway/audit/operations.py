@@ -94,6 +94,12 @@ async def forget(target: Path | str, ref: str, actor: str) -> tuple[ForgetResult
     Returns what was removed and the seq of the erasure record. The erasure is done
     before it is recorded: a crash between the two leaves an erasure without its
     record, never a record of an erasure that did not happen.
+
+    Raises AuditError after recording the erasure if SQLite's write-ahead log could not
+    be checkpointed and truncated, because another process reads the store. The store's
+    files may then still hold old copies of the deleted rows. A second run, once that
+    process stopped, checkpoints and truncates the log, and records that it found no key
+    and no index row.
     """
     result = await forget_subject(target, ref)
     details: dict[str, DetailValue] = {
@@ -101,4 +107,12 @@ async def forget(target: Path | str, ref: str, actor: str) -> tuple[ForgetResult
         "records_unlinked": result.records_unlinked,
     }
     seq = await record_admin_event(target, admin_event("forget", actor, details))
+    if not result.wal_truncated:
+        raise AuditError(
+            f"the subject is erased from audit store {target} and the erasure is recorded "
+            f"as record {seq}, but the write-ahead log could not be checkpointed and "
+            "truncated because another process reads the store, so the store's files may "
+            "still hold old copies of the deleted rows; stop that process and run forget "
+            "again"
+        )
     return result, seq

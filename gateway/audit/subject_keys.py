@@ -52,7 +52,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,10 +299,16 @@ async def load_subject_keys(
 
 @dataclass(frozen=True)
 class ForgetResult:
-    """The outcome of `forget_subject`: whether a key was deleted, and how many index rows."""
+    """The outcome of `forget_subject`: whether a key was deleted, and how many index rows.
+
+    ``wal_truncated`` is False when SQLite's write-ahead log could not be checkpointed
+    and truncated after the delete, so the store's files may still hold old copies of
+    the deleted rows.
+    """
 
     key_deleted: bool
     records_unlinked: int
+    wal_truncated: bool = True
 
 
 def _set_secure_delete(dbapi_connection: Any, _connection_record: Any) -> None:
@@ -321,8 +327,10 @@ async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
     ``target`` is the path of an SQLite store or the URL of a PostgreSQL store. For
     SQLite, the caller must hold the data folder's lock, so that no gateway writes
     meanwhile. Raises AuditError if the subject appears in a record written before
-    subjects were sealed, if the store cannot be written, or if SQLite's write-ahead log
-    cannot be truncated, which would leave old copies of the deleted rows in it.
+    subjects were sealed, or if the store cannot be written. If another process reads
+    the SQLite store, its write-ahead log cannot be checkpointed and truncated after the
+    delete. The rows are deleted all the same, and the result has
+    ``wal_truncated=False``.
     """
     if isinstance(target, str):
         return await _forget_in_postgres(target, ref)
@@ -348,11 +356,7 @@ async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
         await engine.dispose()
 
     if busy is None or busy[0] != 0:
-        raise AuditError(
-            f"the subject's rows are deleted from audit store {path}, but its write-ahead "
-            "log could not be truncated because another process reads the store; stop it "
-            "and run forget again"
-        )
+        return replace(result, wal_truncated=False)
     return result
 
 

@@ -143,6 +143,38 @@ async def test_forget_record_names_no_subject(tmp_path: Path) -> None:
     assert "subjects" not in record
 
 
+async def test_forget_records_erasure_when_log_busy(tmp_path: Path) -> None:
+    path, _, _ = await fill_store(tmp_path)
+    needles = needles_of_erased_subject(erased_key(path))
+    # An open read transaction keeps SQLite from checkpointing the write-ahead log.
+    reader = sqlite3.connect(path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit_record").fetchone()
+        with pytest.raises(AuditError, match=r"recorded as record 7, but the write-ahead "
+                                             r"log could not be checkpointed"):
+            await forget(path, ERASED_REF, "dpo-1")
+        busy_files = files_containing(tmp_path, needles)
+        reader.rollback()
+    finally:
+        reader.close()
+
+    result, seq = await forget(path, ERASED_REF, "dpo-1")
+
+    with sqlite3.connect(path) as connection:
+        bodies = connection.execute(
+            "SELECT body FROM audit_record WHERE seq > 6 ORDER BY seq"
+        ).fetchall()
+    assert busy_files != []
+    assert [json.loads(body)["details"] for (body,) in bodies] == [
+        {"key_deleted": True, "records_unlinked": 3},
+        {"key_deleted": False, "records_unlinked": 0},
+    ]
+    assert seq == 8
+    assert result.wal_truncated is True
+    assert files_containing(tmp_path, needles) == []
+
+
 async def test_forgotten_subject_not_exported(tmp_path: Path) -> None:
     path, _, _ = await fill_store(tmp_path)
 
