@@ -14,7 +14,7 @@ import os
 import tomllib
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -37,6 +37,9 @@ from gateway.cli import (
     errors,
 )
 from gateway.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.audit.subject_keys import ForgetResult
 
 SubjectType = Annotated[str, typer.Option(help="customer or contact.")]
 
@@ -96,8 +99,12 @@ def audit_forget(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     store: AuditStoreUrl = None,
 ) -> None:
-    """Destroy a data subject's key, so that the log no longer leads to them (GDPR Art. 17)."""
-    from gateway.audit.operations import forget
+    """Destroy a data subject's key, so that the log no longer leads to them (GDPR Art. 17).
+
+    Exits with status 3 if the erasure is done and recorded, but old copies of the
+    deleted rows may remain in an SQLite store's files. Run the command again then.
+    """
+    from gateway.audit.operations import ErasureIncomplete, forget
 
     _check_subject_type(subject_type)
     target = _audit_target(data_dir, store)
@@ -111,11 +118,19 @@ def audit_forget(
     with nullcontext() if store is not None else _claim(data_dir):
         try:
             result, seq = asyncio.run(forget(target, ref, _operator(operator)))
+        except ErasureIncomplete as exc:
+            _print_erasure(exc.result, exc.seq)
+            errors.print(f"warning: {exc}", soft_wrap=True)
+            raise typer.Exit(3) from exc
         except GatewayError as exc:
             raise _fail(exc) from exc
         except ValueError as exc:
             errors.print(f"error: {exc}", soft_wrap=True)
             raise typer.Exit(2) from exc
+    _print_erasure(result, seq)
+
+
+def _print_erasure(result: ForgetResult, seq: int) -> None:
     key_state = "key destroyed" if result.key_deleted else "no key was stored"
     console.print(f"{key_state}; {_count(result.records_unlinked, 'record')} unlinked; "
                   f"erasure recorded as record {seq}")

@@ -26,6 +26,18 @@ from gateway.audit.subject_keys import ForgetResult, forget_subject
 from gateway.errors import AuditError
 
 
+class ErasureIncomplete(AuditError):
+    """A subject was erased and the erasure recorded, but copies may remain on disk.
+
+    ``result`` is what the erasure removed and ``seq`` the seq of its record.
+    """
+
+    def __init__(self, message: str, result: ForgetResult, seq: int) -> None:
+        super().__init__(message)
+        self.result = result
+        self.seq = seq
+
+
 def admin_event(kind: AdminKind, actor: str, details: Mapping[str, DetailValue]) -> AdminEvent:
     """Build the record of an operation on the log, with a random request id."""
     return {
@@ -95,24 +107,27 @@ async def forget(target: Path | str, ref: str, actor: str) -> tuple[ForgetResult
     before it is recorded: a crash between the two leaves an erasure without its
     record, never a record of an erasure that did not happen.
 
-    Raises AuditError after recording the erasure if SQLite's write-ahead log could not
-    be checkpointed and truncated, because another process reads the store. The store's
-    files may then still hold old copies of the deleted rows. A second run, once that
-    process stopped, checkpoints and truncates the log, and records that it found no key
-    and no index row.
+    Raises ErasureIncomplete after recording the erasure if SQLite's write-ahead log
+    could not be checkpointed and truncated, because another process reads or writes the
+    store. The store's files may then still hold old copies of the deleted rows, and the
+    record's details contain ``"wal_truncated": false``. A second run, once that process stopped,
+    checkpoints and truncates the log, and records that it found no key and no index row.
     """
     result = await forget_subject(target, ref)
     details: dict[str, DetailValue] = {
         "key_deleted": result.key_deleted,
         "records_unlinked": result.records_unlinked,
     }
+    if not result.wal_truncated:
+        # Only then, so that an auditor can pair this record with the second run's.
+        details["wal_truncated"] = False
     seq = await record_admin_event(target, admin_event("forget", actor, details))
     if not result.wal_truncated:
-        raise AuditError(
-            f"the subject is erased from audit store {target} and the erasure is recorded "
-            f"as record {seq}, but the write-ahead log could not be checkpointed and "
-            "truncated because another process reads the store, so the store's files may "
-            "still hold old copies of the deleted rows; stop that process and run forget "
-            "again"
+        raise ErasureIncomplete(
+            f"the write-ahead log of audit store {target} could not be checkpointed and "
+            "truncated because another process reads or writes the store, so the store's "
+            "files may still hold old copies of the deleted rows; stop that process and "
+            "run forget again",
+            result, seq,
         )
     return result, seq

@@ -19,12 +19,12 @@ from gateway.audit.anchor import FileAnchor
 from gateway.audit.chain import GENESIS_HASH, chain_hash
 from gateway.audit.export import ExportFilter, export_records
 from gateway.audit.keys import load_public_keys
-from gateway.audit.operations import forget
+from gateway.audit.operations import ErasureIncomplete, forget
 from gateway.audit.pseudonym import Pseudonymizer
 from gateway.audit.record import AuditEvent, canonical_json
 from gateway.audit.schema import subject_span
 from gateway.audit.sqlite_store import SQLiteAuditStore
-from gateway.audit.subject_keys import SealedSubjects, open_subject
+from gateway.audit.subject_keys import ForgetResult, SealedSubjects, open_subject
 from gateway.audit.verify import verify_store
 from gateway.errors import AuditError
 
@@ -151,8 +151,7 @@ async def test_forget_records_erasure_when_log_busy(tmp_path: Path) -> None:
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM audit_record").fetchone()
-        with pytest.raises(AuditError, match=r"recorded as record 7, but the write-ahead "
-                                             r"log could not be checkpointed"):
+        with pytest.raises(ErasureIncomplete, match="could not be checkpointed") as raised:
             await forget(path, ERASED_REF, "dpo-1")
         busy_files = files_containing(tmp_path, needles)
         reader.rollback()
@@ -165,9 +164,12 @@ async def test_forget_records_erasure_when_log_busy(tmp_path: Path) -> None:
         bodies = connection.execute(
             "SELECT body FROM audit_record WHERE seq > 6 ORDER BY seq"
         ).fetchall()
+    assert raised.value.seq == 7
+    assert raised.value.result == ForgetResult(key_deleted=True, records_unlinked=3,
+                                               wal_truncated=False)
     assert busy_files != []
     assert [json.loads(body)["details"] for (body,) in bodies] == [
-        {"key_deleted": True, "records_unlinked": 3},
+        {"key_deleted": True, "records_unlinked": 3, "wal_truncated": False},
         {"key_deleted": False, "records_unlinked": 0},
     ]
     assert seq == 8

@@ -82,3 +82,33 @@ def test_forget_scans_whole_data_dir(demo_data: DemoData, tmp_path: Path) -> Non
     assert files_containing(data_dir, needles) == []
     assert verified.exit_code == 0, verified.output
     assert "audit log intact: 6 records" in " ".join(verified.output.split())
+
+
+def test_forget_busy_store_exit_status(demo_data: DemoData, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    ids = sorted(account["Id"] for account in demo_data.crm["Account"])[:2]
+    asyncio.run(serve_two_customers(demo_data, data_dir, ids))
+    store = data_dir / "audit.sqlite3"
+    ref = Pseudonymizer(load_or_create_key(data_dir / "keys" / "audit-pseudonym.key")).token(
+        "customer", ids[0])
+    needles = {"id": ids[0].encode("ascii"), "pseudonym": ref.encode("ascii")}
+    # An open read transaction keeps SQLite from checkpointing the write-ahead log.
+    reader = sqlite3.connect(store)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit_record").fetchone()
+        busy = run_cli("audit", "forget", ids[0], "--yes", "--operator", "dpo-1",
+                       "--data-dir", str(data_dir))
+        reader.rollback()
+    finally:
+        reader.close()
+    again = run_cli("audit", "forget", ids[0], "--yes", "--operator", "dpo-1",
+                    "--data-dir", str(data_dir))
+
+    assert busy.exit_code == 3, busy.output
+    assert busy.stdout == "key destroyed; 2 records unlinked; erasure recorded as record 4\n"
+    assert "warning: the write-ahead log of audit store" in busy.stderr
+    assert "run forget again" in " ".join(busy.stderr.split())
+    assert again.exit_code == 0, again.output
+    assert again.stdout == "no key was stored; 0 records unlinked; erasure recorded as record 5\n"
+    assert files_containing(data_dir, needles) == []
