@@ -114,6 +114,8 @@ def main() -> None:
                         help="records per round (default 640)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
     args = parser.parse_args()
+    if args.rounds < 1 or args.users < 1 or args.records < 1:
+        parser.error("--rounds, --users and --records must each be at least 1")
 
     seconds, loop_seconds = asyncio.run(
         measure(args.workload, args.users, args.records, args.rounds))

@@ -29,6 +29,10 @@ SUBJECT = "fonte-on"
 RATIOS = (("fonte-on", "apollo"), ("fonte-on", "hive"), ("fonte-rest", "hive-rest"))
 ALWAYS_SHOWN = frozenset({("fonte-on", "apollo"), ("fonte-on", "hive")})
 UNCONTROLLED = "fonte-off"
+# With the policy-only variant in a run, the policy + audit cost splits into these two:
+# (column, gateway measured, gateway without that cost).
+POLICY_ONLY = "fonte-policy"
+SPLIT_COSTS = (("audit cost", SUBJECT, POLICY_ONLY), ("policy cost", POLICY_ONLY, UNCONTROLLED))
 # The member of a load run that keeps the start of the first response of each counter.
 SAMPLES = {"non_200": "non_200_sample", "with_errors": "errors_sample"}
 
@@ -177,6 +181,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def cost_columns(names: set[str]) -> list[tuple[str, str, str]]:
+    """Return the cost columns of a run of gateways ``names``: (header, gateway, baseline).
+
+    The policy + audit cost always gets a column; the audit and policy costs get one
+    each when the run has the policy-only variant.
+    """
+    columns = [("policy + audit cost", SUBJECT, UNCONTROLLED)]
+    if POLICY_ONLY in names:
+        columns.extend(SPLIT_COSTS)
+    return columns
+
+
+def _cost(value: float | None, baseline: float | None) -> str:
+    share = ratio(value, baseline)
+    return "n/a" if share is None else f"{(1 - share) * 100:.0f} %"
+
+
 def ratio_table(results: Mapping[str, Any], figure: Any = throughput) -> list[str]:
     """Render a requests/s ``figure`` per gateway and Fonte's ratios to each peer.
 
@@ -187,16 +208,16 @@ def ratio_table(results: Mapping[str, Any], figure: Any = throughput) -> list[st
     pairs = [pair for pair in RATIOS if pair in ALWAYS_SHOWN or names & set(pair)]
     header = ["workload", *[f"{g['label']} (req/s)" for g in gateways]]
     header += [f"{left} / {right}" for left, right in pairs]
-    header.append("policy + audit cost")
+    costs = cost_columns(names)
+    header += [column for column, _, _ in costs]
     rows = []
     for workload in WORKLOADS:
         row = [workload]
         row += [_number(figure(results, g["name"], workload)) for g in gateways]
         row += [_times(ratio(figure(results, left, workload), figure(results, right, workload)))
                 for left, right in pairs]
-        subject = figure(results, SUBJECT, workload)
-        share = ratio(subject, figure(results, UNCONTROLLED, workload))
-        row.append("n/a" if share is None else f"{(1 - share) * 100:.0f} %")
+        row += [_cost(figure(results, measured, workload), figure(results, baseline, workload))
+                for _, measured, baseline in costs]
         rows.append(row)
     return _table(header, rows)
 
@@ -225,8 +246,9 @@ def round_table(results: Mapping[str, Any]) -> list[str]:
         return []
     names = {g["name"] for g in results["gateways"]}
     pairs = [pair for pair in RATIOS if pair in ALWAYS_SHOWN or names & set(pair)]
+    costs = cost_columns(names)
     header = ["workload", "round", *[f"{left} / {right}" for left, right in pairs],
-              "policy + audit cost"]
+              *[column for column, _, _ in costs]]
     rows = []
     for workload in WORKLOADS:
         for index in range(rounds):
@@ -234,9 +256,9 @@ def round_table(results: Mapping[str, Any]) -> list[str]:
             row += [_times(ratio(_round_throughput(results, left, workload, index),
                                  _round_throughput(results, right, workload, index)))
                     for left, right in pairs]
-            share = ratio(_round_throughput(results, SUBJECT, workload, index),
-                          _round_throughput(results, UNCONTROLLED, workload, index))
-            row.append("n/a" if share is None else f"{(1 - share) * 100:.0f} %")
+            row += [_cost(_round_throughput(results, measured, workload, index),
+                          _round_throughput(results, baseline, workload, index))
+                    for _, measured, baseline in costs]
             rows.append(row)
     return _table(header, rows)
 

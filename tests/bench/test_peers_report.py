@@ -98,6 +98,25 @@ def test_ratio_table_rest_pair(results: dict[str, Any]) -> None:
                         "| 2.00x | 20 % |")
 
 
+def test_ratio_table_splits_cost(results: dict[str, Any]) -> None:
+    results["gateways"].append(_gateway("fonte-policy", 96.0, 8.5))
+
+    table = report.ratio_table(results)
+
+    assert table[0].endswith("| policy + audit cost | audit cost | policy cost |")
+    assert table[2] == ("| W1 | 80.0 | 100.0 | 160.0 | 40.0 | 96.0 | 0.50x | 2.00x "
+                        "| 20 % | 17 % | 4 % |")
+
+
+def test_ratio_table_split_without_off(results: dict[str, Any]) -> None:
+    results["gateways"] = [_gateway("fonte-on", 80.0, 10.0),
+                           _gateway("fonte-policy", 100.0, 8.0)]
+
+    table = report.ratio_table(results)
+
+    assert table[2] == "| W1 | 80.0 | 100.0 | n/a | n/a | n/a | 20 % | n/a |"
+
+
 def test_ratio_table_rest_pair_one_side(results: dict[str, Any]) -> None:
     results["gateways"] = [_gateway("hive-rest", 30.0, 24.0)]
 
@@ -302,6 +321,22 @@ def test_round_table_each_round(results: dict[str, Any]) -> None:
     assert len(table) == 8
     assert "in each of 2 rounds" in text
     assert "Throughput ratios of each round on its own:" in text
+
+
+def test_round_table_splits_cost(results: dict[str, Any]) -> None:
+    results["gateways"].append(_gateway("fonte-policy", 96.0, 8.5))
+    per_round = {"fonte-on": (80.0, 90.0), "fonte-off": (100.0, 100.0),
+                 "fonte-policy": (100.0, 90.0), "apollo": (160.0, 100.0), "hive": (40.0, 45.0)}
+    for gateway in results["gateways"]:
+        for stages in gateway["workloads"].values():
+            stages["rounds"] = [_round(int(rate * 10), 10.0, 1.0, p50=5.0)
+                                for rate in per_round[gateway["name"]]]
+
+    table = report.round_table(results)
+
+    assert table[0].endswith("| policy + audit cost | audit cost | policy cost |")
+    assert table[2] == "| W1 | 1 | 0.50x | 2.00x | 20 % | 20 % | 0 % |"
+    assert table[3] == "| W1 | 2 | 0.90x | 2.00x | 10 % | 0 % | 10 % |"
 
 
 def test_round_table_empty_for_one_round(results: dict[str, Any]) -> None:
