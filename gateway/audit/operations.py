@@ -108,10 +108,11 @@ async def forget(target: Path | str, ref: str, actor: str) -> tuple[ForgetResult
     record, never a record of an erasure that did not happen.
 
     Raises ErasureIncomplete after recording the erasure if SQLite's write-ahead log
-    could not be checkpointed and truncated, because another process reads or writes the
-    store. The store's files may then still hold old copies of the deleted rows, and the
-    record's details contain ``"wal_truncated": false``. A second run, once that process stopped,
-    checkpoints and truncates the log, and records that it found no key and no index row.
+    could not be checkpointed and truncated, because another process reads or writes
+    the store. The store's files may then still hold old copies of the deleted rows,
+    and the record's details contain ``"wal_truncated": false``. A second run, once
+    that process stopped, checkpoints and truncates the log, and records that it found
+    no key and no index row.
     """
     result = await forget_subject(target, ref)
     details: dict[str, DetailValue] = {

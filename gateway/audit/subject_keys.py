@@ -328,8 +328,8 @@ async def forget_subject(target: Path | str, ref: str) -> ForgetResult:
     SQLite, the caller must hold the data folder's lock, so that no gateway writes
     meanwhile. Raises AuditError if the subject appears in a record written before
     subjects were sealed, or if the store cannot be written. If another process reads
-    the SQLite store, its write-ahead log cannot be checkpointed and truncated after the
-    delete. The rows are deleted all the same, and the result has
+    or writes the SQLite store, its write-ahead log cannot be checkpointed and truncated
+    after the delete. The rows are deleted all the same, and the result has
     ``wal_truncated=False``.
     """
     if isinstance(target, str):
