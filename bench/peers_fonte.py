@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="vendor: read the CRM as Salesforce and the ERP as Odoo JSON-RPC; "
                              "rest: read both as plain REST (default vendor)")
     parser.add_argument("--mode", choices=("on", "off", "policy"), default="on",
-                        help="on: shipped policy and audit; off: allow-all policy, no audit; "
+                        help="on: shipped policy and audit. off: allow-all policy, no audit. "
                              "policy: shipped policy, no audit")
     parser.add_argument("--max-concurrency", type=int,
                         default=ResiliencePolicy.max_concurrency,

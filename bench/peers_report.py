@@ -29,8 +29,8 @@ SUBJECT = "fonte-on"
 RATIOS = (("fonte-on", "apollo"), ("fonte-on", "hive"), ("fonte-rest", "hive-rest"))
 ALWAYS_SHOWN = frozenset({("fonte-on", "apollo"), ("fonte-on", "hive")})
 UNCONTROLLED = "fonte-off"
-# With the policy-only variant in a run, the policy + audit cost splits into these two:
-# (column, gateway measured, gateway without that cost).
+# With the policy-only variant in a run, the policy + audit cost is split in two. Each
+# entry is (column header, gateway measured, gateway without that cost).
 POLICY_ONLY = "fonte-policy"
 SPLIT_COSTS = (("audit cost", SUBJECT, POLICY_ONLY), ("policy cost", POLICY_ONLY, UNCONTROLLED))
 # The member of a load run that keeps the start of the first response of each counter.
@@ -184,7 +184,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def cost_columns(names: set[str]) -> list[tuple[str, str, str]]:
     """Return the cost columns of a run of gateways ``names``: (header, gateway, baseline).
 
-    The policy + audit cost always gets a column; the audit and policy costs get one
+    The policy + audit cost always gets a column. The audit and policy costs get one
     each when the run has the policy-only variant.
     """
     columns = [("policy + audit cost", SUBJECT, UNCONTROLLED)]

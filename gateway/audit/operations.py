@@ -27,7 +27,7 @@ from gateway.errors import AuditError
 
 
 class ErasureIncomplete(AuditError):
-    """A subject was erased and the erasure recorded, but copies may remain on disk.
+    """An erasure that is done and recorded, while old copies of its rows may remain on disk.
 
     ``result`` is what the erasure removed and ``seq`` the seq of its record.
     """
@@ -120,7 +120,8 @@ async def forget(target: Path | str, ref: str, actor: str) -> tuple[ForgetResult
         "records_unlinked": result.records_unlinked,
     }
     if not result.wal_truncated:
-        # Only then, so that an auditor can pair this record with the second run's.
+        # Only in this case, so that clean erasures keep their details and an auditor
+        # can pair this record with the one of the run that completes it.
         details["wal_truncated"] = False
     seq = await record_admin_event(target, admin_event("forget", actor, details))
     if not result.wal_truncated:
